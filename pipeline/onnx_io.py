@@ -1,0 +1,115 @@
+"""ONNX export, safe loading and ONNX Runtime inference helpers.
+
+Every ONNX file the pipeline opens goes through :func:`check_onnx_file`, which refuses
+external-data references that leave the model's folder (``../``, absolute paths, symlinks).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pipeline.errors import UserError
+
+GRAPH_OPT_LEVELS = ("disable", "basic", "extended", "all")
+
+
+def _quiet_exporter() -> contextlib.ExitStack:
+    """Silence torch.onnx's progress prints and warnings about optional packages."""
+    stack = contextlib.ExitStack()
+    stack.enter_context(contextlib.redirect_stdout(io.StringIO()))
+    stack.enter_context(warnings.catch_warnings())
+    warnings.simplefilter("ignore")
+    for name in ("torch.onnx", "torch.export", "torch._export", "onnxscript"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    return stack
+
+
+def export_onnx(model: torch.nn.Module, example: torch.Tensor, path: Path, opset: int = 20) -> Path:
+    """Export with the dynamo exporter, a dynamic batch axis and weights inside the file."""
+    if example.shape[0] < 2:  # a batch of 1 would be specialised away by torch.export
+        example = torch.cat([example, example])
+    batch = torch.export.Dim("batch", min=1, max=65536)
+    with _quiet_exporter():
+        program = torch.onnx.export(
+            model,
+            (example,),
+            dynamic_shapes=({0: batch},),
+            input_names=["input"],
+            output_names=["logits"],
+            opset_version=opset,
+            dynamo=True,
+            external_data=False,
+            verbose=False,
+        )
+    assert program is not None
+    tmp = path.with_name(f".{path.name}.tmp")
+    with _quiet_exporter():
+        program.save(str(tmp), external_data=False)
+    os.replace(tmp, path)
+    return path
+
+
+def check_onnx_file(path: Path, what: str = "model") -> None:
+    """Refuse unreadable models and external data outside the model's own folder."""
+    import onnx
+    from onnx.external_data_helper import uses_external_data
+
+    if not path.is_file():
+        raise UserError(f"{what}: ONNX file not found: {path}")
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:
+        raise UserError(f"{what}: {path.name} is not a readable ONNX model ({type(exc).__name__})") from None
+    root = path.parent.resolve()
+    for tensor in _all_tensors(proto):
+        if not uses_external_data(tensor):
+            continue
+        location = next((e.value for e in tensor.external_data if e.key == "location"), "")
+        target = (path.parent / location)
+        if os.path.isabs(location) or not target.resolve().is_relative_to(root) or target.is_symlink():
+            raise UserError(
+                f"{what}: tensor '{tensor.name}' in {path.name} points to external data outside the "
+                f"model's folder ({location!r}); refused"
+            )
+
+
+def _all_tensors(proto: object):  # noqa: ANN202 - generator of onnx.TensorProto
+    from onnx.external_data_helper import _get_all_tensors
+
+    return _get_all_tensors(proto)
+
+
+def open_session(path: Path, threads: int = 1, graph_optimization: str = "all"):  # noqa: ANN201
+    """An ONNX Runtime CPU session with explicit thread settings (ORT's defaults use every core)."""
+    import onnxruntime as ort
+
+    check_onnx_file(path)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = {
+        "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+    }[graph_optimization]
+    options.log_severity_level = 3
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def onnx_logits(path: Path, inputs: torch.Tensor, batch_size: int = 256, threads: int = 1) -> np.ndarray:
+    """Run a model over ``inputs`` in batches; returns the stacked outputs."""
+    session = open_session(path, threads=threads)
+    name = session.get_inputs()[0].name
+    array = inputs.numpy()
+    outs = [session.run(None, {name: array[i : i + batch_size]})[0] for i in range(0, len(array), batch_size)]
+    return np.concatenate(outs)

@@ -1,0 +1,268 @@
+"""The engine: checks the plan, runs stages in order, caches, measures and reports.
+
+Each stage's cache key covers its settings, the outputs of every earlier stage, the source
+model, the data, the seed, the device profile and package versions. A stage folder whose
+manifest matches the key (and whose files still hash the same) is reused; anything else runs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import platform
+import shutil
+import time
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from pipeline.artifacts import (
+    MANIFEST_FILE,
+    METRICS_FILE,
+    TORCH,
+    Artifact,
+    combined_hash,
+    commit_dir,
+    fresh_temp_dir,
+    hash_tree,
+    manifest_is_valid,
+    read_json,
+    write_json,
+)
+from pipeline.config import RunConfig, canonical_hash
+from pipeline.data import DataSplits, load_data
+from pipeline.errors import UserError
+from pipeline.measure import measure_artifact
+from pipeline.ort_bench import device_facts
+from pipeline.report import rich_table, write_report
+from pipeline.stage import Stage, StageContext, stage_registry
+from pipeline.torch_model import ModelLoader
+
+PACKAGES = ("torch", "torch-pruning", "torchao", "onnx", "onnxscript", "onnxruntime", "numpy", "edgeslim")
+
+
+def package_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+def build_stages(config: RunConfig) -> list[Stage]:
+    """Instantiate stages and check that each one accepts what the previous one produces."""
+    registry = stage_registry()
+    stages = [registry[e.type](e.settings) for e in config.stages]
+    kind, made_by = TORCH, "the model in the config"
+    for i, (entry, stage) in enumerate(zip(config.stages, stages, strict=True)):
+        where = f"stages[{i}].{entry.type}"
+        if kind not in stage.accepts:
+            raise UserError(
+                f"{where}: cannot take a '{kind}' model (made by {made_by}); it accepts: {', '.join(stage.accepts)}"
+            )
+        stage.check_plan(kind, where)
+        kind, made_by = stage.output_kind(kind), f"stages[{i}].{entry.type}"
+    return stages
+
+
+@dataclass
+class RunLock:
+    """One run per output folder; a lock left by a dead process is taken over."""
+
+    path: Path
+    held: bool = field(default=False, init=False)
+
+    def __enter__(self) -> RunLock:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        for _ in range(2):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                pid = self._owner()
+                if pid is not None and _alive(pid):
+                    raise UserError(f"{self.path.parent} is in use by another edgeslim run (pid {pid})") from None
+                with contextlib.suppress(FileNotFoundError):
+                    self.path.unlink()  # stale: its process is gone
+                continue
+            except PermissionError:
+                raise UserError(f"cannot write to output folder {self.path.parent} (permission denied)") from None
+            with os.fdopen(fd, "w") as fh:
+                fh.write(str(os.getpid()))
+            self.held = True
+            return self
+        raise UserError(f"cannot lock {self.path.parent}")
+
+    def _owner(self) -> int | None:
+        try:
+            return int(self.path.read_text().strip())
+        except (OSError, ValueError):
+            return None
+
+    def __exit__(self, *exc: object) -> None:
+        if self.held:
+            with contextlib.suppress(FileNotFoundError):
+                self.path.unlink()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class Runner:
+    def __init__(
+        self,
+        config: RunConfig,
+        out_root: Path,
+        *,
+        force: bool = False,
+        from_stage: str | None = None,
+        console: Console | None = None,
+    ):
+        self.config = config
+        self.run_dir = out_root / config.name
+        self.console = console or Console(stderr=True)
+        self.stages = build_stages(config)
+        self.first_forced = 0 if force else (config.stage_index(from_stage) if from_stage else None)
+        self.versions = package_versions()
+
+    def stage_dir(self, index: int) -> Path:
+        return self.run_dir / f"{index:02d}-{self.config.stages[index].type}"
+
+    def run(self) -> dict[str, Any]:
+        try:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise UserError(f"cannot create output folder {self.run_dir}: {exc.strerror}") from None
+        if not os.access(self.run_dir, os.W_OK):
+            raise UserError(f"cannot write to output folder {self.run_dir} (permission denied)")
+        with RunLock(self.run_dir / ".lock"):
+            return self._run_locked()
+
+    def _run_locked(self) -> dict[str, Any]:
+        config = self.config
+        data = load_data(config.data)
+        models = ModelLoader(config.model, data.input_shape[0], data.num_classes, data.example_batch(2))
+        source_hash = models.source_hash()
+        models.source_model()  # fail early (with a clear message) if the model cannot run on the data
+        report = self._new_report(data)
+        artifact = Artifact(kind=TORCH, directory=None, meta={})
+        earlier: dict[int, Artifact] = {}
+        upstream: list[str] = [source_hash]
+        for index, (entry, stage) in enumerate(zip(config.stages, self.stages, strict=True)):
+            final = self.stage_dir(index)
+            key = canonical_hash({
+                "stage": entry.type,
+                "settings": entry.settings.model_dump(mode="json"),
+                "upstream": upstream,
+                "data": data.fingerprint,
+                "seed": config.seed,
+                "index": index,
+                "device": config.device.model_dump(mode="json"),
+                "measure": config.measure.model_dump(mode="json"),
+                "versions": self.versions,
+            })
+            forced = self.first_forced is not None and index >= self.first_forced
+            record: dict[str, Any] = {"index": index, "name": entry.type, "dir": final.name}
+            if not forced and manifest_is_valid(final, key):
+                artifact = Artifact.load(final)
+                metrics = read_json(final / METRICS_FILE)
+                record.update(status="cached", **metrics)
+                self.console.print(f"[dim]↺ {final.name}: unchanged, reusing[/dim]")
+            else:
+                record.update(self._run_stage(index, entry.type, stage, key, upstream, data, models, artifact,
+                                              earlier, report))
+                artifact = Artifact.load(final)
+            manifest = read_json(final / MANIFEST_FILE)
+            upstream = [*upstream, manifest["output_hash"]]
+            earlier[index] = artifact
+            report["stages"].append(record)
+            write_report(self.run_dir, report)
+        return report
+
+    def _run_stage(
+        self,
+        index: int,
+        kind: str,
+        stage: Stage,
+        key: str,
+        upstream: list[str],
+        data: DataSplits,
+        models: ModelLoader,
+        artifact: Artifact,
+        earlier: dict[int, Artifact],
+        report: dict[str, Any],
+    ) -> dict[str, Any]:
+        final = self.stage_dir(index)
+        tmp = fresh_temp_dir(final)
+        where = f"stages[{index}].{kind}"
+        self.console.print(f"[bold cyan]▶ {final.name}[/bold cyan]")
+        started = time.perf_counter()
+        try:
+            ctx = StageContext(self.config, index, where, data, models, artifact, tmp, dict(earlier))
+            result = stage.run(ctx)
+            produced = result.artifact
+            if produced.directory is not None and produced.directory.resolve() != tmp.resolve():
+                raise RuntimeError(f"{where}: stage wrote its artifact outside its folder")
+            metrics = measure_artifact(produced, self.config, data, models, tmp)
+            duration = time.perf_counter() - started
+            stage_record = {"duration_s": round(duration, 2), "metrics": metrics, "details": result.details,
+                            "notes": result.notes}
+            write_json(tmp / METRICS_FILE, stage_record)
+            files = hash_tree(tmp)
+            output_files = {k: v for k, v in files.items() if k != METRICS_FILE}
+            write_json(tmp / MANIFEST_FILE, {
+                "cache_key": key,
+                "stage": kind,
+                "index": index,
+                "settings_hash": canonical_hash(self.config.stages[index].settings.model_dump(mode="json")),
+                "upstream": upstream,
+                "data_fingerprint": data.fingerprint,
+                "versions": self.versions,
+                "files": files,
+                "output_hash": combined_hash(output_files),
+                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            })
+            commit_dir(tmp, final)
+        except BaseException as exc:
+            shutil.rmtree(tmp, ignore_errors=True)
+            if isinstance(exc, Exception):
+                report["stages"].append({"index": index, "name": kind, "dir": final.name, "status": "failed",
+                                         "error": str(exc).splitlines()[0] if str(exc) else type(exc).__name__})
+                write_report(self.run_dir, report)
+                report["stages"].pop()
+            raise
+        m = metrics
+        self.console.print(
+            f"[green]✓ {final.name}[/green] {duration:.1f}s · accuracy {m['accuracy'] * 100:.2f}% · "
+            f"{m['size_bytes'] / 1024:.1f} KB · p50 {m['latency_ms']['p50']:.3f} ms"
+        )
+        return {"status": "ran", **stage_record}
+
+    def _new_report(self, data: DataSplits) -> dict[str, Any]:
+        return {
+            "run": self.config.name,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "config": self.config.to_plain(),
+            "config_hash": canonical_hash(self.config.to_plain()),
+            "versions": self.versions,
+            "device": device_facts(),
+            "device_profile": self.config.device.model_dump(mode="json"),
+            "data_fingerprint": data.fingerprint,
+            "test_samples": len(data.test),
+            "stages": [],
+        }
+
+
+def print_summary(report: dict[str, Any], console: Console) -> None:
+    console.print(rich_table(report))

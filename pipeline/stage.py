@@ -1,0 +1,91 @@
+"""The stage contract: a small class with a pydantic ``Config`` and ``run(ctx) -> StageResult``.
+
+Stages declare which artifact kinds they accept and what they produce, so the runner can
+check a whole plan before any work starts. The runner knows nothing else about them; stages
+never import each other and share code through ``pipeline``.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from pydantic import BaseModel
+
+from pipeline.artifacts import Artifact
+from pipeline.config import RunConfig
+from pipeline.data import DataSplits
+from pipeline.torch_model import ModelLoader
+
+_REGISTRY: dict[str, type[Stage]] = {}
+
+
+def register(cls: type[Stage]) -> type[Stage]:
+    """Class decorator: make a stage available to configs under ``cls.name``."""
+    _REGISTRY[cls.name] = cls
+    return cls
+
+
+def stage_registry() -> dict[str, type[Stage]]:
+    import stages  # noqa: F401  (importing the package registers every stage)
+
+    return dict(_REGISTRY)
+
+
+@dataclass
+class StageResult:
+    artifact: Artifact
+    details: dict[str, Any] = field(default_factory=dict)  # stage-specific numbers for the report
+    notes: list[str] = field(default_factory=list)  # human-readable lines for the report
+
+
+@dataclass
+class StageContext:
+    """What a stage may use: the run config, data, its input, earlier artifacts, a folder to write."""
+
+    config: RunConfig
+    index: int
+    where: str  # config path of this stage, for error messages: "stages[3].finetune"
+    data: DataSplits
+    models: ModelLoader
+    input: Artifact
+    out_dir: Path
+    earlier: dict[int, Artifact]  # artifacts of the stages before this one, by index
+
+    @property
+    def seed(self) -> int:
+        return self.config.seed + self.index
+
+    def artifact_of(self, ref: str | int) -> Artifact:
+        """The artifact of an earlier stage, by type name or index (e.g. the distillation teacher)."""
+        i = self.config.stage_index(ref)
+        if i not in self.earlier:
+            from pipeline.errors import UserError
+
+            raise UserError(f"{self.where}: stage '{ref}' must come before this stage")
+        return self.earlier[i]
+
+    def example(self, n: int = 2) -> torch.Tensor:
+        return self.data.example_batch(n)
+
+
+class Stage(ABC):
+    name: ClassVar[str]
+    Config: ClassVar[type[BaseModel]]
+    accepts: ClassVar[tuple[str, ...]]  # artifact kinds this stage can take as input
+
+    def __init__(self, config: BaseModel):
+        self.config = config
+
+    def output_kind(self, input_kind: str) -> str:
+        """The artifact kind this stage produces from ``input_kind`` (default: unchanged)."""
+        return input_kind
+
+    def check_plan(self, input_kind: str, where: str) -> None:  # noqa: B027 - optional hook
+        """Raise UserError when the settings cannot work on this input (before anything runs)."""
+
+    @abstractmethod
+    def run(self, ctx: StageContext) -> StageResult: ...

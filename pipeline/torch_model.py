@@ -1,0 +1,138 @@
+"""Saving and rebuilding PyTorch model artifacts without pickling whole models.
+
+An artifact stores ``model.safetensors`` plus ``pruning_history.json`` (torch-pruning's
+record of removed channels). To load, the original architecture is built from the run's
+model spec, the history is replayed on it, and the weights are loaded. QAT artifacts are
+prepared again the same way and then receive their fake-quant state.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from pipeline import qat
+from pipeline.artifacts import TORCH, TORCH_QAT, Artifact, read_json, sha256_file, write_json
+from pipeline.config import ModelSpec, canonical_hash
+from pipeline.errors import UserError
+from pipeline.models import build_model, load_state_dict_file, load_weights
+
+WEIGHTS = "model.safetensors"
+HISTORY = "pruning_history.json"
+
+
+def count_params_and_macs(model: nn.Module, example: torch.Tensor) -> tuple[int, int]:
+    import torch_pruning as tp
+
+    model.eval()
+    macs, params = tp.utils.count_ops_and_params(model, example[:1])
+    return int(params), int(macs)
+
+
+@dataclass
+class ModelLoader:
+    """Builds the run's architecture and turns artifacts back into modules."""
+
+    spec: ModelSpec
+    in_channels: int
+    num_classes: int
+    example: torch.Tensor
+
+    def source_hash(self) -> str:
+        """Identity of the starting model: spec plus the checkpoint's bytes."""
+        ckpt = self.spec.checkpoint
+        return canonical_hash(
+            {"spec": self.spec.model_dump(mode="json"), "checkpoint_sha256": sha256_file(ckpt) if ckpt else None}
+        )
+
+    def build(self) -> nn.Module:
+        return build_model(self.spec.name, self.spec.kwargs, self.in_channels, self.num_classes)
+
+    def source_model(self) -> nn.Module:
+        """The starting model: architecture plus the configured checkpoint (if any)."""
+        model = self.build()
+        if self.spec.checkpoint is not None:
+            state = load_state_dict_file(self.spec.checkpoint)
+            load_weights(model, state, "model.checkpoint")
+        self._check_forward(model)
+        return model
+
+    def _check_forward(self, model: nn.Module) -> None:
+        model.eval()
+        try:
+            with torch.no_grad():
+                out = model(self.example)
+        except Exception as exc:
+            raise UserError(
+                f"model.name: model '{self.spec.name}' cannot run on inputs of shape "
+                f"{tuple(self.example.shape)}: {type(exc).__name__}: {str(exc)[:200]}"
+            ) from None
+        if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[1] != self.num_classes:
+            shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+            raise UserError(
+                f"model.name: model '{self.spec.name}' must return logits of shape (batch, {self.num_classes}); "
+                f"got {shape}"
+            )
+
+    def load(self, artifact: Artifact) -> nn.Module:
+        """Rebuild the module an artifact describes (float or QAT-prepared)."""
+        if artifact.directory is None:
+            return self.source_model()
+        if artifact.kind not in (TORCH, TORCH_QAT):
+            raise ValueError(f"not a PyTorch artifact: {artifact.kind}")
+        model = self.build()
+        history = read_json(artifact.file("pruning_history"))
+        if history:
+            import torch_pruning as tp
+
+            model.eval()
+            graph = tp.DependencyGraph().build_dependency(model, example_inputs=self.example)
+            graph.load_pruning_history(history)
+        if artifact.kind == TORCH_QAT:
+            model = qat.prepare_qat(model, self.example)
+        from safetensors.torch import load_file
+
+        load_weights(model, load_file(str(artifact.file("weights"))), f"artifact {artifact.directory}")
+        model.eval() if artifact.kind == TORCH else qat.set_mode(model, False)
+        return model
+
+    def history_of(self, artifact: Artifact) -> list[Any]:
+        if artifact.directory is None:
+            return []
+        return read_json(artifact.file("pruning_history"))
+
+
+def save_torch_artifact(
+    directory: Path,
+    model: nn.Module,
+    *,
+    kind: str,
+    pruning_history: list[Any],
+    params: int,
+    macs: int,
+    extra: dict[str, Any] | None = None,
+) -> Artifact:
+    """Write weights (safetensors), pruning history and ``artifact.json`` into ``directory``."""
+    from safetensors.torch import save_file
+
+    state = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
+    tmp = directory / f".{WEIGHTS}.tmp"
+    save_file(state, str(tmp))
+    tmp.replace(directory / WEIGHTS)
+    write_json(directory / HISTORY, pruning_history)
+    artifact = Artifact(
+        kind=kind,
+        directory=directory,
+        meta={
+            "files": {"weights": WEIGHTS, "pruning_history": HISTORY},
+            "params": params,
+            "macs": macs,
+            **(extra or {}),
+        },
+    )
+    artifact.save()
+    return artifact

@@ -1,0 +1,153 @@
+"""``prune``: structural channel pruning with torch-pruning.
+
+The classifier (every layer producing the class logits) is protected. The target is a
+per-layer channel ratio, or a fraction of the parameters / MACs to keep (the ratio is then
+found by bisection). After pruning, BatchNorm statistics are re-estimated on training data.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import torch
+import torch_pruning as tp
+from pydantic import Field, model_validator
+from torch import nn
+
+from pipeline.artifacts import TORCH
+from pipeline.config import StrictModel
+from pipeline.errors import UserError
+from pipeline.importance import CriterionName, build_importance, prepare_importance
+from pipeline.stage import Stage, StageContext, StageResult, register
+from pipeline.torch_model import count_params_and_macs, save_torch_artifact
+from pipeline.training import evaluate, recalibrate_batchnorm
+
+
+class PruneConfig(StrictModel):
+    importance: CriterionName = "hessian"
+    pruning_ratio: float = Field(0.5, gt=0, lt=1, description="fraction of channels removed per layer")
+    target_params: float | None = Field(None, gt=0, lt=1, description="keep this fraction of the parameters")
+    target_macs: float | None = Field(None, gt=0, lt=1, description="keep this fraction of the MACs")
+    iterative_steps: int = Field(1, ge=1, le=100, description="prune in this many steps (importance re-scored)")
+    global_pruning: bool = False
+    calibration_samples: int = Field(128, ge=1, description="training samples for taylor/hessian scores")
+    bn_recalibration_batches: int = Field(20, ge=0)
+    round_to: int | None = Field(None, ge=1, description="keep channel counts multiples of this")
+    ignore: list[str] = Field(default_factory=list, description="module names to leave unpruned")
+
+    @model_validator(mode="after")
+    def _one_target(self) -> PruneConfig:
+        if self.target_params is not None and self.target_macs is not None:
+            raise ValueError("give at most one of target_params and target_macs")
+        return self
+
+
+def classifier_layers(model: nn.Module, num_classes: int) -> list[nn.Module]:
+    """Layers whose outputs are the logits: Linear/Conv layers with ``num_classes`` outputs, last first."""
+    heads = [
+        m for m in model.modules()
+        if (isinstance(m, nn.Linear) and m.out_features == num_classes)
+        or (isinstance(m, nn.modules.conv._ConvNd) and m.out_channels == num_classes)
+    ]
+    return heads[-1:]
+
+
+@register
+class Prune(Stage):
+    name = "prune"
+    Config = PruneConfig
+    accepts = (TORCH,)
+
+    def run(self, ctx: StageContext) -> StageResult:
+        cfg: PruneConfig = self.config  # type: ignore[assignment]
+        model = ctx.models.load(ctx.input)
+        example = ctx.example()
+        ignored = classifier_layers(model, ctx.data.num_classes) + self._named(model, cfg.ignore, ctx.where)
+        x_train, y_train = ctx.data.train.tensors
+        generator = torch.Generator().manual_seed(ctx.seed)
+        calib = torch.randperm(len(x_train), generator=generator)[: cfg.calibration_samples]
+        calib_x, calib_y = x_train[calib], y_train[calib]
+        params_before, macs_before = count_params_and_macs(model, example)
+        acc_before, _ = evaluate(model, ctx.data.val)
+
+        ratio = cfg.pruning_ratio
+        if cfg.target_params is not None or cfg.target_macs is not None:
+            ratio = self._ratio_for_target(
+                model, ignored, example, calib_x, calib_y, params_before, macs_before, ctx.where
+            )
+
+        importance = build_importance(cfg.importance)
+        pruner = tp.pruner.BasePruner(
+            model, example, importance=importance, pruning_ratio=ratio, iterative_steps=cfg.iterative_steps,
+            global_pruning=cfg.global_pruning, ignored_layers=ignored, round_to=cfg.round_to,
+        )
+        steps: list[dict[str, Any]] = []
+        for step in range(cfg.iterative_steps):
+            prepare_importance(importance, model, calib_x, calib_y)
+            pruner.step()
+            model.zero_grad(set_to_none=True)
+            raw_acc, _ = evaluate(model, ctx.data.val)
+            recalibrate_batchnorm(model, x_train, cfg.bn_recalibration_batches, 64)
+            recal_acc, _ = evaluate(model, ctx.data.val)
+            params, macs = count_params_and_macs(model, example)
+            steps.append({"step": step + 1, "params": params, "macs": macs,
+                          "val_accuracy_pruned": raw_acc, "val_accuracy_bn_recalibrated": recal_acc})
+        history = ctx.models.history_of(ctx.input) + [list(h) for h in pruner.pruning_history()]
+        params, macs = count_params_and_macs(model, example)
+        artifact = save_torch_artifact(ctx.out_dir, model, kind=TORCH, pruning_history=history, params=params, macs=macs)
+        channels = {n: m.out_channels for n, m in model.named_modules() if isinstance(m, nn.modules.conv._ConvNd)}
+        return StageResult(
+            artifact,
+            details={"pruning_ratio": ratio, "importance": cfg.importance, "params_before": params_before,
+                     "macs_before": macs_before, "params_after": params, "macs_after": macs,
+                     "params_kept": params / params_before, "macs_kept": macs / macs_before,
+                     "val_accuracy_before": acc_before, "steps": steps, "conv_channels": channels},
+            notes=[f"{cfg.importance} importance, channel ratio {ratio:.3f} in {cfg.iterative_steps} step(s): "
+                   f"params {params_before:,} → {params:,} ({params / params_before:.1%}), "
+                   f"MACs {macs / macs_before:.1%} kept; val accuracy {acc_before:.4f} → "
+                   f"{steps[-1]['val_accuracy_pruned']:.4f} pruned → "
+                   f"{steps[-1]['val_accuracy_bn_recalibrated']:.4f} after BatchNorm re-estimation"],
+        )
+
+    @staticmethod
+    def _named(model: nn.Module, names: list[str], where: str) -> list[nn.Module]:
+        modules = dict(model.named_modules())
+        missing = [n for n in names if n not in modules]
+        if missing:
+            raise UserError(f"{where}.ignore: no module named {', '.join(missing)} in the model")
+        return [modules[n] for n in names]
+
+    def _ratio_for_target(
+        self, model: nn.Module, ignored: list[nn.Module], example: torch.Tensor,
+        calib_x: torch.Tensor, calib_y: torch.Tensor, params0: int, macs0: int, where: str,
+    ) -> float:
+        """Bisection on the channel ratio until the kept params/MACs fraction meets the target."""
+        cfg: PruneConfig = self.config  # type: ignore[assignment]
+        target = cfg.target_params if cfg.target_params is not None else cfg.target_macs
+        assert target is not None
+        index = {id(m): n for n, m in model.named_modules()}
+        ignored_names = [index[id(m)] for m in ignored]
+        # Per-layer pruning removes the same counts whatever the criterion; only global needs the real one.
+        criterion = cfg.importance if cfg.global_pruning else "l2"
+
+        def kept(ratio: float) -> float:
+            trial = copy.deepcopy(model)
+            modules = dict(trial.named_modules())
+            importance = build_importance(criterion)
+            pruner = tp.pruner.BasePruner(
+                trial, example, importance=importance, pruning_ratio=ratio, global_pruning=cfg.global_pruning,
+                ignored_layers=[modules[n] for n in ignored_names], round_to=cfg.round_to,
+            )
+            prepare_importance(importance, trial, calib_x, calib_y)
+            pruner.step()
+            params, macs = count_params_and_macs(trial, example)
+            return params / params0 if cfg.target_params is not None else macs / macs0
+
+        lo, hi = 0.0, 0.95
+        if kept(hi) > target:
+            raise UserError(f"{where}: cannot reach target {target} of the original: even ratio {hi} keeps {kept(hi):.3f}")
+        for _ in range(12):
+            mid = (lo + hi) / 2
+            lo, hi = (mid, hi) if kept(mid) > target else (lo, mid)
+        return hi

@@ -1,0 +1,39 @@
+"""``train``: train the model from its initial weights (the "pretrained" model of the run)."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from pipeline.artifacts import TORCH
+from pipeline.stage import Stage, StageContext, StageResult, register
+from pipeline.torch_model import count_params_and_macs, save_torch_artifact
+from pipeline.training import OptimizerConfig, ScheduleConfig, TrainLoopConfig, evaluate, fit
+
+
+class TrainConfig(TrainLoopConfig):
+    epochs: int = Field(4, ge=1, le=1000)
+    optimizer: OptimizerConfig = Field(default_factory=lambda: OptimizerConfig(lr=3e-3))
+    schedule: ScheduleConfig = Field(default_factory=lambda: ScheduleConfig(warmup_epochs=0.5))
+
+
+@register
+class Train(Stage):
+    name = "train"
+    Config = TrainConfig
+    accepts = (TORCH,)
+
+    def run(self, ctx: StageContext) -> StageResult:
+        cfg: TrainConfig = self.config  # type: ignore[assignment]
+        model = ctx.models.load(ctx.input)
+        result = fit(model, ctx.data.train, ctx.data.val, cfg, seed=ctx.seed, label="train", where=ctx.where)
+        test_acc, test_loss = evaluate(model, ctx.data.test)
+        params, macs = count_params_and_macs(model, ctx.example())
+        artifact = save_torch_artifact(
+            ctx.out_dir, model, kind=TORCH, pruning_history=ctx.models.history_of(ctx.input), params=params, macs=macs
+        )
+        return StageResult(
+            artifact,
+            details={"torch_test_accuracy": test_acc, "torch_test_loss": test_loss, "best_epoch": result.best_epoch,
+                     "stopped_early": result.stopped_early, "epochs": result.history},
+            notes=[f"best validation accuracy {result.best_val_accuracy:.4f} at epoch {result.best_epoch}"],
+        )
