@@ -26,10 +26,19 @@ def measure_latency(
 ) -> dict[str, Any]:
     """Latency report for one (model, threads, batch size) in a fresh Python process."""
     cmd = [
-        sys.executable, str(WORKER), str(model),
-        "--threads", str(threads), "--batch-size", str(batch_size),
-        "--warmup", str(warmup), "--runs", str(runs),
-        "--graph-optimization", graph_optimization,
+        sys.executable,
+        str(WORKER),
+        str(model),
+        "--threads",
+        str(threads),
+        "--batch-size",
+        str(batch_size),
+        "--warmup",
+        str(warmup),
+        "--runs",
+        str(runs),
+        "--graph-optimization",
+        graph_optimization,
     ]
     if max_seconds:
         cmd += ["--max-seconds", str(max_seconds)]

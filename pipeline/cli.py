@@ -31,10 +31,14 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("config", type=Path, help="YAML config (see configs/)")
     run.add_argument("--out", type=Path, default=Path("artifacts"), help="output root (default: artifacts)")
     run.add_argument("--force", action="store_true", help="re-run every stage even if its results are current")
-    run.add_argument("--from", dest="from_stage", metavar="STAGE",
-                     help="re-run from this stage (name or index) onwards")
-    report = sub.add_parser("report", help="re-render report.md from a run's report.json",
-                            description="Re-render RUN_DIR/report.md from RUN_DIR/report.json and print the table.")
+    run.add_argument(
+        "--from", dest="from_stage", metavar="STAGE", help="re-run from this stage (name or index) onwards"
+    )
+    report = sub.add_parser(
+        "report",
+        help="re-render report.md from a run's report.json",
+        description="Re-render RUN_DIR/report.md from RUN_DIR/report.json and print the table.",
+    )
     report.add_argument("run_dir", type=Path, help="a run folder, e.g. artifacts/mnist_cnn")
     return parser
 
@@ -76,7 +80,8 @@ def main(argv: list[str] | None = None) -> int:
             return _cmd_run(args, console)
         return _cmd_report(args, console)
     except (UserError, StageFailed) as exc:
-        print(f"edgeslim: error: {exc}", file=sys.stderr)
+        message = " ".join(str(exc).split())  # always one line
+        print(f"edgeslim: error: {message}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("edgeslim: interrupted; finished stages are kept and a rerun resumes from there", file=sys.stderr)

@@ -181,7 +181,7 @@ def _parse_stages(raw: Any) -> list[StageEntry]:
             item = {item: {}}
         if not isinstance(item, dict) or len(item) != 1:
             raise UserError(f"stages[{i}]: must be one mapping like '- prune: {{pruning_ratio: 0.5}}'")
-        (kind, settings), = item.items()
+        ((kind, settings),) = item.items()
         if kind not in registry:
             raise UserError(f"stages[{i}]: unknown stage '{kind}'; allowed: {allowed}")
         settings = settings or {}

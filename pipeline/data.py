@@ -150,8 +150,8 @@ def load_data(spec: DataSpec) -> DataSplits:
         if not isinstance(result, tuple | list) or len(result) != 3:
             raise UserError(f"{what}: factory '{spec.name}' must return (train, val, test) datasets")
         raw = {name: _as_tensors(ds, name, what) for name, ds in zip(("train", "val", "test"), result, strict=True)}
-    raw = {k: (x.float().contiguous(), y.long().contiguous()) for k, (x, y) in raw.items()}
     num_classes = _validate(raw, what)
+    raw = {k: (x.float().contiguous(), y.long().contiguous()) for k, (x, y) in raw.items()}
     tensors = [t for pair in raw.values() for t in pair]
     return DataSplits(
         train=TensorDataset(*raw["train"]),

@@ -73,7 +73,7 @@ def check_onnx_file(path: Path, what: str = "model") -> None:
         if not uses_external_data(tensor):
             continue
         location = next((e.value for e in tensor.external_data if e.key == "location"), "")
-        target = (path.parent / location)
+        target = path.parent / location
         if os.path.isabs(location) or not target.resolve().is_relative_to(root) or target.is_symlink():
             raise UserError(
                 f"{what}: tensor '{tensor.name}' in {path.name} points to external data outside the "
@@ -81,13 +81,13 @@ def check_onnx_file(path: Path, what: str = "model") -> None:
             )
 
 
-def _all_tensors(proto: object):  # noqa: ANN202 - generator of onnx.TensorProto
+def _all_tensors(proto: object):
     from onnx.external_data_helper import _get_all_tensors
 
     return _get_all_tensors(proto)
 
 
-def open_session(path: Path, threads: int = 1, graph_optimization: str = "all"):  # noqa: ANN201
+def open_session(path: Path, threads: int = 1, graph_optimization: str = "all"):
     """An ONNX Runtime CPU session with explicit thread settings (ORT's defaults use every core)."""
     import onnxruntime as ort
 

@@ -67,7 +67,16 @@ def device_facts() -> dict[str, object]:
                 if key.strip() == "model name" and value.strip():
                     cpu = value.strip()
                 if key.strip() in ("flags", "Features") and not flags:
-                    wanted = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "neon", "asimd", "asimddp")
+                    wanted = (
+                        "avx2",
+                        "avx512f",
+                        "avx512_vnni",
+                        "avx_vnni",
+                        "amx_int8",
+                        "neon",
+                        "asimd",
+                        "asimddp",
+                    )
                     flags = [f for f in value.split() if f in wanted]
     except OSError:
         pass
@@ -174,8 +183,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--inputs", default=None, help=".npy file of real input samples (tiled to the batch)")
     args = parser.parse_args(argv)
     report = measure(
-        args.model, args.threads, args.batch_size, args.warmup, args.runs, args.max_seconds,
-        args.graph_optimization, args.inputs,
+        args.model,
+        args.threads,
+        args.batch_size,
+        args.warmup,
+        args.runs,
+        args.max_seconds,
+        args.graph_optimization,
+        args.inputs,
     )
     json.dump(report, sys.stdout)
     sys.stdout.write("\n")

@@ -23,8 +23,8 @@ def _torchao() -> ModuleType:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         import torchao.quantization.pt2e as pt2e
-        import torchao.quantization.pt2e.fake_quantize  # noqa: F401
-        import torchao.quantization.pt2e.quantize_pt2e  # noqa: F401
+        import torchao.quantization.pt2e.fake_quantize
+        import torchao.quantization.pt2e.quantize_pt2e
         import torchao.quantization.pt2e.quantizer.x86_inductor_quantizer  # noqa: F401
     return pt2e
 

@@ -48,30 +48,44 @@ def table_rows(report: dict[str, Any]) -> list[list[str]]:
             continue
         acc, size, p50 = m["accuracy"], m["size_bytes"], m["latency_ms"]["p50"]
         rm = ref["metrics"] if ref else None
-        rows.append([
-            label,
-            stage["status"],
-            f"{acc * 100:.2f}%",
-            f"{(acc - rm['accuracy']) * 100:+.2f}" if rm else "-",
-            _fmt_size(size),
-            f"{rm['size_bytes'] / size:.1f}x" if rm else "-",
-            f"{m['params']:,}" if m.get("params") is not None else "-",
-            f"{p50:.3f}",
-            f"{m['latency_ms']['p99']:.3f}",
-            f"{rm['latency_ms']['p50'] / p50:.1f}x" if rm else "-",
-        ])
+        rows.append(
+            [
+                label,
+                stage["status"],
+                f"{acc * 100:.2f}%",
+                f"{(acc - rm['accuracy']) * 100:+.2f}" if rm else "-",
+                _fmt_size(size),
+                f"{rm['size_bytes'] / size:.1f}x" if rm else "-",
+                f"{m['params']:,}" if m.get("params") is not None else "-",
+                f"{p50:.3f}",
+                f"{m['latency_ms']['p99']:.3f}",
+                f"{rm['latency_ms']['p50'] / p50:.1f}x" if rm else "-",
+            ]
+        )
     return rows
 
 
-HEADERS = ["stage", "status", "accuracy", "Δ acc (pt)", "size", "x smaller", "params", "p50 ms", "p99 ms",
-           "x faster"]
+HEADERS = [
+    "stage",
+    "status",
+    "accuracy",
+    "Δ acc (pt)",
+    "size",
+    "x smaller",
+    "params",
+    "p50 ms",
+    "p99 ms",
+    "x faster",
+]
 
 
 def rich_table(report: dict[str, Any]) -> Table:
     ref = reference_stage(report)
     caption = (
         f"latency: ONNX Runtime, {ref['metrics']['threads']} thread(s), batch {ref['metrics']['batch_size']}; "
-        f"ratios vs {ref['index']:02d}-{ref['name']}" if ref else None
+        f"ratios vs {ref['index']:02d}-{ref['name']}"
+        if ref
+        else None
     )
     table = Table(title=f"edgeslim run '{report['run']}'", caption=caption)
     for i, header in enumerate(HEADERS):
@@ -84,8 +98,10 @@ def rich_table(report: dict[str, Any]) -> Table:
 def render_markdown(report: dict[str, Any]) -> str:
     ref = reference_stage(report)
     lines = [f"# edgeslim run `{report['run']}`", ""]
-    lines.append(f"Created {report['created']} on {report['device'].get('cpu', '?')} "
-                 f"({report['device'].get('logical_cores', '?')} logical cores).")
+    lines.append(
+        f"Created {report['created']} on {report['device'].get('cpu', '?')} "
+        f"({report['device'].get('logical_cores', '?')} logical cores)."
+    )
     if ref:
         m = ref["metrics"]
         lines.append(
@@ -102,7 +118,14 @@ def render_markdown(report: dict[str, Any]) -> str:
             lines += [f"- {note}" for note in stage.get("notes", [])]
             if stage.get("error"):
                 lines.append(f"- error: {stage['error']}")
-    lines += ["", "## Configuration", "", "```yaml", yaml.safe_dump(report["config"], sort_keys=False).rstrip(), "```"]
+    lines += [
+        "",
+        "## Configuration",
+        "",
+        "```yaml",
+        yaml.safe_dump(report["config"], sort_keys=False).rstrip(),
+        "```",
+    ]
     lines += ["", "## Versions", ""]
     lines += [f"- {k}: {v}" for k, v in report["versions"].items()]
     return "\n".join(lines) + "\n"

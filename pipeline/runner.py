@@ -153,25 +153,27 @@ class Runner:
         config = self.config
         data = load_data(config.data)
         models = ModelLoader(config.model, data.input_shape[0], data.num_classes, data.example_batch(2))
+        models.source_model()  # fail early (with a clear message) if the model cannot load or run on the data
         source_hash = models.source_hash()
-        models.source_model()  # fail early (with a clear message) if the model cannot run on the data
         report = self._new_report(data)
         artifact = Artifact(kind=TORCH, directory=None, meta={})
         earlier: dict[int, Artifact] = {}
         upstream: list[str] = [source_hash]
         for index, (entry, stage) in enumerate(zip(config.stages, self.stages, strict=True)):
             final = self.stage_dir(index)
-            key = canonical_hash({
-                "stage": entry.type,
-                "settings": entry.settings.model_dump(mode="json"),
-                "upstream": upstream,
-                "data": data.fingerprint,
-                "seed": config.seed,
-                "index": index,
-                "device": config.device.model_dump(mode="json"),
-                "measure": config.measure.model_dump(mode="json"),
-                "versions": self.versions,
-            })
+            key = canonical_hash(
+                {
+                    "stage": entry.type,
+                    "settings": entry.settings.model_dump(mode="json"),
+                    "upstream": upstream,
+                    "data": data.fingerprint,
+                    "seed": config.seed,
+                    "index": index,
+                    "device": config.device.model_dump(mode="json"),
+                    "measure": config.measure.model_dump(mode="json"),
+                    "versions": self.versions,
+                }
+            )
             forced = self.first_forced is not None and index >= self.first_forced
             record: dict[str, Any] = {"index": index, "name": entry.type, "dir": final.name}
             if not forced and manifest_is_valid(final, key):
@@ -180,8 +182,9 @@ class Runner:
                 record.update(status="cached", **metrics)
                 self.console.print(f"[dim]↺ {final.name}: unchanged, reusing[/dim]")
             else:
-                record.update(self._run_stage(index, entry.type, stage, key, upstream, data, models, artifact,
-                                              earlier, report))
+                record.update(
+                    self._run_stage(index, entry.type, stage, key, upstream, data, models, artifact, earlier, report)
+                )
                 artifact = Artifact.load(final)
             manifest = read_json(final / MANIFEST_FILE)
             upstream = [*upstream, manifest["output_hash"]]
@@ -216,29 +219,43 @@ class Runner:
                 raise RuntimeError(f"{where}: stage wrote its artifact outside its folder")
             metrics = measure_artifact(produced, self.config, data, models, tmp)
             duration = time.perf_counter() - started
-            stage_record = {"duration_s": round(duration, 2), "metrics": metrics, "details": result.details,
-                            "notes": result.notes}
+            stage_record = {
+                "duration_s": round(duration, 2),
+                "metrics": metrics,
+                "details": result.details,
+                "notes": result.notes,
+            }
             write_json(tmp / METRICS_FILE, stage_record)
             files = hash_tree(tmp)
             output_files = {k: v for k, v in files.items() if k != METRICS_FILE}
-            write_json(tmp / MANIFEST_FILE, {
-                "cache_key": key,
-                "stage": kind,
-                "index": index,
-                "settings_hash": canonical_hash(self.config.stages[index].settings.model_dump(mode="json")),
-                "upstream": upstream,
-                "data_fingerprint": data.fingerprint,
-                "versions": self.versions,
-                "files": files,
-                "output_hash": combined_hash(output_files),
-                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            })
+            write_json(
+                tmp / MANIFEST_FILE,
+                {
+                    "cache_key": key,
+                    "stage": kind,
+                    "index": index,
+                    "settings_hash": canonical_hash(self.config.stages[index].settings.model_dump(mode="json")),
+                    "upstream": upstream,
+                    "data_fingerprint": data.fingerprint,
+                    "versions": self.versions,
+                    "files": files,
+                    "output_hash": combined_hash(output_files),
+                    "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                },
+            )
             commit_dir(tmp, final)
         except BaseException as exc:
             shutil.rmtree(tmp, ignore_errors=True)
             if isinstance(exc, Exception):
-                report["stages"].append({"index": index, "name": kind, "dir": final.name, "status": "failed",
-                                         "error": str(exc).splitlines()[0] if str(exc) else type(exc).__name__})
+                report["stages"].append(
+                    {
+                        "index": index,
+                        "name": kind,
+                        "dir": final.name,
+                        "status": "failed",
+                        "error": str(exc).splitlines()[0] if str(exc) else type(exc).__name__,
+                    }
+                )
                 write_report(self.run_dir, report)
                 report["stages"].pop()
             raise

@@ -46,7 +46,10 @@ class ModelLoader:
         """Identity of the starting model: spec plus the checkpoint's bytes."""
         ckpt = self.spec.checkpoint
         return canonical_hash(
-            {"spec": self.spec.model_dump(mode="json"), "checkpoint_sha256": sha256_file(ckpt) if ckpt else None}
+            {
+                "spec": self.spec.model_dump(mode="json"),
+                "checkpoint_sha256": sha256_file(ckpt) if ckpt else None,
+            }
         )
 
     def build(self) -> nn.Module:

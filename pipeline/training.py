@@ -30,7 +30,7 @@ LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
 
 class OptimizerConfig(StrictModel):
     name: Literal["adamw", "adam", "sgd", "rmsprop", "adagrad"] = "adamw"
-    lr: float = Field(1e-3, gt=0, le=10)
+    lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(1e-4, ge=0, le=1)
     momentum: float = Field(0.9, ge=0, lt=1, description="sgd and rmsprop")
     nesterov: bool = False
@@ -79,7 +79,7 @@ def build_optimizer(model: nn.Module, cfg: OptimizerConfig) -> torch.optim.Optim
 
 def lr_multiplier(cfg: ScheduleConfig, step: int, steps_per_epoch: int, total_steps: int) -> float:
     """LR factor at optimizer step ``step`` (0-based): linear warm-up, then the schedule."""
-    warmup = int(round(cfg.warmup_epochs * steps_per_epoch))
+    warmup = round(cfg.warmup_epochs * steps_per_epoch)
     if step < warmup:
         return (step + 1) / warmup
     t = step - warmup
@@ -98,9 +98,7 @@ def build_schedule(
     optimizer: torch.optim.Optimizer, cfg: ScheduleConfig, steps_per_epoch: int, epochs: int
 ) -> torch.optim.lr_scheduler.LambdaLR:
     total = steps_per_epoch * epochs
-    return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: lr_multiplier(cfg, step, steps_per_epoch, total)
-    )
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_multiplier(cfg, step, steps_per_epoch, total))
 
 
 def cross_entropy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -218,8 +216,13 @@ def fit(
                 bar.advance(task)
             val_acc, val_loss = evaluate(model, val)
             result.history.append(
-                {"epoch": epoch + 1, "train_loss": total_loss / steps_per_epoch, "val_accuracy": val_acc,
-                 "val_loss": val_loss, "lr": optimizer.param_groups[0]["lr"]}
+                {
+                    "epoch": epoch + 1,
+                    "train_loss": total_loss / steps_per_epoch,
+                    "val_accuracy": val_acc,
+                    "val_loss": val_loss,
+                    "lr": optimizer.param_groups[0]["lr"],
+                }
             )
             bar.update(task, description=f"{label} · epoch {epoch + 1}/{cfg.epochs} · val acc {val_acc:.4f}")
             if val_acc > result.best_val_accuracy:

@@ -27,18 +27,29 @@ class Baseline(Stage):
         val_acc, _ = evaluate(model, ctx.data.val)
         x, y = ctx.data.test.tensors
         pred = predict(model, x).argmax(1)
-        per_class = {
-            int(c): float((pred[y == c] == c).float().mean()) for c in torch.unique(y)
-        }
+        per_class = {int(c): float((pred[y == c] == c).float().mean()) for c in torch.unique(y)}
         params, macs = count_params_and_macs(model, ctx.example())
         artifact = save_torch_artifact(
-            ctx.out_dir, model, kind=TORCH, pruning_history=ctx.models.history_of(ctx.input), params=params, macs=macs
+            ctx.out_dir,
+            model,
+            kind=TORCH,
+            pruning_history=ctx.models.history_of(ctx.input),
+            params=params,
+            macs=macs,
         )
         worst = min(per_class, key=per_class.get)
         return StageResult(
             artifact,
-            details={"torch_test_accuracy": test_acc, "torch_test_loss": test_loss, "torch_val_accuracy": val_acc,
-                     "per_class_accuracy": per_class, "params": params, "macs": macs},
-            notes=[f"PyTorch test accuracy {test_acc:.4f}, weakest class {worst} ({per_class[worst]:.3f}); "
-                   f"{params:,} params, {macs / 1e6:.1f} M MACs"],
+            details={
+                "torch_test_accuracy": test_acc,
+                "torch_test_loss": test_loss,
+                "torch_val_accuracy": val_acc,
+                "per_class_accuracy": per_class,
+                "params": params,
+                "macs": macs,
+            },
+            notes=[
+                f"PyTorch test accuracy {test_acc:.4f}, weakest class {worst} ({per_class[worst]:.3f}); "
+                f"{params:,} params, {macs / 1e6:.1f} M MACs"
+            ],
         )

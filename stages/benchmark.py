@@ -53,22 +53,42 @@ class Benchmark(Stage):
             for t in threads:
                 for b in batches:
                     bar.update(task, description=f"benchmark · {t} thread(s) · batch {b}")
-                    results.append(measure_latency(
-                        model, threads=t, batch_size=b, warmup=cfg.warmup, runs=cfg.runs,
-                        max_seconds=cfg.max_seconds, graph_optimization=device.graph_optimization, inputs=inputs,
-                    ))
+                    results.append(
+                        measure_latency(
+                            model,
+                            threads=t,
+                            batch_size=b,
+                            warmup=cfg.warmup,
+                            runs=cfg.runs,
+                            max_seconds=cfg.max_seconds,
+                            graph_optimization=device.graph_optimization,
+                            inputs=inputs,
+                        )
+                    )
                     bar.advance(task)
         write_json(ctx.out_dir / REPORT_FILE, {"device_profile": device.model_dump(mode="json"), "results": results})
-        artifact = Artifact(kind=ctx.input.kind, directory=ctx.out_dir,
-                            meta={**ctx.input.meta, "files": {"model": MODEL_FILE, "latency": REPORT_FILE}})
+        artifact = Artifact(
+            kind=ctx.input.kind,
+            directory=ctx.out_dir,
+            meta={**ctx.input.meta, "files": {"model": MODEL_FILE, "latency": REPORT_FILE}},
+        )
         artifact.save()
         table = [
-            {"threads": r["threads"], "batch_size": r["batch_size"], "runs": r["runs"], **r["latency_ms"],
-             "throughput_per_s": r["batch_size"] * 1e3 / r["latency_ms"]["p50"],
-             "session_init_ms": r["session_init_ms"], "first_inference_ms": r["first_inference_ms"],
-             "peak_rss_mb": r["peak_rss_mb"]}
+            {
+                "threads": r["threads"],
+                "batch_size": r["batch_size"],
+                "runs": r["runs"],
+                **r["latency_ms"],
+                "throughput_per_s": r["batch_size"] * 1e3 / r["latency_ms"]["p50"],
+                "session_init_ms": r["session_init_ms"],
+                "first_inference_ms": r["first_inference_ms"],
+                "peak_rss_mb": r["peak_rss_mb"],
+            }
             for r in results
         ]
-        notes = [f"{r['threads']} thread(s), batch {r['batch_size']}: p50 {r['p50']:.3f} ms, p99 {r['p99']:.3f} ms, "
-                 f"{r['throughput_per_s']:.0f} samples/s ({r['runs']} runs)" for r in table]
+        notes = [
+            f"{r['threads']} thread(s), batch {r['batch_size']}: p50 {r['p50']:.3f} ms, p99 {r['p99']:.3f} ms, "
+            f"{r['throughput_per_s']:.0f} samples/s ({r['runs']} runs)"
+            for r in table
+        ]
         return StageResult(artifact, details={"latency": table}, notes=notes)

@@ -47,8 +47,12 @@ class Export(Stage):
         exported = onnx_logits(path, x, batch_size=ctx.config.measure.eval_batch_size)
         diff = np.abs(reference - exported)
         agreement = float((reference.argmax(1) == exported.argmax(1)).mean())
-        parity = {"max_abs_diff": float(diff.max()), "mean_abs_diff": float(diff.mean()),
-                  "top1_agreement": agreement, "samples": len(x)}
+        parity = {
+            "max_abs_diff": float(diff.max()),
+            "mean_abs_diff": float(diff.mean()),
+            "top1_agreement": agreement,
+            "samples": len(x),
+        }
         if agreement < cfg.min_top1_agreement:
             raise StageFailed(
                 f"{ctx.where}: ONNX and PyTorch agree on top-1 for only {agreement:.2%} of {len(x)} test samples "
@@ -57,13 +61,20 @@ class Export(Stage):
         artifact = Artifact(
             kind=self.output_kind(ctx.input.kind),
             directory=ctx.out_dir,
-            meta={"files": {"model": MODEL_FILE}, "params": ctx.input.meta.get("params"),
-                  "macs": ctx.input.meta.get("macs"), "quantized": quantized, "opset": cfg.opset},
+            meta={
+                "files": {"model": MODEL_FILE},
+                "params": ctx.input.meta.get("params"),
+                "macs": ctx.input.meta.get("macs"),
+                "quantized": quantized,
+                "opset": cfg.opset,
+            },
         )
         artifact.save()
         return StageResult(
             artifact,
             details={"parity": parity, "opset": cfg.opset},
-            notes=[f"{'INT8 (from QAT)' if quantized else 'FP32'} ONNX, opset {cfg.opset}: top-1 agreement with "
-                   f"PyTorch {agreement:.2%}, max abs diff {parity['max_abs_diff']:.2e}"],
+            notes=[
+                f"{'INT8 (from QAT)' if quantized else 'FP32'} ONNX, opset {cfg.opset}: top-1 agreement with "
+                f"PyTorch {agreement:.2%}, max abs diff {parity['max_abs_diff']:.2e}"
+            ],
         )

@@ -58,32 +58,53 @@ class Finetune(Stage):
         if cfg.distill is not None:
             teacher_artifact = ctx.artifact_of(cfg.distill.teacher)
             if teacher_artifact.kind != TORCH:
-                raise UserError(f"{ctx.where}.distill.teacher: stage '{cfg.distill.teacher}' is not a float "
-                                f"PyTorch model ({teacher_artifact.kind})")
+                raise UserError(
+                    f"{ctx.where}.distill.teacher: stage '{cfg.distill.teacher}' is not a float "
+                    f"PyTorch model ({teacher_artifact.kind})"
+                )
             teacher = ctx.models.load(teacher_artifact)
             teacher.eval()
             loss_fn = distillation_loss(teacher, cfg.distill.temperature, cfg.distill.alpha)
-            notes.append(f"distilled from stage '{cfg.distill.teacher}' (T={cfg.distill.temperature}, "
-                         f"alpha={cfg.distill.alpha})")
+            notes.append(
+                f"distilled from stage '{cfg.distill.teacher}' (T={cfg.distill.temperature}, alpha={cfg.distill.alpha})"
+            )
         if cfg.qat:
             model = qat.prepare_qat(model, ctx.example(4))
             notes.append("quantization-aware training (PT2E, X86 quantizer: u8 activations, per-channel s8 weights)")
-        result = fit(model, ctx.data.train, ctx.data.val, cfg, loss_fn=loss_fn, seed=ctx.seed,
-                     label="finetune" + (" (QAT)" if cfg.qat else ""), where=ctx.where)
+        result = fit(
+            model,
+            ctx.data.train,
+            ctx.data.val,
+            cfg,
+            loss_fn=loss_fn,
+            seed=ctx.seed,
+            label="finetune" + (" (QAT)" if cfg.qat else ""),
+            where=ctx.where,
+        )
         if cfg.qat:
             qat.freeze_observers(model)
         test_acc, _ = evaluate(model, ctx.data.test)
         artifact = save_torch_artifact(
-            ctx.out_dir, model, kind=TORCH_QAT if cfg.qat else TORCH,
+            ctx.out_dir,
+            model,
+            kind=TORCH_QAT if cfg.qat else TORCH,
             pruning_history=ctx.models.history_of(ctx.input),
-            params=params, macs=macs,
+            params=params,
+            macs=macs,
         )
-        notes.append(f"val accuracy {start_acc:.4f} → {result.best_val_accuracy:.4f} (best epoch "
-                     f"{result.best_epoch}{', stopped early' if result.stopped_early else ''})")
+        notes.append(
+            f"val accuracy {start_acc:.4f} → {result.best_val_accuracy:.4f} (best epoch "
+            f"{result.best_epoch}{', stopped early' if result.stopped_early else ''})"
+        )
         return StageResult(
             artifact,
-            details={"val_accuracy_before": start_acc, "best_val_accuracy": result.best_val_accuracy,
-                     "torch_test_accuracy": test_acc, "best_epoch": result.best_epoch,
-                     "stopped_early": result.stopped_early, "epochs": result.history},
+            details={
+                "val_accuracy_before": start_acc,
+                "best_val_accuracy": result.best_val_accuracy,
+                "torch_test_accuracy": test_acc,
+                "best_epoch": result.best_epoch,
+                "stopped_early": result.stopped_early,
+                "epochs": result.history,
+            },
             notes=notes,
         )

@@ -46,7 +46,8 @@ class PruneConfig(StrictModel):
 def classifier_layers(model: nn.Module, num_classes: int) -> list[nn.Module]:
     """Layers whose outputs are the logits: Linear/Conv layers with ``num_classes`` outputs, last first."""
     heads = [
-        m for m in model.modules()
+        m
+        for m in model.modules()
         if (isinstance(m, nn.Linear) and m.out_features == num_classes)
         or (isinstance(m, nn.modules.conv._ConvNd) and m.out_channels == num_classes)
     ]
@@ -79,8 +80,14 @@ class Prune(Stage):
 
         importance = build_importance(cfg.importance)
         pruner = tp.pruner.BasePruner(
-            model, example, importance=importance, pruning_ratio=ratio, iterative_steps=cfg.iterative_steps,
-            global_pruning=cfg.global_pruning, ignored_layers=ignored, round_to=cfg.round_to,
+            model,
+            example,
+            importance=importance,
+            pruning_ratio=ratio,
+            iterative_steps=cfg.iterative_steps,
+            global_pruning=cfg.global_pruning,
+            ignored_layers=ignored,
+            round_to=cfg.round_to,
         )
         steps: list[dict[str, Any]] = []
         for step in range(cfg.iterative_steps):
@@ -91,23 +98,43 @@ class Prune(Stage):
             recalibrate_batchnorm(model, x_train, cfg.bn_recalibration_batches, 64)
             recal_acc, _ = evaluate(model, ctx.data.val)
             params, macs = count_params_and_macs(model, example)
-            steps.append({"step": step + 1, "params": params, "macs": macs,
-                          "val_accuracy_pruned": raw_acc, "val_accuracy_bn_recalibrated": recal_acc})
+            steps.append(
+                {
+                    "step": step + 1,
+                    "params": params,
+                    "macs": macs,
+                    "val_accuracy_pruned": raw_acc,
+                    "val_accuracy_bn_recalibrated": recal_acc,
+                }
+            )
         history = ctx.models.history_of(ctx.input) + [list(h) for h in pruner.pruning_history()]
         params, macs = count_params_and_macs(model, example)
-        artifact = save_torch_artifact(ctx.out_dir, model, kind=TORCH, pruning_history=history, params=params, macs=macs)
+        artifact = save_torch_artifact(
+            ctx.out_dir, model, kind=TORCH, pruning_history=history, params=params, macs=macs
+        )
         channels = {n: m.out_channels for n, m in model.named_modules() if isinstance(m, nn.modules.conv._ConvNd)}
         return StageResult(
             artifact,
-            details={"pruning_ratio": ratio, "importance": cfg.importance, "params_before": params_before,
-                     "macs_before": macs_before, "params_after": params, "macs_after": macs,
-                     "params_kept": params / params_before, "macs_kept": macs / macs_before,
-                     "val_accuracy_before": acc_before, "steps": steps, "conv_channels": channels},
-            notes=[f"{cfg.importance} importance, channel ratio {ratio:.3f} in {cfg.iterative_steps} step(s): "
-                   f"params {params_before:,} → {params:,} ({params / params_before:.1%}), "
-                   f"MACs {macs / macs_before:.1%} kept; val accuracy {acc_before:.4f} → "
-                   f"{steps[-1]['val_accuracy_pruned']:.4f} pruned → "
-                   f"{steps[-1]['val_accuracy_bn_recalibrated']:.4f} after BatchNorm re-estimation"],
+            details={
+                "pruning_ratio": ratio,
+                "importance": cfg.importance,
+                "params_before": params_before,
+                "macs_before": macs_before,
+                "params_after": params,
+                "macs_after": macs,
+                "params_kept": params / params_before,
+                "macs_kept": macs / macs_before,
+                "val_accuracy_before": acc_before,
+                "steps": steps,
+                "conv_channels": channels,
+            },
+            notes=[
+                f"{cfg.importance} importance, channel ratio {ratio:.3f} in {cfg.iterative_steps} step(s): "
+                f"params {params_before:,} → {params:,} ({params / params_before:.1%}), "
+                f"MACs {macs / macs_before:.1%} kept; val accuracy {acc_before:.4f} → "
+                f"{steps[-1]['val_accuracy_pruned']:.4f} pruned → "
+                f"{steps[-1]['val_accuracy_bn_recalibrated']:.4f} after BatchNorm re-estimation"
+            ],
         )
 
     @staticmethod
@@ -119,8 +146,15 @@ class Prune(Stage):
         return [modules[n] for n in names]
 
     def _ratio_for_target(
-        self, model: nn.Module, ignored: list[nn.Module], example: torch.Tensor,
-        calib_x: torch.Tensor, calib_y: torch.Tensor, params0: int, macs0: int, where: str,
+        self,
+        model: nn.Module,
+        ignored: list[nn.Module],
+        example: torch.Tensor,
+        calib_x: torch.Tensor,
+        calib_y: torch.Tensor,
+        params0: int,
+        macs0: int,
+        where: str,
     ) -> float:
         """Bisection on the channel ratio until the kept params/MACs fraction meets the target."""
         cfg: PruneConfig = self.config  # type: ignore[assignment]
@@ -136,8 +170,13 @@ class Prune(Stage):
             modules = dict(trial.named_modules())
             importance = build_importance(criterion)
             pruner = tp.pruner.BasePruner(
-                trial, example, importance=importance, pruning_ratio=ratio, global_pruning=cfg.global_pruning,
-                ignored_layers=[modules[n] for n in ignored_names], round_to=cfg.round_to,
+                trial,
+                example,
+                importance=importance,
+                pruning_ratio=ratio,
+                global_pruning=cfg.global_pruning,
+                ignored_layers=[modules[n] for n in ignored_names],
+                round_to=cfg.round_to,
             )
             prepare_importance(importance, trial, calib_x, calib_y)
             pruner.step()
@@ -146,7 +185,9 @@ class Prune(Stage):
 
         lo, hi = 0.0, 0.95
         if kept(hi) > target:
-            raise UserError(f"{where}: cannot reach target {target} of the original: even ratio {hi} keeps {kept(hi):.3f}")
+            raise UserError(
+                f"{where}: cannot reach target {target} of the original: even ratio {hi} keeps {kept(hi):.3f}"
+            )
         for _ in range(12):
             mid = (lo + hi) / 2
             lo, hi = (mid, hi) if kept(mid) > target else (lo, mid)

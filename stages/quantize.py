@@ -57,8 +57,10 @@ class Quantize(Stage):
 
     def check_plan(self, input_kind: str, where: str) -> None:
         if input_kind == ONNX_INT8:
-            raise UserError(f"{where}: the model is already INT8 (quantization-aware training); "
-                            "remove this stage or set finetune.qat: false")
+            raise UserError(
+                f"{where}: the model is already INT8 (quantization-aware training); "
+                "remove this stage or set finetune.qat: false"
+            )
 
     def run(self, ctx: StageContext) -> StageResult:
         from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
@@ -77,24 +79,39 @@ class Quantize(Stage):
         out = ctx.out_dir / MODEL_FILE
         input_name = onnx.load(str(source), load_external_data=False).graph.input[0].name
         quantize_static(
-            str(model_in), str(out), _Reader(input_name, samples),
+            str(model_in),
+            str(out),
+            _Reader(input_name, samples),
             quant_format=QuantFormat.QDQ if cfg.format == "qdq" else QuantFormat.QOperator,
             per_channel=cfg.per_channel,
             activation_type=QuantType.QUInt8 if cfg.activation_type == "uint8" else QuantType.QInt8,
             weight_type=QuantType.QInt8 if cfg.weight_type == "int8" else QuantType.QUInt8,
-            calibrate_method={"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
-                              "percentile": CalibrationMethod.Percentile}[cfg.calibration],
+            calibrate_method={
+                "minmax": CalibrationMethod.MinMax,
+                "entropy": CalibrationMethod.Entropy,
+                "percentile": CalibrationMethod.Percentile,
+            }[cfg.calibration],
         )
         if model_in != source:
             model_in.unlink()
         artifact = Artifact(
-            kind=ONNX_INT8, directory=ctx.out_dir,
-            meta={"files": {"model": MODEL_FILE}, "params": ctx.input.meta.get("params"),
-                  "macs": ctx.input.meta.get("macs"), "quantized": True},
+            kind=ONNX_INT8,
+            directory=ctx.out_dir,
+            meta={
+                "files": {"model": MODEL_FILE},
+                "params": ctx.input.meta.get("params"),
+                "macs": ctx.input.meta.get("macs"),
+                "quantized": True,
+            },
         )
         artifact.save()
-        scheme = (f"{cfg.format.upper()}, {'per-channel' if cfg.per_channel else 'per-tensor'} "
-                  f"{cfg.weight_type} weights, {cfg.activation_type} activations, {cfg.calibration} calibration "
-                  f"on {len(samples)} training images")
-        return StageResult(artifact, details={"scheme": cfg.model_dump(), "calibration_samples": len(samples)},
-                           notes=[f"static INT8: {scheme}"])
+        scheme = (
+            f"{cfg.format.upper()}, {'per-channel' if cfg.per_channel else 'per-tensor'} "
+            f"{cfg.weight_type} weights, {cfg.activation_type} activations, {cfg.calibration} calibration "
+            f"on {len(samples)} training images"
+        )
+        return StageResult(
+            artifact,
+            details={"scheme": cfg.model_dump(), "calibration_samples": len(samples)},
+            notes=[f"static INT8: {scheme}"],
+        )

@@ -29,11 +29,21 @@ class Train(Stage):
         test_acc, test_loss = evaluate(model, ctx.data.test)
         params, macs = count_params_and_macs(model, ctx.example())
         artifact = save_torch_artifact(
-            ctx.out_dir, model, kind=TORCH, pruning_history=ctx.models.history_of(ctx.input), params=params, macs=macs
+            ctx.out_dir,
+            model,
+            kind=TORCH,
+            pruning_history=ctx.models.history_of(ctx.input),
+            params=params,
+            macs=macs,
         )
         return StageResult(
             artifact,
-            details={"torch_test_accuracy": test_acc, "torch_test_loss": test_loss, "best_epoch": result.best_epoch,
-                     "stopped_early": result.stopped_early, "epochs": result.history},
+            details={
+                "torch_test_accuracy": test_acc,
+                "torch_test_loss": test_loss,
+                "best_epoch": result.best_epoch,
+                "stopped_early": result.stopped_early,
+                "epochs": result.history,
+            },
             notes=[f"best validation accuracy {result.best_val_accuracy:.4f} at epoch {result.best_epoch}"],
         )

@@ -1,0 +1,177 @@
+"""The CLI as a user meets it: exit codes, one-line errors, no tracebacks, nothing lost."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from pipeline.artifacts import hash_tree
+from tests.conftest import small_config, write_config
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def edgeslim(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+def assert_one_line_error(proc: subprocess.CompletedProcess[str], pattern: str, code: int = 2) -> None:
+    assert proc.returncode == code, proc.stderr
+    lines = [line for line in proc.stderr.strip().splitlines() if line.strip()]
+    assert "Traceback" not in proc.stderr
+    assert lines[-1].startswith("edgeslim: error: "), proc.stderr
+    import re
+
+    assert re.search(pattern, lines[-1]), lines[-1]
+
+
+def test_help_on_every_command(tmp_path):
+    for args in (["--help"], ["run", "--help"], ["report", "--help"]):
+        proc = edgeslim(*args, cwd=tmp_path)
+        assert proc.returncode == 0 and "usage: edgeslim" in proc.stdout
+
+
+@pytest.mark.parametrize(
+    ("cfg", "pattern"),
+    [
+        (
+            small_config([{"prune": {"pruning_ratio": 1.0}}]),
+            r"stages\[0\]\.prune\.pruning_ratio: Input should be less",
+        ),
+        (
+            small_config(["baseline"], model={"name": "no_such_pkg.models:net"}),
+            r"model\.name: cannot import module 'no_such_pkg\.models'",
+        ),
+        (
+            small_config(["baseline"], model={"name": "tests.helpers.factories:missing"}),
+            r"model\.name: module 'tests\.helpers\.factories' has no attribute 'missing'",
+        ),
+        (
+            small_config(["baseline"], model={"name": "tests.helpers.factories:broken_model"}),
+            r"model\.name: factory 'tests\.helpers\.factories:broken_model' raised RuntimeError: weights server",
+        ),
+        (
+            small_config(["baseline"], model={"name": "tests.helpers.factories:not_a_model"}),
+            r"returned str, not a torch\.nn\.Module",
+        ),
+        (
+            small_config(["baseline"], model={"name": "tiny_cnn", "checkpoint": "missing.safetensors"}),
+            r"model\.checkpoint: file not found: .*missing\.safetensors",
+        ),
+        (
+            small_config(["baseline"], data={"name": "tests.helpers.factories:empty_test_split"}),
+            r"data\.name: the test split is empty",
+        ),
+        (
+            small_config(["baseline"], data={"name": "tests.helpers.factories:float_labels"}),
+            r"data\.name: train labels must be a 1-D tensor of integer class ids",
+        ),
+        (
+            small_config(["baseline"], data={"name": "tests.helpers.factories:mismatched_shapes"}),
+            r"data\.name: test inputs have shape \(1, 4, 4\), train has \(1, 8, 8\)",
+        ),
+        (
+            small_config(
+                ["baseline"],
+                model={"name": "tests.helpers.factories:small_mlp", "kwargs": {"hidden": 8}},
+                data={"name": "mnist5k", "max_samples": 100},
+            ),
+            r"model\.name: model 'tests\.helpers\.factories:small_mlp' cannot run on inputs of shape \(2, 1, 28, 28\)",
+        ),
+    ],
+)
+def test_bad_input_exits_2_with_one_line(tmp_path, cfg, pattern):
+    proc = edgeslim("run", str(write_config(tmp_path / "c.yaml", cfg)), "--out", str(tmp_path / "out"), cwd=ROOT)
+    assert_one_line_error(proc, pattern)
+
+
+def test_missing_config_and_malformed_yaml(tmp_path):
+    assert_one_line_error(edgeslim("run", "nope.yaml", cwd=tmp_path), r"config file not found: nope\.yaml")
+    (tmp_path / "bad.yaml").write_text("name: [unclosed\n")
+    assert_one_line_error(edgeslim("run", "bad.yaml", cwd=tmp_path), r"bad\.yaml: malformed YAML at line")
+
+
+def test_pickled_checkpoint_is_refused_not_loaded(tmp_path):
+    marker = tmp_path / "pwned"
+    payload = tmp_path / "evil.pt"
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    torch.save({"weight": Evil()}, payload)
+    cfg = small_config(["baseline"], model={"name": "tiny_cnn", "checkpoint": str(payload)})
+    proc = edgeslim("run", str(write_config(tmp_path / "c.yaml", cfg)), "--out", str(tmp_path / "out"), cwd=ROOT)
+    assert_one_line_error(proc, r"model\.checkpoint: refused .*evil\.pt: it holds pickled Python objects")
+    assert not marker.exists()
+
+
+def test_user_model_and_data_factories_run_end_to_end(tmp_path):
+    cfg = small_config(
+        ["train", "baseline", {"prune": {"importance": "l1", "pruning_ratio": 0.25}}, "export"],
+        model={"name": "tests.helpers.factories:small_mlp", "kwargs": {"hidden": 32}},
+        data={"name": "tests.helpers.factories:digits_splits", "kwargs": {"n": 300}},
+    )
+    proc = edgeslim("run", str(write_config(tmp_path / "c.yaml", cfg)), "--out", str(tmp_path / "out"), cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    assert "03-export" in proc.stdout
+
+
+def test_failure_in_a_later_stage_keeps_earlier_artifacts_byte_identical(tmp_path):
+    good = small_config(["train", "baseline"])
+    out = tmp_path / "out"
+    assert edgeslim("run", str(write_config(tmp_path / "c.yaml", good)), "--out", str(out), cwd=ROOT).returncode == 0
+    before = {d.name: hash_tree(d, exclude=()) for d in (out / "t").iterdir() if d.is_dir()}
+    diverging = small_config(
+        [
+            "train",
+            "baseline",
+            {
+                "finetune": {
+                    "optimizer": {"name": "sgd", "lr": 1e6, "momentum": 0.0},
+                    "schedule": {"name": "constant"},
+                    "batch_size": 32,
+                }
+            },
+        ]
+    )
+    proc = edgeslim("run", str(write_config(tmp_path / "c.yaml", diverging)), "--out", str(out), cwd=ROOT)
+    assert_one_line_error(proc, r"stages\[2\]\.finetune: training diverged \(loss is nan")
+    after = {d.name: hash_tree(d, exclude=()) for d in (out / "t").iterdir() if d.is_dir()}
+    assert after == before  # nothing partial left behind, earlier stages untouched
+    assert not any(p.name.startswith(".") and p.name != ".lock" for p in (out / "t").iterdir())
+    import json
+
+    report = json.loads((out / "t" / "report.json").read_text())
+    assert report["stages"][-1]["status"] == "failed" and "diverged" in report["stages"][-1]["error"]
+
+
+def test_unwritable_output_folder(tmp_path):
+    if os.geteuid() == 0:
+        pytest.skip("root ignores directory permissions")
+    locked = tmp_path / "ro"
+    locked.mkdir(mode=0o500)
+    cfg = write_config(tmp_path / "c.yaml", small_config(["baseline"]))
+    assert_one_line_error(edgeslim("run", str(cfg), "--out", str(locked), cwd=ROOT), r"cannot (create|write)")
+
+
+def test_output_path_blocked_by_a_file(tmp_path):
+    blocker = tmp_path / "occupied"
+    blocker.write_text("not a folder")
+    cfg = write_config(tmp_path / "c.yaml", small_config(["baseline"]))
+    proc = edgeslim("run", str(cfg), "--out", str(blocker), cwd=ROOT)
+    assert_one_line_error(proc, r"cannot create output folder .*occupied/t")
+    assert blocker.read_text() == "not a folder"

@@ -1,0 +1,83 @@
+"""Our Hessian (OBD) criterion accumulates over every calibration sample."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+import torch_pruning as tp
+
+from pipeline.importance import FisherDiagonal, OBDHessianImportance
+from pipeline.models import TinyCNN
+
+
+def _exact_fisher(model, x, y):
+    """Reference: one backward pass per sample, squared gradients averaged."""
+    model.eval()
+    sums = {n: torch.zeros_like(p) for n, p in model.named_parameters()}
+    for i in range(len(x)):
+        model.zero_grad()
+        F.cross_entropy(model(x[i : i + 1]), y[i : i + 1]).backward()
+        for n, p in model.named_parameters():
+            sums[n] += p.grad.pow(2)
+    return {n: s / len(x) for n, s in sums.items()}
+
+
+def test_fisher_matches_per_sample_loop_and_accumulates(data):
+    torch.manual_seed(0)
+    model = TinyCNN(num_classes=data.num_classes)
+    x, y = data.train.tensors[0][:20], data.train.tensors[1][:20]
+    exact = _exact_fisher(model, x, y)
+
+    fisher = FisherDiagonal()
+    fisher.add(model, x[:7], y[:7], chunk=4)  # two calls, odd chunking: must still be the mean of all 20
+    fisher.add(model, x[7:], y[7:], chunk=5)
+    assert fisher.count == 20
+    ours = fisher.mean()
+    for name, ref in exact.items():
+        torch.testing.assert_close(ours[name], ref, rtol=1e-4, atol=1e-9)
+
+    # It is not the last sample alone (what torch-pruning 1.6.1's HessianImportance keeps).
+    last = _exact_fisher(model, x[-1:], y[-1:])
+    name = "features.0.0.weight"
+    assert not torch.allclose(ours[name], last[name], rtol=0.05)
+
+
+def test_torch_pruning_hessian_keeps_only_the_last_sample(data):
+    """Documents the upstream bug our criterion replaces (if this starts failing, upstream fixed it)."""
+    torch.manual_seed(0)
+    model = TinyCNN(num_classes=data.num_classes).eval()
+    x, y = data.train.tensors[0][:5], data.train.tensors[1][:5]
+    upstream = tp.importance.HessianImportance()
+    for i in range(len(x)):
+        model.zero_grad()
+        F.cross_entropy(model(x[i : i + 1]), y[i : i + 1]).backward()
+        upstream.accumulate_grad(model)
+    param = model.features[0][0].weight
+    assert upstream._counter[param] == 1  # five samples seen, counted once
+    torch.testing.assert_close(upstream._accu_grad[param], _exact_fisher(model, x[-1:], y[-1:])["features.0.0.weight"])
+
+
+def test_obd_importance_scores_are_saliency_sums(data):
+    torch.manual_seed(0)
+    model = TinyCNN(num_classes=data.num_classes).eval()
+    x, y = data.train.tensors[0][:16], data.train.tensors[1][:16]
+    importance = OBDHessianImportance()
+    importance.accumulate(model, x, y)
+    importance.load_into_grads(model)
+    graph = tp.DependencyGraph().build_dependency(model, example_inputs=x[:2])
+    conv = model.features[0][0]
+    group = graph.get_pruning_group(conv, tp.prune_conv_out_channels, idxs=list(range(conv.out_channels)))
+    scores = importance(group)
+    assert scores.shape == (conv.out_channels,)
+    assert torch.isfinite(scores).all() and (scores >= 0).all()
+    # A channel that outputs nothing has zero saliency in every term of its group: it must rank lowest.
+    with torch.no_grad():
+        conv.weight[3].zero_()
+        bn = model.features[0][1]
+        bn.weight[3] = 0.0
+        bn.bias[3] = 0.0  # channel 3 now outputs zeros: nothing downstream depends on it
+    importance.reset()
+    importance.accumulate(model, x, y)
+    importance.load_into_grads(model)
+    scores = importance(group)
+    assert int(scores.argmin()) == 3

@@ -1,0 +1,175 @@
+"""The runner end to end: every stage, report contents, resume and selective re-runs."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import onnx
+import pytest
+
+from pipeline.artifacts import hash_tree
+from pipeline.config import parse_config
+from pipeline.errors import UserError
+from pipeline.runner import RunLock, Runner
+from tests.conftest import TRAIN, small_config
+
+PTQ_STAGES = [
+    {"train": TRAIN},
+    "baseline",
+    {"prune": {"importance": "hessian", "pruning_ratio": 0.5, "calibration_samples": 64}},
+    {"finetune": {"epochs": 3, "batch_size": 32, "distill": {"teacher": "baseline"}}},
+    "export",
+    {"quantize": {"calibration_samples": 64}},
+    {"benchmark": {"runs": 20, "warmup": 2, "batch_sizes": [1, 4]}},
+]
+
+
+def run(out: Path, stages=PTQ_STAGES, **kwargs):
+    return Runner(parse_config(small_config(stages)), out, **kwargs).run()
+
+
+def statuses(report) -> list[str]:
+    return [s["status"] for s in report["stages"]]
+
+
+@pytest.fixture(scope="module")
+def first_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs")
+    return out, run(out)
+
+
+def test_full_pipeline_report(first_run):
+    out, report = first_run
+    run_dir = out / "t"
+    assert statuses(report) == ["ran"] * 7
+    on_disk = json.loads((run_dir / "report.json").read_text())
+    assert [s["name"] for s in on_disk["stages"]] == [
+        "train",
+        "baseline",
+        "prune",
+        "finetune",
+        "export",
+        "quantize",
+        "benchmark",
+    ]
+    for stage in on_disk["stages"]:
+        m = stage["metrics"]
+        assert 0 <= m["accuracy"] <= 1 and m["size_bytes"] > 0 and m["params"] > 0
+        assert 0 < m["latency_ms"]["p50"] <= m["latency_ms"]["p90"] <= m["latency_ms"]["p99"]
+        folder = run_dir / stage["dir"]
+        assert (folder / "manifest.json").is_file() and (folder / "metrics.json").is_file()
+    by_name = {s["name"]: s["metrics"] for s in on_disk["stages"]}
+    assert by_name["baseline"]["accuracy"] > 0.8
+    assert by_name["prune"]["params"] < 0.35 * by_name["baseline"]["params"]
+    assert by_name["quantize"]["size_bytes"] < by_name["export"]["size_bytes"]
+    assert by_name["export"]["accuracy"] == by_name["finetune"]["accuracy"]  # the same model, measured alike
+    quantized = onnx.load(str(run_dir / "05-quantize" / "model.onnx"))
+    assert any(n.op_type == "QuantizeLinear" for n in quantized.graph.node)
+    md = (run_dir / "report.md").read_text()
+    assert "| 05-quantize | ran |" in md and "## Versions" in md and "torch: 2.13.0" in md
+    assert on_disk["versions"]["torch"].startswith("2.13.0")
+
+
+def test_rerun_reuses_everything_and_changes_nothing(first_run):
+    out, _ = first_run
+    before = hash_tree(out / "t", exclude=("report.json", "report.md"))
+    report = run(out)
+    assert statuses(report) == ["cached"] * 7
+    assert hash_tree(out / "t", exclude=("report.json", "report.md")) == before
+
+
+def test_changed_finetune_setting_reruns_finetune_and_later_only(first_run):
+    out, _ = first_run
+    changed = [*PTQ_STAGES]
+    changed[3] = {"finetune": {"epochs": 2, "batch_size": 32, "distill": {"teacher": "baseline"}}}
+    report = run(out, changed)
+    assert statuses(report) == ["cached"] * 3 + ["ran"] * 4
+    report = run(out, changed)
+    assert statuses(report) == ["cached"] * 7
+
+
+def test_from_stage_and_force(first_run):
+    out, _ = first_run
+    run(out)  # back to the original settings
+    assert statuses(run(out, from_stage="quantize")) == ["cached"] * 5 + ["ran"] * 2
+    assert statuses(run(out, from_stage="5")) == ["cached"] * 5 + ["ran"] * 2
+
+
+def test_tampered_artifact_is_redone(first_run):
+    out, _ = first_run
+    weights = out / "t" / "02-prune" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-10])  # truncated file
+    report = run(out)
+    assert statuses(report)[:2] == ["cached", "cached"] and statuses(report)[2] == "ran"
+
+
+def test_interrupted_stage_leaves_nothing_and_is_redone(tmp_path, monkeypatch):
+    stages = [{"train": {"epochs": 2, "batch_size": 32}}, "baseline", "export"]
+    run(tmp_path, stages)
+    import stages.export as export_module
+
+    def interrupted(self, ctx):
+        (ctx.out_dir / "model.onnx").write_bytes(b"half-writ")
+        raise KeyboardInterrupt
+
+    before = hash_tree(tmp_path / "t" / "02-export")
+    monkeypatch.setattr(export_module.Export, "run", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path, stages, from_stage="export")
+    assert hash_tree(tmp_path / "t" / "02-export") == before  # the previous result is intact
+    assert not [p for p in (tmp_path / "t").iterdir() if p.name.endswith(".partial")]
+    assert not (tmp_path / "t" / ".lock").exists()
+    monkeypatch.undo()
+    assert statuses(run(tmp_path, stages)) == ["cached", "cached", "cached"]
+
+
+def test_qat_pipeline_exports_real_int8(tmp_path):
+    stages = [
+        {"train": TRAIN},
+        "baseline",
+        {"prune": {"importance": "l2"}},
+        {"finetune": {"epochs": 2, "batch_size": 32, "qat": True, "distill": {"teacher": "baseline"}}},
+        "export",
+    ]
+    report = run(tmp_path, stages)
+    by_name = {s["name"]: s for s in report["stages"]}
+    export = by_name["export"]
+    assert export["details"]["parity"]["top1_agreement"] >= 0.99
+    model = onnx.load(str(tmp_path / "t" / "04-export" / "model.onnx"))
+    ops = {n.op_type for n in model.graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    assert json.loads((tmp_path / "t" / "04-export" / "artifact.json").read_text())["kind"] == "onnx-int8"
+    # The finetune stage is measured by its INT8 deployable, so both rows agree.
+    assert by_name["finetune"]["metrics"]["size_bytes"] == export["metrics"]["size_bytes"]
+    assert abs(by_name["finetune"]["metrics"]["accuracy"] - export["metrics"]["accuracy"]) <= 0.01
+
+
+def test_report_command_rerenders_markdown(first_run):
+    out, _ = first_run
+    md = out / "t" / "report.md"
+    md.unlink()
+    root = Path(__file__).resolve().parents[2]
+    proc = subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", "report", str(out / "t")],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(root)},
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "06-benchmark" in proc.stdout and md.is_file()
+
+
+def test_lock_refuses_a_second_run_and_takes_over_a_stale_one(tmp_path):
+    lock = tmp_path / ".lock"
+    with RunLock(lock), pytest.raises(UserError, match=r"in use by another edgeslim run \(pid \d+\)"):
+        RunLock(lock).__enter__()
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    lock.write_text(dead.stdout.strip())  # a run that was killed
+    with RunLock(lock) as taken:
+        assert taken.held and lock.read_text() == str(os.getpid())
+    assert not lock.exists()
