@@ -182,9 +182,15 @@ class Runner:
                 record.update(status="cached", **metrics)
                 self.console.print(f"[dim]↺ {final.name}: unchanged, reusing[/dim]")
             else:
-                record.update(
-                    self._run_stage(index, entry.type, stage, key, upstream, data, models, artifact, earlier, report)
-                )
+                try:
+                    record.update(
+                        self._run_stage(index, entry.type, stage, key, upstream, data, models, artifact, earlier)
+                    )
+                except Exception as exc:
+                    message = " ".join(str(exc).split()) or type(exc).__name__
+                    report["stages"].append({**record, "status": "failed", "error": message})
+                    write_report(self.run_dir, report)
+                    raise
                 artifact = Artifact.load(final)
             manifest = read_json(final / MANIFEST_FILE)
             upstream = [*upstream, manifest["output_hash"]]
@@ -204,7 +210,6 @@ class Runner:
         models: ModelLoader,
         artifact: Artifact,
         earlier: dict[int, Artifact],
-        report: dict[str, Any],
     ) -> dict[str, Any]:
         final = self.stage_dir(index)
         tmp = fresh_temp_dir(final)
@@ -244,20 +249,8 @@ class Runner:
                 },
             )
             commit_dir(tmp, final)
-        except BaseException as exc:
-            shutil.rmtree(tmp, ignore_errors=True)
-            if isinstance(exc, Exception):
-                report["stages"].append(
-                    {
-                        "index": index,
-                        "name": kind,
-                        "dir": final.name,
-                        "status": "failed",
-                        "error": str(exc).splitlines()[0] if str(exc) else type(exc).__name__,
-                    }
-                )
-                write_report(self.run_dir, report)
-                report["stages"].pop()
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)  # nothing half-written survives a failure or a kill
             raise
         m = metrics
         self.console.print(
