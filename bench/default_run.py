@@ -140,7 +140,7 @@ def main() -> int:
         "| figure | baseline (FP32 ONNX) | final (INT8) | ratio |",
         "|---|---|---|---|",
         f"| test accuracy (1,001 MNIST-5k images) | {base_m['accuracy']:.2%} | {final_m['accuracy']:.2%} | "
-        f"{result['accuracy']['drop_points']:+.2f} pt drop |",
+        f"{-result['accuracy']['drop_points']:+.2f} pt |",
         f"| size | {base_m['size_bytes']:,} B | {final_m['size_bytes']:,} B | "
         f"{result['size_bytes']['ratio']:.1f}x smaller |",
         f"| p50 latency, 1 thread, batch 1 (ms) | {fmt(lat['baseline_fp32']['q1_median_q3'])} | "
