@@ -81,22 +81,16 @@ def compose_loss(
         logits = model(x)
         task = classification_loss(logits, y, cfg)
         if teachers:
-            total = (1 - alpha) * task + alpha * distillation_term(logits, ensemble_probs(teachers, x, temperature),
-                                                                   temperature)
+            total = (1 - alpha) * task + alpha * distillation_term(
+                logits, ensemble_probs(teachers, x, temperature), temperature
+            )
         else:
             total = task
-        if hint is not None:
+        if hint is not None:  # the taps were filled by the student's and the teachers' forward passes above
             student_tap, teacher_tap, adapter, weight = hint
-            if not teachers:  # the teacher's features come from its forward pass
-                with torch.no_grad():
-                    ensemble_probs([teacher_tap_owner(teacher_tap)], x, 1.0)
             total = total + weight * F.mse_loss(adapter(student_tap.value), teacher_tap.value.detach())
         if cfg.l1_penalty > 0:
             total = total + cfg.l1_penalty * sum(p.abs().sum() for p in model.parameters() if p.dim() > 1)
         return total
 
     return loss
-
-
-def teacher_tap_owner(tap: FeatureTap) -> nn.Module:  # pragma: no cover - hint always has teachers here
-    raise RuntimeError("a hint loss needs a teacher")

@@ -69,9 +69,7 @@ def importance_map(score: float, kind: str) -> float:
     return math.log1p(score) / math.log(2.0)
 
 
-def importance_scales(
-    scores: dict[str, float], cfg: ImportanceLRConfig, param_names: list[str]
-) -> dict[str, float]:
+def importance_scales(scores: dict[str, float], cfg: ImportanceLRConfig, param_names: list[str]) -> dict[str, float]:
     """LR multiplier per parameter name (1.0 for parameters outside ``cfg.layers``)."""
     if cfg.granularity == "layer":
         per_layer = aggregate_by_layer({n: abs(scores.get(n, 0.0)) for n in param_names})

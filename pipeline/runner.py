@@ -30,6 +30,7 @@ from pipeline.artifacts import (
     hash_tree,
     manifest_is_valid,
     read_json,
+    sha256_file,
     write_json,
 )
 from pipeline.config import RunConfig, canonical_hash
@@ -136,6 +137,15 @@ class Runner:
         self.first_forced = 0 if force else (config.stage_index(from_stage) if from_stage else None)
         self.versions = package_versions()
 
+    @staticmethod
+    def _file_hashes(stage: Stage, where: str) -> dict[str, str]:
+        hashes = {}
+        for path in stage.input_files():
+            if not path.is_file():
+                raise UserError(f"{where}: file not found: {path}")
+            hashes[str(path)] = sha256_file(path)
+        return hashes
+
     def stage_dir(self, index: int) -> Path:
         return self.run_dir / f"{index:02d}-{self.config.stages[index].type}"
 
@@ -172,6 +182,7 @@ class Runner:
                     "device": config.device.model_dump(mode="json"),
                     "measure": config.measure.model_dump(mode="json"),
                     "versions": self.versions,
+                    "input_files": self._file_hashes(stage, f"stages[{index}].{entry.type}"),
                 }
             )
             forced = self.first_forced is not None and index >= self.first_forced

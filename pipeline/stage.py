@@ -84,6 +84,10 @@ class Stage(ABC):
         """The artifact kind this stage produces from ``input_kind`` (default: unchanged)."""
         return input_kind
 
+    def input_files(self) -> list[Path]:
+        """Files outside the run this stage reads (e.g. teacher weights): their bytes join the cache key."""
+        return []
+
     def check_plan(self, input_kind: str, where: str) -> None:  # noqa: B027 - optional hook
         """Raise UserError when the settings cannot work on this input (before anything runs)."""
 

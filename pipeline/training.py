@@ -1,125 +1,115 @@
 """The training engine shared by the ``train`` and ``finetune`` stages.
 
-Built from small pieces so the fine-tuning issue can grow each one: ``build_optimizer``
-(parameter groups; torch optimizers do the updates), ``build_schedule`` (per-step LR
-multipliers), a loss callable, and ``fit`` (epochs, early stopping, best-state restore,
-NaN detection, progress bars).
+``fit`` runs epochs with the pieces from ``optim`` (per-tensor learning rates, schedules),
+``losses`` and ``augment``, plus freezing, gradual unfreezing, a batch-size schedule,
+BatchNorm freezing, early stopping with the best state restored and NaN detection.
 """
 
 from __future__ import annotations
 
 import copy
+import fnmatch
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field
+from pydantic import Field, field_validator
 from torch import nn
 from torch.utils.data import TensorDataset
 
+from pipeline.augment import AugmentConfig, augment_batch
 from pipeline.config import StrictModel
 from pipeline.errors import UserError
+from pipeline.importance import layer_of
+from pipeline.losses import LossConfig, LossFn, compose_loss
+from pipeline.optim import (
+    OptimizerConfig,
+    Plateau,
+    ScheduleConfig,
+    build_optimizer,
+    build_param_groups,
+    layer_depths,
+    lr_multiplier,
+)
 from pipeline.progress import progress_bar
-from pipeline.qat import observers_paused, set_mode
+from pipeline.qat import is_graph_module, observers_paused, set_mode
 
-LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
-
-
-class OptimizerConfig(StrictModel):
-    name: Literal["adamw", "adam", "sgd", "rmsprop", "adagrad"] = "adamw"
-    lr: float = Field(1e-3, gt=0)
-    weight_decay: float = Field(1e-4, ge=0, le=1)
-    momentum: float = Field(0.9, ge=0, lt=1, description="sgd and rmsprop")
-    nesterov: bool = False
-    decay_norms_and_biases: bool = Field(False, description="apply weight decay to norm weights and biases too")
-
-
-class ScheduleConfig(StrictModel):
-    name: Literal["constant", "cosine", "step", "exponential"] = "cosine"
-    warmup_epochs: float = Field(0.0, ge=0, description="linear warm-up from 0 before the schedule")
-    min_lr_ratio: float = Field(0.0, ge=0, le=1, description="cosine floor as a fraction of lr")
-    step_epochs: int = Field(1, ge=1, description="step: epochs between decays")
-    gamma: float = Field(0.5, gt=0, le=1, description="step/exponential decay factor")
+__all__ = ["FitResult", "OptimizerConfig", "ScheduleConfig", "TrainLoopConfig", "evaluate", "fit", "predict"]
 
 
 class TrainLoopConfig(StrictModel):
     epochs: int = Field(5, ge=1, le=1000)
     batch_size: int = Field(128, ge=1)
+    batch_size_schedule: dict[int, int] | None = Field(
+        None, description="{first epoch (1-based): batch size}, e.g. {1: 256, 3: 64}"
+    )
     optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
+    layer_decay: float | None = Field(None, gt=0, le=1, description="lr * decay ** (depth from the top)")
+    freeze: list[str] = Field(default_factory=list, description="parameter name patterns to keep fixed")
+    freeze_first_layers: int = Field(0, ge=0, description="keep the k lowest parameterised layers fixed")
+    unfreeze_every: int | None = Field(
+        None, ge=1, description="gradual unfreezing: start with the head, add one layer every N epochs"
+    )
+    loss: LossConfig = Field(default_factory=LossConfig)
+    dropout: float | None = Field(None, ge=0, lt=1, description="override every Dropout's p")
+    augment: AugmentConfig | None = None
+    freeze_bn_last_epochs: int = Field(0, ge=0, description="use running BatchNorm statistics in the last k epochs")
     patience: int | None = Field(3, ge=1, description="early stopping: epochs without val improvement")
     grad_clip: float | None = Field(None, gt=0, description="max gradient norm")
 
+    @field_validator("batch_size_schedule")
+    @classmethod
+    def _schedule(cls, value: dict[int, int] | None) -> dict[int, int] | None:
+        if value is not None and any(k < 1 or v < 1 for k, v in value.items()):
+            raise ValueError("epochs are 1-based and batch sizes must be >= 1")
+        return value
 
-def build_optimizer(model: nn.Module, cfg: OptimizerConfig) -> torch.optim.Optimizer:
-    """Two parameter groups: weights with decay, norms/biases without (unless asked)."""
-    decay, no_decay = [], []
-    for name, param in model.named_parameters():
-        if not param.requires_grad:
-            continue
-        (no_decay if (param.dim() <= 1 or name.endswith(".bias")) else decay).append(param)
-    if cfg.decay_norms_and_biases:
-        decay, no_decay = decay + no_decay, []
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}]
-    if no_decay:
-        groups.append({"params": no_decay, "weight_decay": 0.0})
-    if cfg.name == "adamw":
-        return torch.optim.AdamW(groups, lr=cfg.lr)
-    if cfg.name == "adam":
-        return torch.optim.Adam(groups, lr=cfg.lr)
-    if cfg.name == "sgd":
-        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0)
-    if cfg.name == "rmsprop":
-        return torch.optim.RMSprop(groups, lr=cfg.lr, momentum=cfg.momentum)
-    return torch.optim.Adagrad(groups, lr=cfg.lr)
+    def batch_size_at(self, epoch: int) -> int:
+        """Batch size for 0-based ``epoch``."""
+        size = self.batch_size
+        for start, value in sorted((self.batch_size_schedule or {}).items()):
+            if epoch + 1 >= start:
+                size = value
+        return size
 
 
-def lr_multiplier(cfg: ScheduleConfig, step: int, steps_per_epoch: int, total_steps: int) -> float:
-    """LR factor at optimizer step ``step`` (0-based): linear warm-up, then the schedule."""
-    warmup = round(cfg.warmup_epochs * steps_per_epoch)
-    if step < warmup:
-        return (step + 1) / warmup
-    t = step - warmup
-    if cfg.name == "constant":
-        return 1.0
-    if cfg.name == "step":
-        return cfg.gamma ** ((step // steps_per_epoch) // cfg.step_epochs)
-    if cfg.name == "exponential":
-        return cfg.gamma ** (t / steps_per_epoch)
-    span = max(1, total_steps - warmup)
-    cosine = 0.5 * (1 + math.cos(math.pi * min(t, span) / span))
-    return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * cosine
+def set_dropout(model: nn.Module, p: float) -> int:
+    dropouts = [m for m in model.modules() if isinstance(m, nn.modules.dropout._DropoutNd)]
+    for m in dropouts:
+        m.p = p
+    return len(dropouts)
 
 
-def build_schedule(
-    optimizer: torch.optim.Optimizer, cfg: ScheduleConfig, steps_per_epoch: int, epochs: int
-) -> torch.optim.lr_scheduler.LambdaLR:
-    total = steps_per_epoch * epochs
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_multiplier(cfg, step, steps_per_epoch, total))
+def frozen_names(model: nn.Module, cfg: TrainLoopConfig, epoch: int) -> set[str]:
+    """Parameters that must not change in ``epoch`` (patterns, lowest layers, gradual unfreezing)."""
+    depths = layer_depths(model)
+    bottom_up = sorted(depths, key=depths.get, reverse=True)
+    fixed_layers = set(bottom_up[: cfg.freeze_first_layers])
+    frozen = set()
+    for name, _ in model.named_parameters():
+        layer = layer_of(name)
+        if (
+            any(fnmatch.fnmatchcase(name, pat) for pat in cfg.freeze)
+            or layer in fixed_layers
+            or (cfg.unfreeze_every is not None and depths[layer] >= 1 + epoch // cfg.unfreeze_every)
+        ):
+            frozen.add(name)
+    return frozen
 
 
-def cross_entropy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    return F.cross_entropy(model(x), y)
-
-
-def distillation_loss(teacher: nn.Module, temperature: float, alpha: float) -> LossFn:
-    """Hinton et al.: ``alpha * T^2 * KL(student_T || teacher_T) + (1 - alpha) * CE``."""
-
-    def loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        logits = model(x)
-        with torch.no_grad():
-            teacher_logits = teacher(x)
-        soft = F.kl_div(
-            F.log_softmax(logits / temperature, dim=1),
-            F.softmax(teacher_logits / temperature, dim=1),
-            reduction="batchmean",
-        )
-        return alpha * temperature**2 * soft + (1 - alpha) * F.cross_entropy(logits, y)
-
-    return loss
+def train_mode(model: nn.Module, freeze_bn: bool) -> None:
+    set_mode(model, True)
+    if not freeze_bn:
+        return
+    if is_graph_module(model):  # an exported graph switches BatchNorm (and dropout) as a whole
+        set_mode(model, False)
+        return
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.eval()
 
 
 @torch.no_grad()
@@ -163,6 +153,7 @@ class FitResult:
     best_epoch: int = 0
     best_val_accuracy: float = 0.0
     stopped_early: bool = False
+    initial_lrs: dict[str, float] = field(default_factory=dict)
 
 
 def fit(
@@ -171,37 +162,55 @@ def fit(
     val: TensorDataset,
     cfg: TrainLoopConfig,
     *,
-    loss_fn: LossFn = cross_entropy,
+    loss_fn: LossFn | None = None,
+    lr_scales: dict[str, float] | None = None,
+    extra_params: dict[str, nn.Parameter] | None = None,
     seed: int = 0,
     label: str = "train",
     where: str = "train",
-    on_epoch_start: Callable[[int], None] | None = None,
+    on_epoch_end: Callable[[int, nn.Module], None] | None = None,
 ) -> FitResult:
     """Train with early stopping on validation accuracy; the best state is restored at the end.
 
+    ``lr_scales`` multiplies each parameter's learning rate (importance scaling);
+    ``extra_params`` are trained too but are not part of the model (e.g. hint adapters).
     ``where`` names the config location in error messages (e.g. ``stages[3].finetune``).
     """
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
+    loss_fn = loss_fn or compose_loss(cfg.loss)
+    if cfg.dropout is not None and not is_graph_module(model):
+        set_dropout(model, cfg.dropout)
     x_train, y_train = train.tensors
-    steps_per_epoch = math.ceil(len(x_train) / cfg.batch_size)
-    optimizer = build_optimizer(model, cfg.optimizer)
-    schedule = build_schedule(optimizer, cfg.schedule, steps_per_epoch, cfg.epochs)
-    result = FitResult(best_val_accuracy=-1.0)
+    groups = build_param_groups(model, cfg.optimizer, lr_scales, cfg.layer_decay, extra_params)
+    optimizer = build_optimizer(groups, cfg.optimizer)
+    initial = [g["lr"] for g in optimizer.param_groups]
+    result = FitResult(best_val_accuracy=-1.0, initial_lrs={g["name"]: g["lr"] for g in optimizer.param_groups})
+    plateau = Plateau(cfg.schedule)
+    params = dict(model.named_parameters())
     best_state = None
     since_best = 0
+    steps = [math.ceil(len(x_train) / cfg.batch_size_at(e)) for e in range(cfg.epochs)]
     with progress_bar() as bar:
-        task = bar.add_task(label, total=cfg.epochs * steps_per_epoch)
+        task = bar.add_task(label, total=sum(steps))
         for epoch in range(cfg.epochs):
-            if on_epoch_start is not None:
-                on_epoch_start(epoch)
-            set_mode(model, True)
+            batch_size = cfg.batch_size_at(epoch)
+            frozen = frozen_names(model, cfg, epoch)
+            for name, p in params.items():
+                p.requires_grad_(name not in frozen)
+            train_mode(model, freeze_bn=epoch >= cfg.epochs - cfg.freeze_bn_last_epochs)
             order = torch.randperm(len(x_train), generator=generator)
             total_loss = 0.0
-            for step in range(steps_per_epoch):
-                idx = order[step * cfg.batch_size : (step + 1) * cfg.batch_size]
+            for step in range(steps[epoch]):
+                factor = lr_multiplier(cfg.schedule, epoch, step, steps[epoch], cfg.epochs) * plateau.factor
+                for group, lr in zip(optimizer.param_groups, initial, strict=True):
+                    group["lr"] = lr * factor
+                idx = order[step * batch_size : (step + 1) * batch_size]
+                x = x_train[idx]
+                if cfg.augment is not None:
+                    x = augment_batch(x, cfg.augment, generator)
                 optimizer.zero_grad(set_to_none=True)
-                loss = loss_fn(model, x_train[idx], y_train[idx])
+                loss = loss_fn(model, x, y_train[idx])
                 if not torch.isfinite(loss):
                     raise UserError(
                         f"{where}: training diverged (loss is {loss.item()} at epoch {epoch + 1}, step {step + 1}); "
@@ -209,21 +218,25 @@ def fit(
                     )
                 loss.backward()
                 if cfg.grad_clip is not None:
-                    nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                    nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], cfg.grad_clip)
                 optimizer.step()
-                schedule.step()
                 total_loss += loss.item()
                 bar.advance(task)
             val_acc, val_loss = evaluate(model, val)
+            plateau.update(val_acc)
             result.history.append(
                 {
                     "epoch": epoch + 1,
-                    "train_loss": total_loss / steps_per_epoch,
+                    "train_loss": total_loss / steps[epoch],
                     "val_accuracy": val_acc,
                     "val_loss": val_loss,
-                    "lr": optimizer.param_groups[0]["lr"],
+                    "lr": optimizer.param_groups[-1]["lr"],
+                    "batch_size": batch_size,
+                    "frozen_tensors": len(frozen),
                 }
             )
+            if on_epoch_end is not None:
+                on_epoch_end(epoch, model)
             bar.update(task, description=f"{label} · epoch {epoch + 1}/{cfg.epochs} · val acc {val_acc:.4f}")
             if val_acc > result.best_val_accuracy:
                 result.best_val_accuracy, result.best_epoch, since_best = val_acc, epoch + 1, 0
@@ -233,6 +246,8 @@ def fit(
                 if cfg.patience is not None and since_best >= cfg.patience:
                     result.stopped_early = True
                     break
+    for p in params.values():
+        p.requires_grad_(True)
     if best_state is not None:
         model.load_state_dict(best_state)
     set_mode(model, False)

@@ -1,42 +1,73 @@
-"""``finetune``: recover accuracy after pruning, optionally with distillation and QAT.
+"""``finetune``: recover accuracy after pruning, and optionally learn quantization (QAT).
 
-Defaults: AdamW, cosine schedule, early stopping with the best state restored. ``distill``
-adds Hinton distillation from an earlier stage's model (the unpruned ``baseline`` by default).
-``qat: true`` inserts PT2E fake quantization (torchao) first, so the result converts to a real
-INT8 model at export.
+Every option of the training engine is available (optimizers, schedules, layer-wise and
+importance-scaled learning rates, freezing, augmentation, losses). On top: distillation from
+one or an ensemble of teachers (earlier stages or weight files of the original architecture),
+an optional intermediate-feature (hint) loss, BatchNorm re-estimation before training, and
+``qat: true`` for PT2E quantization-aware training so the result exports as real INT8.
 """
 
 from __future__ import annotations
 
-from pydantic import Field
+from pathlib import Path
+
+import torch
+from pydantic import Field, model_validator
+from torch import nn
 
 from pipeline import qat
 from pipeline.artifacts import TORCH, TORCH_QAT
 from pipeline.config import StrictModel
 from pipeline.errors import UserError
+from pipeline.importance import parameter_importance
+from pipeline.losses import FeatureTap, compose_loss, make_adapter
+from pipeline.models import load_state_dict_file, load_weights
+from pipeline.optim import ImportanceLRConfig, OptimizerConfig, importance_scales
 from pipeline.stage import Stage, StageContext, StageResult, register
 from pipeline.torch_model import count_params_and_macs, save_torch_artifact
-from pipeline.training import (
-    OptimizerConfig,
-    TrainLoopConfig,
-    cross_entropy,
-    distillation_loss,
-    evaluate,
-    fit,
-)
+from pipeline.training import TrainLoopConfig, evaluate, fit, recalibrate_batchnorm, set_dropout
+
+WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth")
+
+
+class HintConfig(StrictModel):
+    layer: str = Field(..., description="student module whose output is matched, e.g. features.6")
+    teacher_layer: str | None = Field(None, description="teacher module (default: the same name)")
+    weight: float = Field(1.0, gt=0)
 
 
 class DistillConfig(StrictModel):
-    teacher: str = Field("baseline", description="earlier stage whose model teaches (name or index)")
+    teacher: str | list[str] = Field(
+        "baseline", description="earlier stage(s) by name/index, or weight files of the original architecture"
+    )
     temperature: float = Field(4.0, gt=0, le=100)
     alpha: float = Field(0.5, ge=0, le=1, description="weight of the distillation term")
+    hint: HintConfig | None = None
+
+    @property
+    def teachers(self) -> list[str]:
+        return [self.teacher] if isinstance(self.teacher, str) else list(self.teacher)
 
 
 class FinetuneConfig(TrainLoopConfig):
     epochs: int = Field(4, ge=1, le=1000)
     optimizer: OptimizerConfig = Field(default_factory=lambda: OptimizerConfig(lr=1e-3))
+    importance_lr: ImportanceLRConfig | None = None
+    bn_recalibration_batches: int = Field(0, ge=0, description="re-estimate BatchNorm statistics before training")
     distill: DistillConfig | None = None
     qat: bool = Field(False, description="quantization-aware training (PT2E, torchao)")
+
+    @model_validator(mode="after")
+    def _compatible(self) -> FinetuneConfig:
+        if self.qat and self.distill is not None and self.distill.hint is not None:
+            raise ValueError("distill.hint cannot be combined with qat: a QAT graph has no named layers to tap")
+        if self.distill is not None and not self.distill.teachers:
+            raise ValueError("distill.teacher: name at least one teacher")
+        return self
+
+
+def _is_weight_file(ref: str) -> bool:
+    return ref.endswith(WEIGHT_SUFFIXES)
 
 
 @register
@@ -48,39 +79,74 @@ class Finetune(Stage):
     def output_kind(self, input_kind: str) -> str:
         return TORCH_QAT if self.config.qat else TORCH  # type: ignore[attr-defined]
 
+    def input_files(self) -> list[Path]:
+        distill = self.config.distill  # type: ignore[attr-defined]
+        return [Path(t) for t in distill.teachers if _is_weight_file(t)] if distill else []
+
     def run(self, ctx: StageContext) -> StageResult:
         cfg: FinetuneConfig = self.config  # type: ignore[assignment]
         model = ctx.models.load(ctx.input)
+        x_train = ctx.data.train.tensors[0]
         start_acc, _ = evaluate(model, ctx.data.val)
         params, macs = count_params_and_macs(model, ctx.example())
-        loss_fn = cross_entropy
-        notes = []
-        if cfg.distill is not None:
-            teacher_artifact = ctx.artifact_of(cfg.distill.teacher)
-            if teacher_artifact.kind != TORCH:
-                raise UserError(
-                    f"{ctx.where}.distill.teacher: stage '{cfg.distill.teacher}' is not a float "
-                    f"PyTorch model ({teacher_artifact.kind})"
-                )
-            teacher = ctx.models.load(teacher_artifact)
-            teacher.eval()
-            loss_fn = distillation_loss(teacher, cfg.distill.temperature, cfg.distill.alpha)
+        notes: list[str] = []
+        details: dict = {"val_accuracy_before": start_acc}
+        if cfg.bn_recalibration_batches:
+            recalibrate_batchnorm(model, x_train, cfg.bn_recalibration_batches, 64)
+            details["val_accuracy_bn_recalibrated"] = evaluate(model, ctx.data.val)[0]
+        if cfg.dropout is not None:
+            set_dropout(model, cfg.dropout)  # before QAT: the exported graph freezes dropout's p
+
+        lr_scales = None
+        if cfg.importance_lr is not None:
+            lr_scales = self._importance_scales(model, cfg.importance_lr, ctx)
+            details["lr_scales"] = lr_scales
+            ranked = sorted(lr_scales.items(), key=lambda kv: kv[1])
             notes.append(
-                f"distilled from stage '{cfg.distill.teacher}' (T={cfg.distill.temperature}, alpha={cfg.distill.alpha})"
+                f"importance-scaled lr ({cfg.importance_lr.criterion}, {cfg.importance_lr.direction}, "
+                f"{cfg.importance_lr.map}): x{ranked[0][1]:.2f} ({ranked[0][0]}) … "
+                f"x{ranked[-1][1]:.2f} ({ranked[-1][0]})"
             )
+
+        teachers: list[nn.Module] = []
+        hint = None
+        extra: dict[str, nn.Parameter] = {}
+        if cfg.distill is not None:
+            teachers = [self._teacher(ref, ctx) for ref in cfg.distill.teachers]
+            notes.append(
+                f"distilled from {' + '.join(cfg.distill.teachers)} (T={cfg.distill.temperature}, "
+                f"alpha={cfg.distill.alpha})"
+            )
+            if cfg.distill.hint is not None:
+                hint, adapter = self._hint(model, teachers[0], cfg.distill.hint, ctx)
+                extra = {f"hint_adapter.{n}": p for n, p in adapter.named_parameters()}
+                notes.append(f"hint loss on {cfg.distill.hint.layer} (weight {cfg.distill.hint.weight})")
         if cfg.qat:
             model = qat.prepare_qat(model, ctx.example(4))
             notes.append("quantization-aware training (PT2E, X86 quantizer: u8 activations, per-channel s8 weights)")
+
+        loss_fn = compose_loss(
+            cfg.loss,
+            teachers=teachers,
+            hint=hint,
+            temperature=cfg.distill.temperature if cfg.distill else 1.0,
+            alpha=cfg.distill.alpha if cfg.distill else 0.0,
+        )
         result = fit(
             model,
             ctx.data.train,
             ctx.data.val,
             cfg,
             loss_fn=loss_fn,
+            lr_scales=lr_scales,
+            extra_params=extra,
             seed=ctx.seed,
             label="finetune" + (" (QAT)" if cfg.qat else ""),
             where=ctx.where,
         )
+        if hint is not None:
+            hint[0].remove()
+            hint[1].remove()
         if cfg.qat:
             qat.freeze_observers(model)
         test_acc, _ = evaluate(model, ctx.data.test)
@@ -96,15 +162,56 @@ class Finetune(Stage):
             f"val accuracy {start_acc:.4f} → {result.best_val_accuracy:.4f} (best epoch "
             f"{result.best_epoch}{', stopped early' if result.stopped_early else ''})"
         )
-        return StageResult(
-            artifact,
-            details={
-                "val_accuracy_before": start_acc,
-                "best_val_accuracy": result.best_val_accuracy,
-                "torch_test_accuracy": test_acc,
-                "best_epoch": result.best_epoch,
-                "stopped_early": result.stopped_early,
-                "epochs": result.history,
-            },
-            notes=notes,
+        details.update(
+            best_val_accuracy=result.best_val_accuracy,
+            torch_test_accuracy=test_acc,
+            best_epoch=result.best_epoch,
+            stopped_early=result.stopped_early,
+            epochs=result.history,
         )
+        return StageResult(artifact, details=details, notes=notes)
+
+    def _importance_scales(self, model: nn.Module, cfg: ImportanceLRConfig, ctx: StageContext) -> dict[str, float]:
+        x_train, y_train = ctx.data.train.tensors
+        pick = torch.randperm(len(x_train), generator=torch.Generator().manual_seed(ctx.seed))[
+            : cfg.calibration_samples
+        ]
+        scores = parameter_importance(
+            model, cfg.criterion, x_train[pick], y_train[pick], cfg.hutchinson_samples, seed=ctx.seed
+        )
+        model.zero_grad(set_to_none=True)
+        return importance_scales(scores, cfg, [n for n, _ in model.named_parameters()])
+
+    def _teacher(self, ref: str, ctx: StageContext) -> nn.Module:
+        where = f"{ctx.where}.distill.teacher"
+        if _is_weight_file(ref):
+            teacher = ctx.models.build()
+            load_weights(teacher, load_state_dict_file(Path(ref), where), where)
+        else:
+            artifact = ctx.artifact_of(ref)
+            if artifact.kind != TORCH:
+                raise UserError(f"{where}: stage '{ref}' is not a float PyTorch model ({artifact.kind})")
+            teacher = ctx.models.load(artifact)
+        teacher.eval()
+        for p in teacher.parameters():
+            p.requires_grad_(False)
+        return teacher
+
+    def _hint(self, student: nn.Module, teacher: nn.Module, cfg: HintConfig, ctx: StageContext):
+        where = f"{ctx.where}.distill.hint"
+        s_modules, t_modules = dict(student.named_modules()), dict(teacher.named_modules())
+        t_name = cfg.teacher_layer or cfg.layer
+        if cfg.layer not in s_modules:
+            raise UserError(f"{where}.layer: no module '{cfg.layer}' in the model")
+        if t_name not in t_modules:
+            raise UserError(f"{where}.teacher_layer: no module '{t_name}' in the teacher")
+        s_tap, t_tap = FeatureTap(s_modules[cfg.layer]), FeatureTap(t_modules[t_name])
+        with torch.no_grad():
+            student.eval()
+            student(ctx.example())
+            teacher(ctx.example())
+        s_out, t_out = s_tap.value, t_tap.value
+        if s_out is None or t_out is None or s_out.shape[2:] != t_out.shape[2:]:
+            raise UserError(f"{where}: layers '{cfg.layer}' and '{t_name}' give outputs of different spatial shape")
+        adapter = make_adapter(s_out.shape[1], t_out.shape[1], spatial=s_out.dim() == 4)
+        return (s_tap, t_tap, adapter, cfg.weight), adapter

@@ -18,7 +18,7 @@ def test_atomic_write_leaves_old_content_when_interrupted(tmp_path, monkeypatch)
     target = tmp_path / "metrics.json"
     atomic_write_bytes(target, b"old")
 
-    def crash(src, dst):  # noqa: ANN001, ANN202
+    def crash(src, dst):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(os, "replace", crash)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn.functional as F
 import torch_pruning as tp
@@ -81,3 +82,36 @@ def test_obd_importance_scores_are_saliency_sums(data):
     importance.load_into_grads(model)
     scores = importance(group)
     assert int(scores.argmin()) == 3
+
+
+def test_hutchinson_trace_matches_exact_hessian_trace_of_a_quadratic():
+    from pipeline.importance import hutchinson_trace
+
+    torch.manual_seed(0)
+    a = torch.randn(6, 6)
+    hessian = a @ a.T + torch.eye(6)  # loss = 0.5 w^T H w + u^T b: exact trace per tensor is known
+    b = torch.randn(3)
+    w = torch.randn(6, requires_grad=True)
+    u = torch.randn(3, requires_grad=True)
+
+    def loss() -> torch.Tensor:
+        return 0.5 * w @ hessian @ w + (u**2).sum() * 1.5 + u @ b
+
+    traces = hutchinson_trace(loss, {"w": w, "u": u}, samples=2000, seed=0)
+    assert traces["w"] == pytest.approx(float(hessian.trace()), rel=0.05)
+    assert traces["u"] == pytest.approx(3 * 3.0, rel=1e-6)  # diagonal Hessian: exact for Rademacher probes
+
+
+def test_parameter_importance_criteria_give_a_score_per_tensor(data):
+    from pipeline.importance import aggregate_by_layer, parameter_importance
+
+    torch.manual_seed(0)
+    model = TinyCNN(num_classes=data.num_classes)
+    x, y = data.train.tensors[0][:64], data.train.tensors[1][:64]
+    names = {n for n, _ in model.named_parameters()}
+    for criterion in ("weight_l1", "weight_l2", "grad_norm", "hessian_trace", "fisher"):
+        scores = parameter_importance(model, criterion, x, y, hutchinson_samples=2)
+        assert set(scores) == names, criterion
+        assert all(torch.isfinite(torch.tensor(v)) for v in scores.values())
+    layers = aggregate_by_layer(parameter_importance(model, "fisher", x, y))
+    assert set(layers) == {"features.0.0", "features.0.1", "features.1.0", "features.1.1", "classifier"}

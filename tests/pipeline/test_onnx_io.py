@@ -13,7 +13,7 @@ from pipeline.errors import UserError
 from pipeline.onnx_io import check_onnx_file, open_session
 
 
-def _model_with_external_weight(folder, location: str):  # noqa: ANN001, ANN202
+def _model_with_external_weight(folder, location: str):
     """A one-node MatMul whose weight is stored as external data at ``location``."""
     weight = numpy_helper.from_array(np.ones((4, 2), dtype=np.float32), name="w")
     weight.data_location = TensorProto.EXTERNAL

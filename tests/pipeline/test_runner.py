@@ -173,3 +173,18 @@ def test_lock_refuses_a_second_run_and_takes_over_a_stale_one(tmp_path):
     with RunLock(lock) as taken:
         assert taken.held and lock.read_text() == str(os.getpid())
     assert not lock.exists()
+
+
+def test_teacher_file_contents_are_part_of_the_cache_key(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    first = [{"train": {**TRAIN, "epochs": 2}}, "baseline"]
+    run(tmp_path, first)
+    teacher = tmp_path / "teacher.safetensors"
+    weights = load_file(str(tmp_path / "t" / "01-baseline" / "model.safetensors"))
+    save_file(weights, str(teacher))
+    stages = [*first, {"finetune": {"epochs": 1, "batch_size": 64, "distill": {"teacher": str(teacher)}}}]
+    assert statuses(run(tmp_path, stages))[-1] == "ran"
+    assert statuses(run(tmp_path, stages))[-1] == "cached"
+    save_file({k: v * 1.01 if v.is_floating_point() else v for k, v in weights.items()}, str(teacher))
+    assert statuses(run(tmp_path, stages)) == ["cached", "cached", "ran"]  # same path, new bytes

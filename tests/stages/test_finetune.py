@@ -43,3 +43,54 @@ def test_qat_finetune_produces_fake_quant_model_that_reloads_and_converts(tmp_pa
     with torch.no_grad():
         agree = (converted(x).argmax(1) == model(x).argmax(1)).float().mean()
     assert agree > 0.95
+
+
+def test_importance_scaled_lr_and_ensemble_with_hint(tmp_path, data, loader, trained):
+    from safetensors.torch import save_file
+
+    pruned = _pruned(tmp_path, data, loader, trained)
+    second_teacher = tmp_path / "teacher2.safetensors"
+    save_file({k: v.contiguous() for k, v in loader.load(trained).state_dict().items()}, str(second_teacher))
+    stages = [
+        "baseline",
+        {
+            "finetune": {
+                "epochs": 2,
+                "batch_size": 32,
+                "importance_lr": {
+                    "criterion": "hessian_trace",
+                    "direction": "protect",
+                    "hutchinson_samples": 2,
+                    "calibration_samples": 64,
+                    "layers": ["features.*"],
+                },
+                "distill": {"teacher": ["baseline", str(second_teacher)], "hint": {"layer": "features.1"}},
+                "augment": {"shift": 1},
+                "loss": {"label_smoothing": 0.1},
+            }
+        },
+    ]
+    stage = stage_for(stages, 1)
+    assert stage.input_files() == [second_teacher]
+    result = stage.run(make_context(tmp_path, data, loader, pruned, stages, index=1, earlier={0: trained}))
+    scales = result.details["lr_scales"]
+    assert scales["classifier.weight"] == 1.0  # outside layers: plain rate
+    assert any(v != 1.0 for k, v in scales.items() if k.startswith("features"))
+    assert any("distilled from baseline + " in n for n in result.notes)
+    assert any("hint loss on features.1" in n for n in result.notes)
+    assert result.details["best_val_accuracy"] > 0.1
+
+
+def test_invalid_finetune_combinations_are_config_errors():
+    import pytest
+
+    from pipeline.config import parse_config
+    from pipeline.errors import UserError
+    from tests.conftest import small_config
+
+    with pytest.raises(UserError, match=r"stages\[0\]\.finetune: .*hint cannot be combined with qat"):
+        parse_config(small_config([{"finetune": {"qat": True, "distill": {"hint": {"layer": "features.1"}}}}]))
+    with pytest.raises(UserError, match=r"stages\[0\]\.finetune\.importance_lr: .*min_scale \(3\.0\) must be <= "):
+        parse_config(small_config([{"finetune": {"importance_lr": {"min_scale": 3.0}}}]))
+    with pytest.raises(UserError, match=r"importance_lr\.criterion: Input should be 'weight_l1', 'weight_l2', "):
+        parse_config(small_config([{"finetune": {"importance_lr": {"criterion": "random"}}}]))
