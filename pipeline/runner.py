@@ -45,8 +45,16 @@ from pipeline.torch_model import ModelLoader
 PACKAGES = ("torch", "torch-pruning", "torchao", "onnx", "onnxscript", "onnxruntime", "numpy", "edgeslim")
 
 
+def source_fingerprint() -> str:
+    """sha256 over edgeslim's own code: an edited stage must not reuse results of the old code."""
+    import stages
+
+    files = sorted(Path(__file__).parent.glob("*.py")) + sorted(Path(stages.__file__).parent.glob("*.py"))
+    return combined_hash({f"{p.parent.name}/{p.name}": sha256_file(p) for p in files})
+
+
 def package_versions() -> dict[str, str]:
-    versions = {"python": platform.python_version()}
+    versions = {"python": platform.python_version(), "edgeslim_source": source_fingerprint()}
     for name in PACKAGES:
         try:
             versions[name] = metadata.version(name)
@@ -162,7 +170,13 @@ class Runner:
     def _run_locked(self) -> dict[str, Any]:
         config = self.config
         data = load_data(config.data)
-        models = ModelLoader(config.model, data.input_shape[0], data.num_classes, data.example_batch(2))
+        models = ModelLoader(
+            config.model,
+            data.input_shape[0],
+            data.num_classes,
+            data.example_batch(2),
+            allow_other_classes=any(stage.replaces_head() for stage in self.stages),
+        )
         models.source_model()  # fail early (with a clear message) if the model cannot load or run on the data
         source_hash = models.source_hash()
         report = self._new_report(data)

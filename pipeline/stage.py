@@ -84,6 +84,10 @@ class Stage(ABC):
         """The artifact kind this stage produces from ``input_kind`` (default: unchanged)."""
         return input_kind
 
+    def replaces_head(self) -> bool:
+        """True if this stage gives the model a new output layer (so its class count may differ before)."""
+        return False
+
     def input_files(self) -> list[Path]:
         """Files outside the run this stage reads (e.g. teacher weights): their bytes join the cache key."""
         return []

@@ -1,9 +1,10 @@
 """Saving and rebuilding PyTorch model artifacts without pickling whole models.
 
-An artifact stores ``model.safetensors`` plus ``pruning_history.json`` (torch-pruning's
-record of removed channels). To load, the original architecture is built from the run's
-model spec, the history is replayed on it, and the weights are loaded. QAT artifacts are
-prepared again the same way and then receive their fake-quant state.
+An artifact stores ``model.safetensors`` plus ``pruning_history.json``: the ordered edits
+made to the original architecture — torch-pruning history entries (removed channels) and
+head replacements (``{"head": {...}}``). To load, the original architecture is built from the
+run's model spec, the edits are replayed in order, and the weights are loaded. QAT artifacts
+are prepared again the same way and then receive their fake-quant state.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ class ModelLoader:
     in_channels: int
     num_classes: int
     example: torch.Tensor
+    allow_other_classes: bool = False
 
     def source_hash(self) -> str:
         """Identity of the starting model: spec plus the checkpoint's bytes."""
@@ -65,6 +67,8 @@ class ModelLoader:
         return model
 
     def _check_forward(self, model: nn.Module) -> None:
+        """The model must map the data's inputs to logits; a different class count is allowed
+        only when a later stage replaces the head (``allow_other_classes``)."""
         model.eval()
         try:
             with torch.no_grad():
@@ -74,11 +78,12 @@ class ModelLoader:
                 f"model.name: model '{self.spec.name}' cannot run on inputs of shape "
                 f"{tuple(self.example.shape)}: {type(exc).__name__}: {str(exc)[:200]}"
             ) from None
-        if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[1] != self.num_classes:
+        classes_ok = isinstance(out, torch.Tensor) and (self.allow_other_classes or out.shape[-1] == self.num_classes)
+        if not isinstance(out, torch.Tensor) or out.dim() != 2 or not classes_ok:
             shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
             raise UserError(
                 f"model.name: model '{self.spec.name}' must return logits of shape (batch, {self.num_classes}); "
-                f"got {shape}"
+                f"got {shape} (to adapt it to this task, give a finetune stage a head: {{}})"
             )
 
     def load(self, artifact: Artifact) -> nn.Module:
@@ -88,13 +93,7 @@ class ModelLoader:
         if artifact.kind not in (TORCH, TORCH_QAT):
             raise ValueError(f"not a PyTorch artifact: {artifact.kind}")
         model = self.build()
-        history = read_json(artifact.file("pruning_history"))
-        if history:
-            import torch_pruning as tp
-
-            model.eval()
-            graph = tp.DependencyGraph().build_dependency(model, example_inputs=self.example)
-            graph.load_pruning_history(history)
+        apply_edits(model, read_json(artifact.file("pruning_history")), self.example)
         if artifact.kind == TORCH_QAT:
             model = qat.prepare_qat(model, self.example)
         from safetensors.torch import load_file
@@ -139,3 +138,64 @@ def save_torch_artifact(
     )
     artifact.save()
     return artifact
+
+
+def output_layer_name(model: nn.Module, example: torch.Tensor) -> str:
+    """The module whose output is the model's output (the classifier), else the last Linear."""
+    outputs: dict[str, object] = {}
+    hooks = [
+        m.register_forward_hook(lambda _m, _i, out, name=name: outputs.__setitem__(name, out))
+        for name, m in model.named_modules()
+        if name and not list(m.children())
+    ]
+    try:
+        model.eval()
+        with torch.no_grad():
+            final = model(example)
+    finally:
+        for h in hooks:
+            h.remove()
+    for name, out in outputs.items():
+        if out is final:
+            return name
+    linears = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+    if not linears:
+        raise UserError("cannot find the model's classifier layer; name it with head.layer")
+    return linears[-1]
+
+
+def replace_head(model: nn.Module, spec: dict[str, Any]) -> None:
+    """Swap the output layer for ``Linear(in, h1) -> ReLU -> Dropout ... -> Linear(h, classes)``."""
+    parent_name, _, attr = spec["layer"].rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    old = getattr(parent, attr)
+    if not isinstance(old, nn.Linear):
+        raise UserError(f"head.layer: '{spec['layer']}' is a {type(old).__name__}, not a Linear layer")
+    layers: list[nn.Module] = []
+    width = old.in_features
+    for hidden in spec.get("hidden", []):
+        layers += [nn.Linear(width, hidden), nn.ReLU(), nn.Dropout(spec.get("dropout", 0.0))]
+        width = hidden
+    layers.append(nn.Linear(width, spec["num_classes"]))
+    setattr(parent, attr, layers[0] if len(layers) == 1 else nn.Sequential(*layers))
+
+
+def apply_edits(model: nn.Module, edits: list[Any], example: torch.Tensor) -> None:
+    """Replay architecture edits in order: runs of pruning-history entries, then head swaps."""
+    import torch_pruning as tp
+
+    pending: list[Any] = []
+
+    def flush() -> None:
+        if pending:
+            model.eval()
+            tp.DependencyGraph().build_dependency(model, example_inputs=example).load_pruning_history(pending)
+            pending.clear()
+
+    for edit in edits:
+        if isinstance(edit, dict) and "head" in edit:
+            flush()
+            replace_head(model, edit["head"])
+        else:
+            pending.append(edit)
+    flush()

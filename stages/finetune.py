@@ -24,7 +24,7 @@ from pipeline.losses import FeatureTap, compose_loss, make_adapter
 from pipeline.models import load_state_dict_file, load_weights
 from pipeline.optim import ImportanceLRConfig, OptimizerConfig, importance_scales
 from pipeline.stage import Stage, StageContext, StageResult, register
-from pipeline.torch_model import count_params_and_macs, save_torch_artifact
+from pipeline.torch_model import count_params_and_macs, output_layer_name, replace_head, save_torch_artifact
 from pipeline.training import TrainLoopConfig, evaluate, fit, recalibrate_batchnorm, set_dropout
 
 WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth")
@@ -34,6 +34,15 @@ class HintConfig(StrictModel):
     layer: str = Field(..., description="student module whose output is matched, e.g. features.6")
     teacher_layer: str | None = Field(None, description="teacher module (default: the same name)")
     weight: float = Field(1.0, gt=0)
+
+
+class HeadConfig(StrictModel):
+    """A new output layer, e.g. to adapt a model to a task with other classes."""
+
+    num_classes: int | None = Field(None, ge=2, description="default: the data's number of classes")
+    hidden: list[int] = Field(default_factory=list, description="hidden layer sizes before the output layer")
+    dropout: float = Field(0.0, ge=0, lt=1)
+    layer: str | None = Field(None, description="module to replace (default: the layer producing the logits)")
 
 
 class DistillConfig(StrictModel):
@@ -52,6 +61,7 @@ class DistillConfig(StrictModel):
 class FinetuneConfig(TrainLoopConfig):
     epochs: int = Field(4, ge=1, le=1000)
     optimizer: OptimizerConfig = Field(default_factory=lambda: OptimizerConfig(lr=1e-3))
+    head: HeadConfig | None = None
     importance_lr: ImportanceLRConfig | None = None
     bn_recalibration_batches: int = Field(0, ge=0, description="re-estimate BatchNorm statistics before training")
     distill: DistillConfig | None = None
@@ -79,6 +89,9 @@ class Finetune(Stage):
     def output_kind(self, input_kind: str) -> str:
         return TORCH_QAT if self.config.qat else TORCH  # type: ignore[attr-defined]
 
+    def replaces_head(self) -> bool:
+        return self.config.head is not None  # type: ignore[attr-defined]
+
     def input_files(self) -> list[Path]:
         distill = self.config.distill  # type: ignore[attr-defined]
         return [Path(t) for t in distill.teachers if _is_weight_file(t)] if distill else []
@@ -88,9 +101,23 @@ class Finetune(Stage):
         model = ctx.models.load(ctx.input)
         x_train = ctx.data.train.tensors[0]
         start_acc, _ = evaluate(model, ctx.data.val)
-        params, macs = count_params_and_macs(model, ctx.example())
         notes: list[str] = []
         details: dict = {"val_accuracy_before": start_acc}
+        edits = ctx.models.history_of(ctx.input)
+        if cfg.head is not None:
+            spec = {
+                "layer": cfg.head.layer or output_layer_name(model, ctx.example()),
+                "num_classes": cfg.head.num_classes or ctx.data.num_classes,
+                "hidden": cfg.head.hidden,
+                "dropout": cfg.head.dropout,
+            }
+            torch.manual_seed(ctx.seed)
+            replace_head(model, spec)
+            edits = [*edits, {"head": spec}]
+            notes.append(
+                f"new head on {spec['layer']}: hidden {spec['hidden'] or 'none'} → {spec['num_classes']} classes"
+            )
+        params, macs = count_params_and_macs(model, ctx.example())
         if cfg.bn_recalibration_batches:
             recalibrate_batchnorm(model, x_train, cfg.bn_recalibration_batches, 64)
             details["val_accuracy_bn_recalibrated"] = evaluate(model, ctx.data.val)[0]
@@ -113,6 +140,13 @@ class Finetune(Stage):
         extra: dict[str, nn.Parameter] = {}
         if cfg.distill is not None:
             teachers = [self._teacher(ref, ctx) for ref in cfg.distill.teachers]
+            with torch.no_grad():
+                widths = {t(ctx.example()).shape[-1] for t in teachers}
+            if widths != {ctx.data.num_classes}:
+                raise UserError(
+                    f"{ctx.where}.distill.teacher: teachers predict {sorted(widths)} classes, the data has "
+                    f"{ctx.data.num_classes}; distillation needs the same classes"
+                )
             notes.append(
                 f"distilled from {' + '.join(cfg.distill.teachers)} (T={cfg.distill.temperature}, "
                 f"alpha={cfg.distill.alpha})"
@@ -154,7 +188,7 @@ class Finetune(Stage):
             ctx.out_dir,
             model,
             kind=TORCH_QAT if cfg.qat else TORCH,
-            pruning_history=ctx.models.history_of(ctx.input),
+            pruning_history=edits,
             params=params,
             macs=macs,
         )

@@ -20,7 +20,7 @@ from pipeline.config import StrictModel
 from pipeline.errors import UserError
 from pipeline.importance import CriterionName, build_importance, prepare_importance
 from pipeline.stage import Stage, StageContext, StageResult, register
-from pipeline.torch_model import count_params_and_macs, save_torch_artifact
+from pipeline.torch_model import count_params_and_macs, output_layer_name, save_torch_artifact
 from pipeline.training import evaluate, recalibrate_batchnorm
 
 
@@ -43,17 +43,6 @@ class PruneConfig(StrictModel):
         return self
 
 
-def classifier_layers(model: nn.Module, num_classes: int) -> list[nn.Module]:
-    """Layers whose outputs are the logits: Linear/Conv layers with ``num_classes`` outputs, last first."""
-    heads = [
-        m
-        for m in model.modules()
-        if (isinstance(m, nn.Linear) and m.out_features == num_classes)
-        or (isinstance(m, nn.modules.conv._ConvNd) and m.out_channels == num_classes)
-    ]
-    return heads[-1:]
-
-
 @register
 class Prune(Stage):
     name = "prune"
@@ -64,7 +53,8 @@ class Prune(Stage):
         cfg: PruneConfig = self.config  # type: ignore[assignment]
         model = ctx.models.load(ctx.input)
         example = ctx.example()
-        ignored = classifier_layers(model, ctx.data.num_classes) + self._named(model, cfg.ignore, ctx.where)
+        modules = dict(model.named_modules())
+        ignored = [modules[output_layer_name(model, example)], *self._named(model, cfg.ignore, ctx.where)]
         x_train, y_train = ctx.data.train.tensors
         generator = torch.Generator().manual_seed(ctx.seed)
         calib = torch.randperm(len(x_train), generator=generator)[: cfg.calibration_samples]

@@ -41,3 +41,9 @@ def float_labels():
 def mismatched_shapes():
     train, val, test = digits_splits()
     return train, val, TensorDataset(test.tensors[0][:, :, :4, :4], test.tensors[1])
+
+
+def digits_parity(n: int = 600):
+    """A different task on the same real images: is the digit even or odd?"""
+    splits = digits_splits(n)
+    return tuple(TensorDataset(s.tensors[0], s.tensors[1] % 2) for s in splits)

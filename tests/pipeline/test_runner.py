@@ -188,3 +188,37 @@ def test_teacher_file_contents_are_part_of_the_cache_key(tmp_path):
     assert statuses(run(tmp_path, stages))[-1] == "cached"
     save_file({k: v * 1.01 if v.is_floating_point() else v for k, v in weights.items()}, str(teacher))
     assert statuses(run(tmp_path, stages)) == ["cached", "cached", "ran"]  # same path, new bytes
+
+
+def test_checkpoint_adapted_to_a_new_task_end_to_end(tmp_path, trained):
+    checkpoint = trained.directory / "model.safetensors"
+    cfg = small_config(
+        [
+            "baseline",
+            {"prune": {"importance": "l1", "pruning_ratio": 0.25}},
+            {"finetune": {"epochs": 3, "batch_size": 32, "head": {}, "optimizer": {"lr": 0.003}}},
+            {"prune": {"importance": "l2", "pruning_ratio": 0.25}},
+            "export",
+        ],
+        model={"name": "tiny_cnn", "checkpoint": str(checkpoint), "kwargs": {"num_classes": 10}},
+        data={"name": "tests.helpers.factories:digits_parity"},
+    )
+    report = Runner(parse_config(cfg), tmp_path).run()
+    assert statuses(report) == ["ran"] * 5
+    edits = json.loads((tmp_path / "t" / "03-prune" / "pruning_history.json").read_text())
+    assert any(isinstance(e, dict) and e["head"]["num_classes"] == 2 for e in edits)  # prune → head → prune
+    assert report["stages"][-1]["metrics"]["accuracy"] > 0.6  # the exported 2-class model works
+
+
+def test_class_mismatch_without_a_head_is_a_clear_error(tmp_path, trained):
+    cfg = small_config(
+        ["baseline"],
+        model={
+            "name": "tiny_cnn",
+            "checkpoint": str(trained.directory / "model.safetensors"),
+            "kwargs": {"num_classes": 10},
+        },
+        data={"name": "tests.helpers.factories:digits_parity"},
+    )
+    with pytest.raises(UserError, match=r"must return logits of shape \(batch, 2\); got \(2, 10\) \(to adapt it"):
+        Runner(parse_config(cfg), tmp_path).run()

@@ -94,3 +94,25 @@ def test_invalid_finetune_combinations_are_config_errors():
         parse_config(small_config([{"finetune": {"importance_lr": {"min_scale": 3.0}}}]))
     with pytest.raises(UserError, match=r"importance_lr\.criterion: Input should be 'weight_l1', 'weight_l2', "):
         parse_config(small_config([{"finetune": {"importance_lr": {"criterion": "random"}}}]))
+
+
+def test_new_head_adapts_a_model_to_another_task(tmp_path, trained, run_config):
+    from pipeline.config import ModelSpec
+    from pipeline.data import DataSplits
+    from pipeline.torch_model import ModelLoader
+    from tests.helpers.factories import digits_parity
+
+    train, val, test = digits_parity()
+    parity = DataSplits(train, val, test, num_classes=2, fingerprint="parity")
+    spec = ModelSpec(name="tiny_cnn", kwargs={"num_classes": 10})  # the original 10-class architecture
+    loader = ModelLoader(spec, 1, 2, train.tensors[0][:2], allow_other_classes=True)
+    stages = [{"finetune": {"epochs": 3, "batch_size": 32, "head": {"hidden": [16]}, "optimizer": {"lr": 0.003}}}]
+    stage = stage_for(stages)
+    assert stage.replaces_head()
+    result = stage.run(make_context(tmp_path, parity, loader, trained, stages))
+    model = loader.load(result.artifact)  # replays the head edit
+    assert isinstance(model.classifier, torch.nn.Sequential)
+    assert model.classifier[0].out_features == 16 and model.classifier[-1].out_features == 2
+    acc, _ = evaluate(model, parity.test)
+    assert acc == result.details["torch_test_accuracy"] and acc > 0.7
+    assert any("new head on classifier" in n for n in result.notes)
