@@ -162,6 +162,15 @@ def best_combination(rows: list[dict[str, Any]], opts: dict[str, dict[str, Any]]
     return combo
 
 
+def beyond_noise(row: dict[str, Any], plain: dict[str, Any]) -> bool:
+    """|Δ| > 2 standard errors of the difference of two means over the same number of seeds."""
+    n = min(row["seeds"], plain["seeds"])
+    if n < 2:
+        return False
+    se = ((row["accuracy_sd"] ** 2 + plain["accuracy_sd"] ** 2) / n) ** 0.5
+    return abs(row["accuracy_mean"] - plain["accuracy_mean"]) > 2 * se
+
+
 def write_docs(rows: list[dict[str, Any]], args: argparse.Namespace, docs: Path, seconds: float) -> None:
     from pipeline.ort_bench import device_facts
 
@@ -182,9 +191,10 @@ def write_docs(rows: list[dict[str, Any]], args: argparse.Namespace, docs: Path,
         "combines every change that beat the plain row by more than its seed-to-seed sd. Accuracy: PyTorch top-1 "
         "on the 1,001-image test split, mean ± sd over seeds (QAT rows: the fake-quantized model).",
         "",
-        "| option | QAT | accuracy (mean ± sd) | Δ vs plain (pt) | s / run |",
-        "|---|---|---|---|---|",
+        "| option | QAT | accuracy (mean ± sd) | Δ vs plain (pt) | beyond noise? | s / run |",
+        "|---|---|---|---|---|---|",
     ]
+    conclusions = []
     for qat in (False, True):
         mode = [r for r in rows if r["qat"] == qat]
         if not mode:
@@ -192,12 +202,41 @@ def write_docs(rows: list[dict[str, Any]], args: argparse.Namespace, docs: Path,
         plain = next(r for r in mode if r["option"] == "plain AdamW + cosine")
         for r in mode:
             delta = (r["accuracy_mean"] - plain["accuracy_mean"]) * 100
+            verdict = "" if r is plain else ("yes" if beyond_noise(r, plain) else "no")
             lines.append(
                 f"| {r['option']} | {'on' if qat else 'off'} | {r['accuracy_mean'] * 100:.2f} ± "
-                f"{r['accuracy_sd'] * 100:.2f} | {delta:+.2f} | {r['seconds_mean']:.0f} |"
+                f"{r['accuracy_sd'] * 100:.2f} | {delta:+.2f} | {verdict} | {r['seconds_mean']:.0f} |"
             )
-    lines += ["", "The seed-to-seed sd is the noise: a difference smaller than about twice it is not a finding."]
+        combo = next((r for r in mode if r["option"].startswith("best combination")), None)
+        if combo is not None:
+            chosen = json.dumps(combo["settings"]) if combo["settings"] else "nothing (no change passed the rule)"
+            conclusions.append(f"- QAT {'on' if qat else 'off'}: the combination rule selected {chosen}.")
+        singles = [r for r in mode if r is not plain and not r["option"].startswith("best combination")]
+        top = max(singles, key=lambda r: r["accuracy_mean"])
+        significant = [r["option"] for r in singles if beyond_noise(r, plain)]
+        conclusions.append(
+            f"- QAT {'on' if qat else 'off'}: largest mean gain: {top['option']} "
+            f"({(top['accuracy_mean'] - plain['accuracy_mean']) * 100:+.2f} pt); beyond noise: "
+            f"{', '.join(significant) if significant else 'none'}."
+        )
+    lines += [
+        "",
+        "Noise rule: a row is *beyond noise* when |Δ| exceeds twice the standard error of the difference of "
+        "the two means, `2·sqrt((sd_a² + sd_b²) / seeds)` (about a 95% interval). The combination takes, per "
+        "family, the best change whose gain exceeds the plain row's sd.",
+        "",
+        "Findings:",
+        *conclusions,
+    ]
     (docs / "finetune_ablation.md").write_text("\n".join(lines) + "\n")
+
+
+def previous_minutes(docs: Path) -> float:
+    """Wall time recorded by the run that produced the saved results (kept when only re-rendering)."""
+    import re
+
+    match = re.search(r"\((\d+) min on", (docs / "finetune_ablation.md").read_text())
+    return float(match.group(1)) if match else 0.0
 
 
 def main() -> int:
@@ -208,12 +247,22 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--out", type=Path, default=ROOT / "artifacts")
     parser.add_argument("--docs", type=Path, default=ROOT / "docs")
+    parser.add_argument("--report-only", action="store_true", help="rewrite the docs from saved runs; train nothing")
     args = parser.parse_args()
     BASE["epochs"] = args.epochs
     started = time.perf_counter()
-    run_dir = base_run(args.out)
     progress_file = args.out / "ablation_runs.json"
     runs: list[dict[str, Any]] = json.loads(progress_file.read_text()) if progress_file.is_file() else []
+    if args.report_only:
+        opts = options()
+        for qat in (False, True):
+            if any(r["qat"] == qat for r in runs):
+                opts["best combination" + (" (QAT)" if qat else "")] = best_combination(
+                    summarize(runs, opts), options(), qat
+                )
+        write_docs(summarize(runs, opts), args, args.docs, previous_minutes(args.docs) * 60)
+        return 0
+    run_dir = base_run(args.out)
     done = {(r["option"], r["qat"], r["seed"]) for r in runs}
     opts = options()
     settings_of = dict(opts)
