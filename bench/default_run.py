@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from pipeline.benchmark import measure_latency  # noqa: E402
-from pipeline.ort_bench import device_facts  # noqa: E402
+from pipeline.edgeslim_bench import device_facts  # noqa: E402
 
 
 def timed_run(config: Path, out: Path) -> float:

@@ -172,7 +172,7 @@ def beyond_noise(row: dict[str, Any], plain: dict[str, Any]) -> bool:
 
 
 def write_docs(rows: list[dict[str, Any]], args: argparse.Namespace, docs: Path, seconds: float) -> None:
-    from pipeline.ort_bench import device_facts
+    from pipeline.edgeslim_bench import device_facts
 
     docs.mkdir(exist_ok=True)
     (docs / "finetune_ablation.json").write_text(json.dumps(rows, indent=2) + "\n")

@@ -1,16 +1,17 @@
-"""Run latency measurements in a clean subprocess (see ``ort_bench.py`` for why)."""
+"""Run latency measurements in a clean subprocess (see ``edgeslim_bench.py`` for why)."""
 
 from __future__ import annotations
 
 import json
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
 from pipeline.errors import StageFailed
 
-WORKER = Path(__file__).with_name("ort_bench.py")
+RUNNER = Path(__file__).with_name("edgeslim_bench.py")
 
 
 def measure_latency(
@@ -23,29 +24,22 @@ def measure_latency(
     max_seconds: float | None,
     graph_optimization: str,
     inputs: Path | None = None,
+    profile_runs: int = 0,
 ) -> dict[str, Any]:
-    """Latency report for one (model, threads, batch size) in a fresh Python process."""
-    cmd = [
-        sys.executable,
-        str(WORKER),
-        str(model),
-        "--threads",
-        str(threads),
-        "--batch-size",
-        str(batch_size),
-        "--warmup",
-        str(warmup),
-        "--runs",
-        str(runs),
-        "--graph-optimization",
-        graph_optimization,
-    ]
-    if max_seconds:
-        cmd += ["--max-seconds", str(max_seconds)]
-    if inputs is not None:
-        cmd += ["--inputs", str(inputs)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
-    if proc.returncode != 0:
-        last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-        raise StageFailed(f"latency measurement of {model.name} failed: {last}")
-    return json.loads(proc.stdout)
+    """One measurement (an entry of a latency report's ``results``) in a fresh Python process."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "report.json"
+        cmd = [sys.executable, str(RUNNER), str(model), "--kind", "host", "--output", str(out)]
+        cmd += ["--threads", str(threads), "--batch-sizes", str(batch_size)]
+        cmd += ["--warmup", str(warmup), "--runs", str(runs), "--graph-optimization", graph_optimization]
+        if max_seconds:
+            cmd += ["--max-seconds", str(max_seconds)]
+        if inputs is not None:
+            cmd += ["--inputs", str(inputs)]
+        if profile_runs:
+            cmd += ["--profile", str(profile_runs)]
+        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        if proc.returncode != 0:
+            last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+            raise StageFailed(f"latency measurement of {model.name} failed: {last}")
+        return json.loads(out.read_text())["results"][0]

@@ -40,7 +40,54 @@ def _parser() -> argparse.ArgumentParser:
         description="Re-render RUN_DIR/report.md from RUN_DIR/report.json and print the table.",
     )
     report.add_argument("run_dir", type=Path, help="a run folder, e.g. artifacts/mnist_cnn")
+    _add_compare(sub)
     return parser
+
+
+def _add_compare(sub: argparse._SubParsersAction) -> None:
+    import textwrap
+
+    from pipeline.compare import DEFAULT_CONFIDENCE, DEFAULT_MIN_EFFECT, noise_rule
+
+    what = (
+        "Compare models across latency reports (edgeslim.latency-report/1, e.g. written by edgeslim_bench.py on a "
+        "device) and run folders (every measured stage, plus the benchmark stage's per-device reports). Prints a "
+        "table of size, p50/p90/p99, speed-up against the baseline, Δ accuracy and a verdict per model and device."
+    )
+    rule = noise_rule(DEFAULT_CONFIDENCE, DEFAULT_MIN_EFFECT)
+    warnings = (
+        "Warnings are printed when compared entries differ in input shape or batch size, when one device label "
+        "was measured on different CPUs or ONNX Runtime versions, and when one model label names files with "
+        "different sha256s."
+    )
+    compare = sub.add_parser(
+        "compare",
+        help="compare latency reports and run folders: speed-ups, noise verdicts, HTML/Markdown report",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="\n\n".join(textwrap.fill(text, 100) for text in (what, rule, warnings)),
+    )
+    compare.add_argument(
+        "inputs", type=Path, nargs="+", metavar="REPORT_OR_RUN", help="latency report JSON files and/or run folders"
+    )
+    compare.add_argument(
+        "--baseline",
+        metavar="MODEL",
+        help="baseline model label (exact or unique substring); default: a run's baseline stage, else the first model",
+    )
+    compare.add_argument("--html", type=Path, metavar="FILE", help="write a self-contained offline HTML report")
+    compare.add_argument("--markdown", type=Path, metavar="FILE", help="write the comparison as Markdown")
+    compare.add_argument(
+        "--min-effect",
+        type=float,
+        default=DEFAULT_MIN_EFFECT,
+        help=f"smallest speed-up or slow-down worth flagging, as a fraction (default {DEFAULT_MIN_EFFECT})",
+    )
+    compare.add_argument(
+        "--confidence",
+        type=float,
+        default=DEFAULT_CONFIDENCE,
+        help=f"confidence level of the bootstrap interval (default {DEFAULT_CONFIDENCE})",
+    )
 
 
 def _stdout_console() -> Console:
@@ -71,6 +118,35 @@ def _cmd_report(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+def _cmd_compare(args: argparse.Namespace, console: Console) -> int:
+    from rich.markup import escape
+
+    from pipeline.artifacts import write_text
+    from pipeline.compare import compare, load_entries, rich_tables, to_markdown
+    from pipeline.html_report import write_html
+
+    problems: list[str] = []
+    entries = load_entries(args.inputs, problems)
+    comparison = compare(entries, args.baseline, args.min_effect, args.confidence, extra_warnings=problems)
+    out = _stdout_console()
+    for table in rich_tables(comparison):
+        out.print(table)
+    for warning in comparison.warnings:
+        console.print(f"[yellow]warning:[/yellow] {escape(warning)}", highlight=False, soft_wrap=True)
+    outputs = []
+    if args.markdown:
+        outputs.append(("markdown", args.markdown, lambda: write_text(args.markdown, to_markdown(comparison))))
+    if args.html:
+        outputs.append(("html", args.html, lambda: write_html(comparison, args.html)))
+    for kind, path, write in outputs:
+        try:
+            write()
+        except OSError as exc:
+            raise UserError(f"cannot write {path}: {exc.strerror or exc}") from None
+        console.print(f"{kind}: {path}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TORCHDYNAMO_VERBOSE", "0")
     args = _parser().parse_args(argv)
@@ -78,6 +154,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "run":
             return _cmd_run(args, console)
+        if args.command == "compare":
+            return _cmd_compare(args, console)
         return _cmd_report(args, console)
     except (UserError, StageFailed) as exc:
         message = " ".join(str(exc).split())  # always one line

@@ -11,10 +11,10 @@ import json
 import types
 import typing
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
 
 from pipeline.errors import UserError
 
@@ -31,6 +31,25 @@ class ModelSpec(StrictModel):
     kwargs: dict[str, Any] = Field(default_factory=dict, description="keyword arguments for the factory")
 
 
+class Preprocessing(StrictModel):
+    """How a raw input becomes the model's input: ``(raw * scale - mean) / std`` per channel.
+
+    Recorded in the phone bundle so app code feeds the model what it was trained on."""
+
+    layout: Literal["NCHW", "NHWC", "NC"] = "NCHW"
+    scale: float = Field(1.0, gt=0, description="e.g. 1/255 for 8-bit pixels")
+    mean: list[float] = Field(default_factory=lambda: [0.0], min_length=1)
+    std: list[float] = Field(default_factory=lambda: [1.0], min_length=1)
+    raw_input: str = Field("", description="what the raw input is, e.g. 'grayscale 28x28, 0-255'")
+
+    @field_validator("std")
+    @classmethod
+    def _nonzero(cls, values: list[float]) -> list[float]:
+        if any(v == 0 for v in values):
+            raise ValueError("std entries must be non-zero")
+        return values
+
+
 class DataSpec(StrictModel):
     name: str = Field("mnist5k", description="mnist5k | digits | package.module:factory")
     kwargs: dict[str, Any] = Field(default_factory=dict, description="keyword arguments for a factory")
@@ -38,15 +57,19 @@ class DataSpec(StrictModel):
     test_fraction: float = Field(0.2, gt=0, lt=0.5)
     split_seed: int = Field(0, ge=0, description="seed of the fixed train/val/test split")
     max_samples: int | None = Field(None, ge=30, description="use a stratified subset (tests, quick trials)")
+    labels: list[str] | None = Field(None, description="class names, in class-id order (phone bundle)")
+    preprocessing: Preprocessing | None = Field(None, description="for factories; built-in datasets know theirs")
 
 
 GraphOptimization = Literal["disable", "basic", "extended", "all"]
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 
 
-class DeviceProfile(StrictModel):
-    """Where latency is measured. ``host`` is this CPU through ONNX Runtime."""
+class HostProfile(StrictModel):
+    """This machine's CPU through ONNX Runtime: the profile every stage is measured on."""
 
-    name: Literal["host"] = "host"
+    kind: Literal["host"] = "host"
+    name: str = Field("host", pattern=NAME_PATTERN, description="label in reports")
     threads: list[int] = Field(default_factory=lambda: [1], min_length=1)
     batch_sizes: list[int] = Field(default_factory=lambda: [1], min_length=1)
     graph_optimization: GraphOptimization = "all"
@@ -59,8 +82,63 @@ class DeviceProfile(StrictModel):
         return values
 
 
+ARM_CORES = ("cortex-a53", "cortex-a72", "cortex-a76")
+
+
+class Arm64EmulatedProfile(StrictModel):
+    """The final model under user-mode qemu with onnxruntime's aarch64 build: output parity
+    on 64-bit ARM. Its latency is emulated and never reported as a device latency."""
+
+    kind: Literal["arm64-emulated"] = "arm64-emulated"
+    name: str | None = Field(None, pattern=NAME_PATTERN, description="default: arm64-<core>")
+    core: Literal["cortex-a53", "cortex-a72", "cortex-a76"] = "cortex-a72"
+    threads: list[int] = Field(default_factory=lambda: [1], min_length=1, max_length=4)
+    batch_sizes: list[int] = Field(default_factory=lambda: [1], min_length=1, max_length=4)
+    graph_optimization: GraphOptimization = "all"
+    parity_samples: int = Field(256, ge=1, description="test samples compared against the host run")
+    min_top1_agreement: float = Field(0.99, ge=0, le=1, description="fail below this agreement with the host")
+    warmup: int = Field(2, ge=0)
+    runs: int = Field(10, ge=1, le=1000)
+    cache_dir: Path | None = Field(None, description="emulation environment (default ~/.cache/edgeslim/arm64)")
+
+    @property
+    def label(self) -> str:
+        return self.name or f"arm64-{self.core}"
+
+
+class RemoteProfile(StrictModel):
+    """A report made on a real device with ``edgeslim-bench`` and brought back."""
+
+    kind: Literal["remote"] = "remote"
+    name: str | None = Field(None, pattern=NAME_PATTERN, description="default: the report's device profile")
+    report: Path = Field(..., description="latency report JSON written by edgeslim-bench on the device")
+
+
+DeviceProfile = Annotated[HostProfile | Arm64EmulatedProfile | RemoteProfile, Field(discriminator="kind")]
+DEVICE_KINDS = ("host", "arm64-emulated", "remote")
+
+
+def _device_entries(raw: Any) -> Any:
+    """``- host: {threads: [1]}`` (like stages) or ``- host`` -> ``{kind: host, threads: [1]}``."""
+    if not isinstance(raw, list):
+        return raw
+    out = []
+    for item in raw:
+        if isinstance(item, str):
+            item = {item: {}}
+        if isinstance(item, dict) and len(item) == 1 and "kind" not in item:
+            ((kind, settings),) = item.items()
+            if kind not in DEVICE_KINDS:
+                raise ValueError(f"unknown device profile '{kind}'; allowed: {', '.join(DEVICE_KINDS)}")
+            if settings is not None and not isinstance(settings, dict):
+                raise ValueError(f"{kind}: settings must be a mapping (got {settings!r})")
+            item = {"kind": kind, **(settings or {})}
+        out.append(item)
+    return out
+
+
 class MeasureSpec(StrictModel):
-    """How each stage's latency is measured (first thread count and batch size of the device)."""
+    """How each stage's latency is measured (first thread count and batch size of the host profile)."""
 
     warmup: int = Field(20, ge=0)
     runs: int = Field(200, ge=5)
@@ -80,9 +158,25 @@ class RunConfig(StrictModel):
     seed: int = Field(0, ge=0)
     model: ModelSpec = Field(default_factory=ModelSpec)
     data: DataSpec = Field(default_factory=DataSpec)
-    device: DeviceProfile = Field(default_factory=DeviceProfile)
+    devices: Annotated[list[DeviceProfile], BeforeValidator(_device_entries)] = Field(
+        default_factory=lambda: [HostProfile()], min_length=1, description="the benchmark stage runs every profile"
+    )
     measure: MeasureSpec = Field(default_factory=MeasureSpec)
     stages: list[StageEntry] = Field(..., min_length=1)
+
+    @field_validator("devices")
+    @classmethod
+    def _unique_device_names(cls, devices: list[Any]) -> list[Any]:
+        names = [device_label(d) for d in devices if not isinstance(d, RemoteProfile) or d.name]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"profile names must be unique; give each a name (repeated: {', '.join(duplicates)})")
+        return devices
+
+    @property
+    def host(self) -> HostProfile:
+        """The profile every stage is measured on: the first ``host`` entry, else the default."""
+        return next((d for d in self.devices if isinstance(d, HostProfile)), HostProfile())
 
     def stage_index(self, ref: str | int) -> int:
         """Resolve a stage reference (index, or type name: first match) to its index."""
@@ -102,6 +196,14 @@ class RunConfig(StrictModel):
         data = self.model_dump(mode="json", exclude={"stages"})
         data["stages"] = [{e.type: e.settings.model_dump(mode="json")} for e in self.stages]
         return data
+
+
+def device_label(profile: HostProfile | Arm64EmulatedProfile | RemoteProfile) -> str:
+    if isinstance(profile, Arm64EmulatedProfile):
+        return profile.label
+    if isinstance(profile, RemoteProfile):
+        return profile.name or "remote"
+    return profile.name
 
 
 def canonical_hash(obj: Any) -> str:
@@ -124,18 +226,28 @@ def _unwrap(annotation: Any) -> list[Any]:
     return [annotation]
 
 
+def _tag(model: type[BaseModel]) -> Any:
+    kind = model.model_fields.get("kind")
+    return kind.default if kind is not None else None
+
+
 def _model_at(root: type[BaseModel], loc: tuple[Any, ...]) -> type[BaseModel] | None:
     current: Any = root
+    candidates: list[Any] = []
     for part in loc:
         if isinstance(part, int):
+            continue
+        tagged = [m for m in candidates if _tag(m) == part]
+        if tagged:  # a discriminated union puts the chosen tag in the error path
+            current, candidates = tagged[0], []
             continue
         if not (isinstance(current, type) and issubclass(current, BaseModel)):
             return None
         field = current.model_fields.get(part)
         if field is None:
             return None
-        models = [t for t in _unwrap(field.annotation) if isinstance(t, type) and issubclass(t, BaseModel)]
-        current = models[0] if models else None
+        candidates = [t for t in _unwrap(field.annotation) if isinstance(t, type) and issubclass(t, BaseModel)]
+        current = candidates[0] if candidates else None
     return current if isinstance(current, type) and issubclass(current, BaseModel) else None
 
 
@@ -209,6 +321,9 @@ def parse_config(raw: Any, base_dir: Path | None = None) -> RunConfig:
     ckpt = config.model.checkpoint
     if ckpt is not None and not ckpt.is_absolute() and base_dir is not None:
         config.model.checkpoint = (base_dir / ckpt).resolve()
+    for device in config.devices:
+        if isinstance(device, RemoteProfile) and not device.report.is_absolute() and base_dir is not None:
+            device.report = (base_dir / device.report).resolve()
     return config
 
 

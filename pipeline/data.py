@@ -7,13 +7,14 @@ with a fixed, stratified seed so every stage and every rerun sees the same test 
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset, TensorDataset
 
-from pipeline.config import DataSpec
+from pipeline.config import DataSpec, Preprocessing
 from pipeline.errors import UserError
 from pipeline.models import import_object
 
@@ -25,6 +26,8 @@ class DataSplits:
     test: TensorDataset
     num_classes: int
     fingerprint: str  # sha256 over all tensors: part of every stage's cache key
+    preprocessing: Preprocessing | None = None  # raw input -> model input, for deployment bundles
+    labels: list[str] | None = None  # class names in class-id order
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -52,6 +55,10 @@ def _digits() -> tuple[np.ndarray, np.ndarray]:
 
 
 BUILTIN_DATASETS = {"mnist5k": _mnist5k, "digits": _digits}
+BUILTIN_PREPROCESSING = {
+    "mnist5k": Preprocessing(scale=1 / 255, mean=[0.1307], std=[0.3081], raw_input="grayscale 28x28, 0-255"),
+    "digits": Preprocessing(scale=1 / 16, mean=[0.5], std=[0.5], raw_input="grayscale 8x8, 0-16"),
+}
 
 
 def _split(images: np.ndarray, labels: np.ndarray, spec: DataSpec) -> tuple[np.ndarray, ...]:
@@ -119,8 +126,8 @@ def _validate(splits: dict[str, tuple[torch.Tensor, torch.Tensor]], what: str) -
     return num_classes
 
 
-def _fingerprint(tensors: list[torch.Tensor]) -> str:
-    digest = hashlib.sha256()
+def _fingerprint(tensors: list[torch.Tensor], meta: dict[str, object]) -> str:
+    digest = hashlib.sha256(json.dumps(meta, sort_keys=True).encode())
     for t in tensors:
         digest.update(str((tuple(t.shape), str(t.dtype))).encode())
         digest.update(t.contiguous().numpy().tobytes())
@@ -153,10 +160,23 @@ def load_data(spec: DataSpec) -> DataSplits:
     num_classes = _validate(raw, what)
     raw = {k: (x.float().contiguous(), y.long().contiguous()) for k, (x, y) in raw.items()}
     tensors = [t for pair in raw.values() for t in pair]
+    labels = _labels(spec, num_classes)
+    preprocessing = spec.preprocessing or BUILTIN_PREPROCESSING.get(spec.name)
+    meta = {"labels": labels, "preprocessing": preprocessing.model_dump() if preprocessing else None}
     return DataSplits(
         train=TensorDataset(*raw["train"]),
         val=TensorDataset(*raw["val"]),
         test=TensorDataset(*raw["test"]),
         num_classes=num_classes,
-        fingerprint=_fingerprint(tensors),
+        fingerprint=_fingerprint(tensors, meta),
+        preprocessing=preprocessing,
+        labels=labels,
     )
+
+
+def _labels(spec: DataSpec, num_classes: int) -> list[str]:
+    if spec.labels is None:
+        return [str(i) for i in range(num_classes)]
+    if len(spec.labels) != num_classes:
+        raise UserError(f"data.labels: {len(spec.labels)} names given but the data has {num_classes} classes")
+    return list(spec.labels)

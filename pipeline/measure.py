@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from pipeline import qat
-from pipeline.artifacts import TORCH, TORCH_QAT, Artifact
+from pipeline.artifacts import TORCH, TORCH_QAT, Artifact, sha256_file
 from pipeline.benchmark import measure_latency
 from pipeline.config import RunConfig
 from pipeline.data import DataSplits
@@ -51,7 +51,7 @@ def measure_artifact(
     artifact: Artifact, config: RunConfig, data: DataSplits, models: ModelLoader, work_dir: Path
 ) -> dict[str, Any]:
     onnx_path = deployable_onnx(artifact, models, work_dir)
-    device, spec = config.device, config.measure
+    device, spec = config.host, config.measure
     with tempfile.TemporaryDirectory() as tmp:
         latency = measure_latency(
             onnx_path,
@@ -71,6 +71,9 @@ def measure_artifact(
         "macs": artifact.meta.get("macs"),
         "latency_ms": {k: lat[k] for k in ("p50", "p90", "p99", "mean", "std")},
         "latency_runs": latency["runs"],
+        "latency_samples_ms": [round(v, 5) for v in latency["samples_ms"]],  # for noise tests in `compare`
+        "model_sha256": sha256_file(onnx_path),
+        "input_shape": latency["input_shape"],
         "session_init_ms": latency["session_init_ms"],
         "peak_rss_mb": latency["peak_rss_mb"],
         "threads": device.threads[0],

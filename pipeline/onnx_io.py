@@ -91,7 +91,8 @@ def open_session(path: Path, threads: int = 1, graph_optimization: str = "all"):
     """An ONNX Runtime CPU session with explicit thread settings (ORT's defaults use every core)."""
     import onnxruntime as ort
 
-    check_onnx_file(path)
+    if path.suffix != ".ort":  # ORT-format files are flatbuffers without external data
+        check_onnx_file(path)
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1

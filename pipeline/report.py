@@ -13,6 +13,7 @@ import yaml
 from rich.table import Table
 
 from pipeline.artifacts import read_json, write_json, write_text
+from pipeline.html_report import write_run_html
 
 REPORT_JSON = "report.json"
 REPORT_MD = "report.md"
@@ -149,4 +150,5 @@ def rerender(run_dir: Path) -> Path:
     except (ValueError, KeyError, TypeError) as exc:
         raise UserError(f"{path}: not a valid edgeslim report ({type(exc).__name__}: {exc})") from None
     write_text(run_dir / REPORT_MD, text)
+    write_run_html(run_dir)
     return run_dir / REPORT_MD

@@ -35,9 +35,10 @@ from pipeline.artifacts import (
 )
 from pipeline.config import RunConfig, canonical_hash
 from pipeline.data import DataSplits, load_data
+from pipeline.edgeslim_bench import device_facts
 from pipeline.errors import UserError
+from pipeline.html_report import write_run_html
 from pipeline.measure import measure_artifact
-from pipeline.ort_bench import device_facts
 from pipeline.report import rich_table, write_report
 from pipeline.stage import Stage, StageContext, stage_registry
 from pipeline.torch_model import ModelLoader
@@ -146,9 +147,9 @@ class Runner:
         self.versions = package_versions()
 
     @staticmethod
-    def _file_hashes(stage: Stage, where: str) -> dict[str, str]:
+    def _file_hashes(stage: Stage, config: RunConfig, where: str) -> dict[str, str]:
         hashes = {}
-        for path in stage.input_files():
+        for path in stage.input_files(config):
             if not path.is_file():
                 raise UserError(f"{where}: file not found: {path}")
             hashes[str(path)] = sha256_file(path)
@@ -193,10 +194,11 @@ class Runner:
                     "data": data.fingerprint,
                     "seed": config.seed,
                     "index": index,
-                    "device": config.device.model_dump(mode="json"),
+                    "host_profile": config.host.model_dump(mode="json"),
+                    "run_settings": stage.run_settings(config),
                     "measure": config.measure.model_dump(mode="json"),
                     "versions": self.versions,
-                    "input_files": self._file_hashes(stage, f"stages[{index}].{entry.type}"),
+                    "input_files": self._file_hashes(stage, config, f"stages[{index}].{entry.type}"),
                 }
             )
             forced = self.first_forced is not None and index >= self.first_forced
@@ -215,6 +217,7 @@ class Runner:
                     message = " ".join(str(exc).split()) or type(exc).__name__
                     report["stages"].append({**record, "status": "failed", "error": message})
                     write_report(self.run_dir, report)
+                    write_run_html(self.run_dir)
                     raise
                 artifact = Artifact.load(final)
             manifest = read_json(final / MANIFEST_FILE)
@@ -222,6 +225,7 @@ class Runner:
             earlier[index] = artifact
             report["stages"].append(record)
             write_report(self.run_dir, report)
+        write_run_html(self.run_dir)
         return report
 
     def _run_stage(
@@ -292,7 +296,7 @@ class Runner:
             "config_hash": canonical_hash(self.config.to_plain()),
             "versions": self.versions,
             "device": device_facts(),
-            "device_profile": self.config.device.model_dump(mode="json"),
+            "device_profile": self.config.host.model_dump(mode="json"),
             "data_fingerprint": data.fingerprint,
             "test_samples": len(data.test),
             "stages": [],

@@ -21,6 +21,7 @@ from pipeline.data import DataSplits
 from pipeline.torch_model import ModelLoader
 
 _REGISTRY: dict[str, type[Stage]] = {}
+ONNX_MODEL_FILE = "model.onnx"  # the model file of every ONNX artifact
 
 
 def register(cls: type[Stage]) -> type[Stage]:
@@ -72,6 +73,22 @@ class StageContext:
         return self.data.example_batch(n)
 
 
+def onnx_artifact(ctx: StageContext, kind: str, extra: dict[str, Any] | None = None) -> Artifact:
+    """Save and return the ``model.onnx`` artifact of an ONNX-producing stage (size facts carried over)."""
+    artifact = Artifact(
+        kind=kind,
+        directory=ctx.out_dir,
+        meta={
+            "files": {"model": ONNX_MODEL_FILE},
+            "params": ctx.input.meta.get("params"),
+            "macs": ctx.input.meta.get("macs"),
+            **(extra or {}),
+        },
+    )
+    artifact.save()
+    return artifact
+
+
 class Stage(ABC):
     name: ClassVar[str]
     Config: ClassVar[type[BaseModel]]
@@ -88,9 +105,13 @@ class Stage(ABC):
         """True if this stage gives the model a new output layer (so its class count may differ before)."""
         return False
 
-    def input_files(self) -> list[Path]:
+    def input_files(self, config: RunConfig) -> list[Path]:
         """Files outside the run this stage reads (e.g. teacher weights): their bytes join the cache key."""
         return []
+
+    def run_settings(self, config: RunConfig) -> dict[str, Any]:
+        """Run-level settings this stage reads besides its own (e.g. device profiles): they join its cache key."""
+        return {}
 
     def check_plan(self, input_kind: str, where: str) -> None:  # noqa: B027 - optional hook
         """Raise UserError when the settings cannot work on this input (before anything runs)."""

@@ -3,45 +3,73 @@
 A QAT model is converted to its INT8 form first. The parity check runs the whole test split
 through both and records the max/mean absolute difference and top-1 agreement; the stage
 fails when agreement is below ``min_top1_agreement``.
+
+``target: mobile`` also writes the phone bundle (``mobile/``: ORT-format model, operator
+config for a reduced build, model info, app snippets) and checks the reloaded ``.ort``
+model's accuracy against the ONNX model's. That target also accepts an ONNX input (e.g.
+after ``quantize``), which it bundles as is.
 """
 
 from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Literal
 
 import numpy as np
 from pydantic import Field
 
 from pipeline import qat
-from pipeline.artifacts import ONNX, ONNX_INT8, TORCH, TORCH_QAT, Artifact
+from pipeline.artifacts import ONNX, ONNX_INT8, TORCH, TORCH_QAT
 from pipeline.config import StrictModel
-from pipeline.errors import StageFailed
+from pipeline.errors import StageFailed, UserError
+from pipeline.measure import onnx_accuracy
+from pipeline.mobile import build_bundle
 from pipeline.onnx_io import export_onnx, onnx_logits
-from pipeline.stage import Stage, StageContext, StageResult, register
+from pipeline.stage import ONNX_MODEL_FILE, Stage, StageContext, StageResult, onnx_artifact, register
 from pipeline.training import predict
-
-MODEL_FILE = "model.onnx"
 
 
 class ExportConfig(StrictModel):
+    target: Literal["onnx", "mobile"] = Field("onnx", description="mobile: also build the phone bundle")
     opset: int = Field(20, ge=17, le=23)
     min_top1_agreement: float = Field(0.99, ge=0, le=1, description="fail below this ONNX-vs-PyTorch agreement")
+    mobile_platform: Literal["arm", "amd64"] = Field("arm", description="CPU the .ort optimizations target")
+    max_ort_accuracy_drop: float = Field(
+        0.002, ge=0, le=1, description="mobile: fail if the .ort model is less accurate than the ONNX by more"
+    )
 
 
 @register
 class Export(Stage):
     name = "export"
     Config = ExportConfig
-    accepts = (TORCH, TORCH_QAT)
+    accepts = (TORCH, TORCH_QAT, ONNX, ONNX_INT8)
 
     def output_kind(self, input_kind: str) -> str:
+        if input_kind in (ONNX, ONNX_INT8):
+            return input_kind
         return ONNX_INT8 if input_kind == TORCH_QAT else ONNX
+
+    def check_plan(self, input_kind: str, where: str) -> None:
+        if input_kind in (ONNX, ONNX_INT8) and self.config.target != "mobile":  # type: ignore[attr-defined]
+            raise UserError(
+                f"{where}: the input is already an ONNX model; use target: mobile to build a phone bundle from it"
+            )
 
     def run(self, ctx: StageContext) -> StageResult:
         cfg: ExportConfig = self.config  # type: ignore[assignment]
+        if ctx.input.kind in (ONNX, ONNX_INT8):
+            path = ctx.out_dir / ONNX_MODEL_FILE
+            shutil.copyfile(ctx.input.file("model"), path)
+            artifact = onnx_artifact(ctx, self.output_kind(ctx.input.kind), {"quantized": ctx.input.kind == ONNX_INT8})
+            result = StageResult(artifact, notes=[f"ONNX input bundled as is ({ctx.input.kind})"])
+            return self._mobile(ctx, path, result)
         model = ctx.models.load(ctx.input)
         quantized = ctx.input.kind == TORCH_QAT
         if quantized:
             model = qat.convert(model)
-        path = export_onnx(model, ctx.example(), ctx.out_dir / MODEL_FILE, opset=cfg.opset)
+        path = export_onnx(model, ctx.example(), ctx.out_dir / ONNX_MODEL_FILE, opset=cfg.opset)
         x, _ = ctx.data.test.tensors
         reference = predict(model, x).numpy()
         exported = onnx_logits(path, x, batch_size=ctx.config.measure.eval_batch_size)
@@ -58,19 +86,8 @@ class Export(Stage):
                 f"{ctx.where}: ONNX and PyTorch agree on top-1 for only {agreement:.2%} of {len(x)} test samples "
                 f"(min_top1_agreement: {cfg.min_top1_agreement}); max abs diff {parity['max_abs_diff']:.3g}"
             )
-        artifact = Artifact(
-            kind=self.output_kind(ctx.input.kind),
-            directory=ctx.out_dir,
-            meta={
-                "files": {"model": MODEL_FILE},
-                "params": ctx.input.meta.get("params"),
-                "macs": ctx.input.meta.get("macs"),
-                "quantized": quantized,
-                "opset": cfg.opset,
-            },
-        )
-        artifact.save()
-        return StageResult(
+        artifact = onnx_artifact(ctx, self.output_kind(ctx.input.kind), {"quantized": quantized, "opset": cfg.opset})
+        result = StageResult(
             artifact,
             details={"parity": parity, "opset": cfg.opset},
             notes=[
@@ -78,3 +95,35 @@ class Export(Stage):
                 f"PyTorch {agreement:.2%}, max abs diff {parity['max_abs_diff']:.2e}"
             ],
         )
+        return self._mobile(ctx, path, result)
+
+    def _mobile(self, ctx: StageContext, path: Path, result: StageResult) -> StageResult:
+        """Build and check the phone bundle when ``target: mobile`` (the ONNX model stays the artifact)."""
+        cfg: ExportConfig = self.config  # type: ignore[assignment]
+        if cfg.target != "mobile":
+            return result
+        batch = ctx.config.measure.eval_batch_size
+        onnx_acc = onnx_accuracy(path, ctx.data, batch)
+        bundle = build_bundle(
+            path,
+            ctx.out_dir,
+            preprocessing=ctx.data.preprocessing,
+            labels=ctx.data.labels,
+            platform=cfg.mobile_platform,
+            accuracy_of=lambda ort_file: onnx_accuracy(ort_file, ctx.data, batch),
+        )
+        drop = onnx_acc - bundle["ort_accuracy"]
+        if drop > cfg.max_ort_accuracy_drop:
+            raise StageFailed(
+                f"{ctx.where}: the ORT-format model scores {bundle['ort_accuracy']:.2%} vs {onnx_acc:.2%} for the "
+                f"ONNX model (max_ort_accuracy_drop: {cfg.max_ort_accuracy_drop})"
+            )
+        result.artifact.meta["files"]["mobile_bundle"] = bundle["directory"]
+        result.artifact.save()
+        result.details["mobile"] = {**bundle, "onnx_accuracy": onnx_acc}
+        result.notes.append(
+            f"phone bundle mobile/: model.ort {bundle['ort_size_bytes'] / 1024:.1f} KB for {cfg.mobile_platform}, "
+            f"{len(bundle['operators'])} operator sets; reloaded .ort accuracy {bundle['ort_accuracy']:.2%} "
+            f"(ONNX {onnx_acc:.2%})"
+        )
+        return result

@@ -17,7 +17,7 @@ from torch import nn
 
 from pipeline import qat
 from pipeline.artifacts import TORCH, TORCH_QAT
-from pipeline.config import StrictModel
+from pipeline.config import RunConfig, StrictModel
 from pipeline.errors import UserError
 from pipeline.importance import parameter_importance
 from pipeline.losses import FeatureTap, compose_loss, make_adapter
@@ -92,7 +92,7 @@ class Finetune(Stage):
     def replaces_head(self) -> bool:
         return self.config.head is not None  # type: ignore[attr-defined]
 
-    def input_files(self) -> list[Path]:
+    def input_files(self, config: RunConfig) -> list[Path]:
         distill = self.config.distill  # type: ignore[attr-defined]
         return [Path(t) for t in distill.teachers if _is_weight_file(t)] if distill else []
 

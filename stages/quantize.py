@@ -14,13 +14,11 @@ import onnx
 import torch
 from pydantic import Field
 
-from pipeline.artifacts import ONNX, ONNX_INT8, Artifact
+from pipeline.artifacts import ONNX, ONNX_INT8
 from pipeline.config import StrictModel
 from pipeline.errors import UserError
 from pipeline.onnx_io import check_onnx_file
-from pipeline.stage import Stage, StageContext, StageResult, register
-
-MODEL_FILE = "model.onnx"
+from pipeline.stage import ONNX_MODEL_FILE, Stage, StageContext, StageResult, onnx_artifact, register
 
 
 class QuantizeConfig(StrictModel):
@@ -76,7 +74,7 @@ class Quantize(Stage):
         x_train = ctx.data.train.tensors[0]
         pick = torch.randperm(len(x_train), generator=torch.Generator().manual_seed(ctx.seed))
         samples = x_train[pick[: cfg.calibration_samples]].numpy()
-        out = ctx.out_dir / MODEL_FILE
+        out = ctx.out_dir / ONNX_MODEL_FILE
         input_name = onnx.load(str(source), load_external_data=False).graph.input[0].name
         quantize_static(
             str(model_in),
@@ -94,17 +92,7 @@ class Quantize(Stage):
         )
         if model_in != source:
             model_in.unlink()
-        artifact = Artifact(
-            kind=ONNX_INT8,
-            directory=ctx.out_dir,
-            meta={
-                "files": {"model": MODEL_FILE},
-                "params": ctx.input.meta.get("params"),
-                "macs": ctx.input.meta.get("macs"),
-                "quantized": True,
-            },
-        )
-        artifact.save()
+        artifact = onnx_artifact(ctx, ONNX_INT8, {"quantized": True})
         scheme = (
             f"{cfg.format.upper()}, {'per-channel' if cfg.per_channel else 'per-tensor'} "
             f"{cfg.weight_type} weights, {cfg.activation_type} activations, {cfg.calibration} calibration "

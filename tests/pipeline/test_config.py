@@ -64,6 +64,29 @@ def test_stage_settings_get_their_own_model_and_defaults():
             r"^stages\[0\]\.prune: give at most one of target_params and target_macs",
         ),
         ({"stages": [{"prune": 0.5}]}, r"^stages\[0\]\.prune: settings must be a mapping \(got 0\.5\)$"),
+        (
+            {"stages": ["baseline"], "devices": [{"gpu": {}}]},
+            r"^devices: unknown device profile 'gpu'; allowed: host, arm64-emulated, remote$",
+        ),
+        (
+            {"stages": ["baseline"], "devices": [{"arm64-emulated": {"core": "cortex-m4"}}]},
+            r"^devices\[0\]\.arm64-emulated\.core: Input should be 'cortex-a53', 'cortex-a72' or 'cortex-a76'",
+        ),
+        (
+            {"stages": ["baseline"], "devices": [{"host": {"thread": [2]}}]},
+            r"^devices\[0\]\.host\.thread: unknown key; allowed keys: kind, name, threads, batch_sizes,",
+        ),
+        (
+            {"stages": ["baseline"], "devices": [{"host": {"threads": [0]}}]},
+            r"^devices\[0\]\.host\.threads: every entry must be >= 1",
+        ),
+        ({"stages": ["baseline"], "devices": ["host", "host"]}, r"^devices: profile names must be unique.*host"),
+        ({"stages": ["baseline"], "devices": [{"remote": {}}]}, r"^devices\[0\]\.remote\.report: Field required$"),
+        ({"stages": ["baseline"], "devices": []}, r"^devices: List should have at least 1 item"),
+        (
+            {"stages": [{"export": {"target": "phone"}}]},
+            r"^stages\[0\]\.export\.target: Input should be 'onnx' or 'mobile' \(got 'phone'\)$",
+        ),
     ],
 )
 def test_bad_configs_name_the_key_path(stages_or_overrides, message):
@@ -100,3 +123,25 @@ def test_relative_checkpoint_is_taken_from_the_config_folder(tmp_path):
     cfg = small_config(["baseline"], model={"name": "tiny_cnn", "checkpoint": "weights.safetensors"})
     config = load_config(write_config(tmp_path / "c.yaml", cfg))
     assert config.model.checkpoint == tmp_path / "weights.safetensors"
+
+
+def test_device_profiles_read_like_stages(tmp_path):
+    raw = small_config(
+        ["baseline"],
+        devices=[
+            {"host": {"threads": [1, 2], "batch_sizes": [1, 32]}},
+            {"arm64-emulated": {"core": "cortex-a53"}},
+            {"remote": {"report": "pi4.json", "name": "pi4"}},
+        ],
+    )
+    config = load_config(write_config(tmp_path / "run.yaml", raw))
+    host, arm, remote = config.devices
+    assert (host.kind, host.threads, host.batch_sizes) == ("host", [1, 2], [1, 32])
+    assert (arm.kind, arm.label, arm.runs) == ("arm64-emulated", "arm64-cortex-a53", 10)
+    assert remote.report == (tmp_path / "pi4.json").resolve()  # relative to the config's folder
+    assert config.host is host
+
+
+def test_default_device_is_the_host():
+    config = parse_config(small_config(["baseline"]))
+    assert [d.kind for d in config.devices] == ["host"] and config.host.threads == [1]

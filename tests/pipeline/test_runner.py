@@ -11,6 +11,7 @@ from pathlib import Path
 import onnx
 import pytest
 
+from pipeline import edgeslim_bench
 from pipeline.artifacts import hash_tree
 from pipeline.config import parse_config
 from pipeline.errors import UserError
@@ -28,8 +29,9 @@ PTQ_STAGES = [
 ]
 
 
-def run(out: Path, stages=PTQ_STAGES, **kwargs):
-    return Runner(parse_config(small_config(stages)), out, **kwargs).run()
+def run(out: Path, stages=PTQ_STAGES, devices=None, **kwargs):
+    overrides = {"devices": devices} if devices else {}
+    return Runner(parse_config(small_config(stages, **overrides)), out, **kwargs).run()
 
 
 def statuses(report) -> list[str]:
@@ -90,6 +92,29 @@ def test_changed_finetune_setting_reruns_finetune_and_later_only(first_run):
     assert statuses(report) == ["cached"] * 3 + ["ran"] * 4
     report = run(out, changed)
     assert statuses(report) == ["cached"] * 7
+
+
+def test_device_profiles_rerun_only_the_benchmark(first_run, tmp_path):
+    out, _ = first_run
+    run(out)
+    final = out / "t" / "06-benchmark"
+    remote = tmp_path / "pi4.json"
+    cmd = [sys.executable, edgeslim_bench.__file__, str(final / "model.onnx"), "--runs", "5", "--warmup", "1"]
+    subprocess.run([*cmd, "--device-profile", "pi4", "-o", str(remote)], check=True, capture_output=True)
+    devices = ["host", {"remote": {"report": str(remote)}}]
+    report = run(out, devices=devices)
+    assert statuses(report) == ["cached"] * 6 + ["ran"]
+    bench = report["stages"][-1]
+    assert bench["details"]["reports"] == {"host": "latency-host.json", "pi4": "latency-pi4.json"}
+    assert bench["details"]["remote"]["pi4"]["same_model"] is True
+    assert (final / "latency-pi4.json").read_bytes() != b""
+    # the same path with new contents is a new input: only the benchmark runs again
+    subprocess.run([*cmd, "--device-profile", "pi4", "-o", str(remote)], check=True, capture_output=True)
+    assert statuses(run(out, devices=devices)) == ["cached"] * 6 + ["ran"]
+    assert statuses(run(out, devices=devices)) == ["cached"] * 7
+    remote.write_text('{"schema": "something else"}')
+    with pytest.raises(UserError, match="pi4.json: not an edgeslim latency report: schema"):
+        run(out, devices=devices)
 
 
 def test_from_stage_and_force(first_run):

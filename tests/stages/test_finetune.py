@@ -4,8 +4,9 @@ import torch
 
 from pipeline import qat
 from pipeline.artifacts import TORCH, TORCH_QAT
+from pipeline.config import parse_config
 from pipeline.training import evaluate
-from tests.conftest import make_context, stage_for
+from tests.conftest import make_context, small_config, stage_for
 
 
 def _pruned(tmp_path, data, loader, trained):
@@ -71,7 +72,7 @@ def test_importance_scaled_lr_and_ensemble_with_hint(tmp_path, data, loader, tra
         },
     ]
     stage = stage_for(stages, 1)
-    assert stage.input_files() == [second_teacher]
+    assert stage.input_files(parse_config(small_config(stages))) == [second_teacher]
     result = stage.run(make_context(tmp_path, data, loader, pruned, stages, index=1, earlier={0: trained}))
     scales = result.details["lr_scales"]
     assert scales["classifier.weight"] == 1.0  # outside layers: plain rate
