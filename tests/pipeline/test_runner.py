@@ -113,7 +113,7 @@ def test_device_profiles_rerun_only_the_benchmark(first_run, tmp_path):
     assert statuses(run(out, devices=devices)) == ["cached"] * 6 + ["ran"]
     assert statuses(run(out, devices=devices)) == ["cached"] * 7
     remote.write_text('{"schema": "something else"}')
-    with pytest.raises(UserError, match="pi4.json: not an edgeslim latency report: schema"):
+    with pytest.raises(UserError, match=r"pi4\.json: not an edgeslim latency report: schema"):
         run(out, devices=devices)
 
 

@@ -39,7 +39,7 @@ def test_bundle_has_every_file_and_a_checked_ort_model(bundle):
 
 
 def test_model_info_describes_input_preprocessing_and_labels(bundle):
-    result, data = bundle
+    result, _ = bundle
     info = json.loads((result.artifact.file("mobile_bundle") / "model_info.json").read_text())
     (inp,) = info["inputs"]
     assert inp["name"] == "input" and inp["dtype"] == "float32" and inp["shape"][1:] == [1, 8, 8]
