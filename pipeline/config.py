@@ -146,11 +146,38 @@ class MeasureSpec(StrictModel):
     eval_batch_size: int = Field(256, ge=1)
 
 
+class GuardConfig(StrictModel):
+    """Accuracy budget of one stage, checked on the validation split after the stage runs."""
+
+    max_accuracy_drop: float = Field(..., ge=0, le=1, description="absolute, as a fraction: 0.01 = 1 point")
+    reference: Literal["baseline", "previous"] = Field("baseline", description="compare with this stage's model")
+    on_breach: Literal["fail", "keep_previous", "fallback"] = "fail"
+    max_retries: int = Field(3, ge=1, le=20, description="fallback: safer settings tried at most this often")
+    on_exhausted: Literal["fail", "keep_previous"] = Field(
+        "fail", description="fallback: what to do when no safer setting meets the budget"
+    )
+
+
+class RunGuard(StrictModel):
+    """The run's budget: the final model vs the baseline, on the validation split."""
+
+    max_accuracy_drop: float = Field(..., ge=0, le=1, description="absolute, as a fraction: 0.01 = 1 point")
+    on_breach: Literal["fail", "keep_best"] = Field(
+        "fail", description="keep_best: name the last stage within budget as the run's deliverable"
+    )
+
+
 class StageEntry(StrictModel):
-    """One validated stage: its type name and its own config object."""
+    """One validated stage: its type name, its own config object and its optional accuracy guard."""
 
     type: str
     settings: BaseModel
+    guard: GuardConfig | None = None
+
+    def settings_with_guard(self) -> dict[str, Any]:
+        """The stage's settings as written in YAML (its guard included): what its cache key hashes."""
+        plain = self.settings.model_dump(mode="json")
+        return {**plain, "guard": self.guard.model_dump(mode="json")} if self.guard else plain
 
 
 class RunConfig(StrictModel):
@@ -162,6 +189,7 @@ class RunConfig(StrictModel):
         default_factory=lambda: [HostProfile()], min_length=1, description="the benchmark stage runs every profile"
     )
     measure: MeasureSpec = Field(default_factory=MeasureSpec)
+    guard: RunGuard | None = None
     stages: list[StageEntry] = Field(..., min_length=1)
 
     @field_validator("devices")
@@ -194,7 +222,7 @@ class RunConfig(StrictModel):
     def to_plain(self) -> dict[str, Any]:
         """A JSON-able dict in the YAML's shape (stages as ``{type: settings}``)."""
         data = self.model_dump(mode="json", exclude={"stages"})
-        data["stages"] = [{e.type: e.settings.model_dump(mode="json")} for e in self.stages]
+        data["stages"] = [{e.type: e.settings_with_guard()} for e in self.stages]
         return data
 
 
@@ -299,12 +327,18 @@ def _parse_stages(raw: Any) -> list[StageEntry]:
         settings = settings or {}
         if not isinstance(settings, dict):
             raise UserError(f"stages[{i}].{kind}: settings must be a mapping (got {settings!r})")
+        settings = dict(settings)
+        guard = settings.pop("guard", None)
         config_cls = registry[kind].Config
         try:
             validated = config_cls.model_validate(settings)
         except ValidationError as exc:
             raise UserError(format_validation_error(exc, config_cls, (f"stages[{i}]", kind))) from None
-        entries.append(StageEntry(type=kind, settings=validated))
+        try:
+            guard_config = None if guard is None else GuardConfig.model_validate(guard)
+        except ValidationError as exc:
+            raise UserError(format_validation_error(exc, GuardConfig, (f"stages[{i}]", kind, "guard"))) from None
+        entries.append(StageEntry(type=kind, settings=validated, guard=guard_config))
     return entries
 
 

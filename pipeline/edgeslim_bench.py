@@ -281,6 +281,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--label", default=None, help="model label in the report (default: file name)")
     parser.add_argument("--device-profile", default=None, help="device name in the report (default: host name)")
     parser.add_argument("--kind", choices=["host", "arm64-emulated", "remote"], default="remote")
+    parser.add_argument("--accuracy", type=float, default=None, help="the model's test accuracy, for the report")
     parser.add_argument("--output", "-o", default=None, help="write the report here (default: stdout)")
     return parser
 
@@ -311,7 +312,8 @@ def main(argv: list[str] | None = None) -> int:
                 )
             )
     profile = args.device_profile or platform.node() or "device"
-    report = make_report(args.model, results, profile=profile, kind=args.kind, label=args.label)
+    context = {} if args.accuracy is None else {"accuracy": args.accuracy}
+    report = make_report(args.model, results, profile=profile, kind=args.kind, label=args.label, context=context)
     text = json.dumps(report) + "\n"
     if args.output:
         tmp = args.output + ".tmp"

@@ -34,8 +34,9 @@ def deployable_onnx(artifact: Artifact, models: ModelLoader, work_dir: Path) -> 
     return artifact.file("model")
 
 
-def onnx_accuracy(path: Path, data: DataSplits, batch_size: int) -> float:
-    x, y = data.test.tensors
+def onnx_accuracy(path: Path, data: DataSplits, batch_size: int, split: str = "test") -> float:
+    """Top-1 accuracy under ONNX Runtime on one split (decisions use ``val``; reports use ``test``)."""
+    x, y = getattr(data, split).tensors
     logits = onnx_logits(path, x, batch_size=batch_size)
     return float((logits.argmax(1) == y.numpy()).mean())
 
@@ -66,6 +67,7 @@ def measure_artifact(
     lat = latency["latency_ms"]
     return {
         "accuracy": onnx_accuracy(onnx_path, data, spec.eval_batch_size),
+        "val_accuracy": onnx_accuracy(onnx_path, data, spec.eval_batch_size, split="val"),
         "size_bytes": onnx_path.stat().st_size,
         "params": artifact.meta.get("params"),
         "macs": artifact.meta.get("macs"),

@@ -12,6 +12,7 @@ import os
 import platform
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -33,14 +34,15 @@ from pipeline.artifacts import (
     sha256_file,
     write_json,
 )
-from pipeline.config import RunConfig, canonical_hash
+from pipeline.config import RunConfig, RunGuard, canonical_hash
 from pipeline.data import DataSplits, load_data
 from pipeline.edgeslim_bench import device_facts
-from pipeline.errors import UserError
+from pipeline.errors import StageFailed, UserError
+from pipeline.guard import check_guard_plan, reference_accuracy, run_guard_check, run_guarded
 from pipeline.html_report import write_run_html
 from pipeline.measure import measure_artifact
 from pipeline.report import rich_table, write_report
-from pipeline.stage import Stage, StageContext, stage_registry
+from pipeline.stage import Stage, StageContext, StageResult, stage_registry
 from pipeline.torch_model import ModelLoader
 
 PACKAGES = ("torch", "torch-pruning", "torchao", "onnx", "onnxscript", "onnxruntime", "numpy", "edgeslim")
@@ -76,7 +78,11 @@ def build_stages(config: RunConfig) -> list[Stage]:
                 f"{where}: cannot take a '{kind}' model (made by {made_by}); it accepts: {', '.join(stage.accepts)}"
             )
         stage.check_plan(kind, where)
+        next_accepts = stages[i + 1].accepts if i + 1 < len(stages) else None
+        check_guard_plan(config, i, next_accepts, kind)
         kind, made_by = stage.output_kind(kind), f"stages[{i}].{entry.type}"
+    if config.guard is not None and not any(e.type == "baseline" for e in config.stages):
+        raise UserError("guard: the run-level accuracy guard compares with the baseline; add a '- baseline' stage")
     return stages
 
 
@@ -183,13 +189,14 @@ class Runner:
         report = self._new_report(data)
         artifact = Artifact(kind=TORCH, directory=None, meta={})
         earlier: dict[int, Artifact] = {}
+        measured: dict[int, dict[str, Any]] = {}
         upstream: list[str] = [source_hash]
         for index, (entry, stage) in enumerate(zip(config.stages, self.stages, strict=True)):
             final = self.stage_dir(index)
             key = canonical_hash(
                 {
                     "stage": entry.type,
-                    "settings": entry.settings.model_dump(mode="json"),
+                    "settings": entry.settings_with_guard(),
                     "upstream": upstream,
                     "data": data.fingerprint,
                     "seed": config.seed,
@@ -210,8 +217,15 @@ class Runner:
                 self.console.print(f"[dim]↺ {final.name}: unchanged, reusing[/dim]")
             else:
                 try:
+                    if artifact.kind not in stage.accepts:  # a guard kept an earlier model of another kind
+                        raise StageFailed(
+                            f"stages[{index}].{entry.type}: cannot take the '{artifact.kind}' model passed on by "
+                            f"an accuracy guard; it accepts: {', '.join(stage.accepts)}"
+                        )
                     record.update(
-                        self._run_stage(index, entry.type, stage, key, upstream, data, models, artifact, earlier)
+                        self._run_stage(
+                            index, entry.type, stage, key, upstream, data, models, artifact, earlier, measured
+                        )
                     )
                 except Exception as exc:
                     message = " ".join(str(exc).split()) or type(exc).__name__
@@ -223,10 +237,30 @@ class Runner:
             manifest = read_json(final / MANIFEST_FILE)
             upstream = [*upstream, manifest["output_hash"]]
             earlier[index] = artifact
+            measured[index] = record["metrics"]
             report["stages"].append(record)
             write_report(self.run_dir, report)
+        if config.guard is not None:
+            self._check_run_guard(config.guard, report)
         write_run_html(self.run_dir)
         return report
+
+    def _check_run_guard(self, guard: RunGuard, report: dict[str, Any]) -> None:
+        outcome = run_guard_check(guard, report)
+        report["guard"] = outcome
+        write_report(self.run_dir, report)
+        budget = f"max_accuracy_drop {guard.max_accuracy_drop * 100:.2f} pt"
+        if outcome["ok"]:
+            self.console.print(f"[green]✓ run guard: final model within {budget} of the baseline[/green]")
+            return
+        summary = (
+            f"run guard: the final model ({outcome['final_stage']}) is {outcome['drop'] * 100:.2f} pt below the "
+            f"baseline on validation accuracy ({budget})"
+        )
+        if guard.on_breach == "fail":
+            write_run_html(self.run_dir)
+            raise StageFailed(f"{summary}; every stage's artifact is kept")
+        self.console.print(f"[yellow]⚠ {summary}; deliverable: {outcome['deliverable']}[/yellow]")
 
     def _run_stage(
         self,
@@ -239,25 +273,38 @@ class Runner:
         models: ModelLoader,
         artifact: Artifact,
         earlier: dict[int, Artifact],
+        measured: dict[int, dict[str, Any]],
     ) -> dict[str, Any]:
         final = self.stage_dir(index)
         tmp = fresh_temp_dir(final)
         where = f"stages[{index}].{kind}"
+        guard = self.config.stages[index].guard
         self.console.print(f"[bold cyan]▶ {final.name}[/bold cyan]")
         started = time.perf_counter()
         try:
             ctx = StageContext(self.config, index, where, data, models, artifact, tmp, dict(earlier))
-            result = stage.run(ctx)
-            produced = result.artifact
-            if produced.directory is not None and produced.directory.resolve() != tmp.resolve():
-                raise RuntimeError(f"{where}: stage wrote its artifact outside its folder")
-            metrics = measure_artifact(produced, self.config, data, models, tmp)
+
+            def attempt(run: Callable[[StageContext], StageResult]) -> tuple[StageResult, dict[str, Any]]:
+                for leftover in tmp.iterdir():  # a retry starts from an empty folder
+                    shutil.rmtree(leftover) if leftover.is_dir() else leftover.unlink()
+                result = run(ctx)
+                produced = result.artifact
+                if produced.directory is not None and produced.directory.resolve() != tmp.resolve():
+                    raise RuntimeError(f"{where}: stage wrote its artifact outside its folder")
+                return result, measure_artifact(produced, self.config, data, models, tmp)
+
+            result, metrics = attempt(stage.run)
+            guard_record = None
+            if guard is not None:
+                reference = reference_accuracy(guard, self.config, index, measured)
+                result, metrics, guard_record = run_guarded(guard, stage, ctx, (result, metrics), attempt, reference)
             duration = time.perf_counter() - started
             stage_record = {
                 "duration_s": round(duration, 2),
                 "metrics": metrics,
                 "details": result.details,
                 "notes": result.notes,
+                **({"guard": guard_record} if guard_record else {}),
             }
             write_json(tmp / METRICS_FILE, stage_record)
             files = hash_tree(tmp)
@@ -268,7 +315,7 @@ class Runner:
                     "cache_key": key,
                     "stage": kind,
                     "index": index,
-                    "settings_hash": canonical_hash(self.config.stages[index].settings.model_dump(mode="json")),
+                    "settings_hash": canonical_hash(self.config.stages[index].settings_with_guard()),
                     "upstream": upstream,
                     "data_fingerprint": data.fingerprint,
                     "versions": self.versions,

@@ -113,6 +113,14 @@ class Stage(ABC):
         """Run-level settings this stage reads besides its own (e.g. device profiles): they join its cache key."""
         return {}
 
+    def fallback(self, attempt: int, previous: StageResult) -> Stage | None:
+        """A next-safer version of this stage for the accuracy guard's ``fallback`` mode.
+
+        ``attempt`` counts from 1; ``previous`` is the result that breached the budget. ``None``
+        means there is nothing safer to try (e.g. prune: a lower ratio; quantize: more FP32 nodes).
+        """
+        return None
+
     def check_plan(self, input_kind: str, where: str) -> None:  # noqa: B027 - optional hook
         """Raise UserError when the settings cannot work on this input (before anything runs)."""
 

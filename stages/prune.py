@@ -23,6 +23,8 @@ from pipeline.stage import Stage, StageContext, StageResult, register
 from pipeline.torch_model import count_params_and_macs, output_layer_name, save_torch_artifact
 from pipeline.training import evaluate, recalibrate_batchnorm
 
+FALLBACK_FACTOR = 0.7  # accuracy-guard fallback: each retry prunes 30% less
+
 
 class PruneConfig(StrictModel):
     importance: CriterionName = "hessian"
@@ -48,6 +50,17 @@ class Prune(Stage):
     name = "prune"
     Config = PruneConfig
     accepts = (TORCH,)
+
+    def fallback(self, attempt: int, previous: StageResult) -> Prune | None:
+        """Prune less: each attempt removes 30% fewer channels (or keeps 30% more of the target)."""
+        cfg: PruneConfig = self.config  # type: ignore[assignment]
+        factor = FALLBACK_FACTOR**attempt
+        if cfg.target_params is not None or cfg.target_macs is not None:
+            key = "target_params" if cfg.target_params is not None else "target_macs"
+            keep = 1 - (1 - getattr(cfg, key)) * factor
+            return None if keep > 0.99 else Prune(cfg.model_copy(update={key: round(keep, 4)}))
+        ratio = cfg.pruning_ratio * factor
+        return None if ratio < 0.01 else Prune(cfg.model_copy(update={"pruning_ratio": round(ratio, 4)}))
 
     def run(self, ctx: StageContext) -> StageResult:
         cfg: PruneConfig = self.config  # type: ignore[assignment]
