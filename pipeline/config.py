@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from pipeline.errors import UserError
 
@@ -26,9 +26,20 @@ class StrictModel(BaseModel):
 
 
 class ModelSpec(StrictModel):
-    name: str = Field("edge_cnn", description="built-in model name or package.module:factory")
+    name: str = Field("edge_cnn", description="built-in model name, package.module:factory, or a .onnx file")
     checkpoint: Path | None = Field(None, description="weights (.safetensors, or .pt/.pth state_dict)")
     kwargs: dict[str, Any] = Field(default_factory=dict, description="keyword arguments for the factory")
+
+    @property
+    def onnx_file(self) -> Path | None:
+        """The ONNX model to start from, when ``name`` names one (ONNX-only stages then)."""
+        return Path(self.name) if self.name.endswith(".onnx") else None
+
+    @model_validator(mode="after")
+    def _onnx_has_no_checkpoint(self) -> ModelSpec:
+        if self.onnx_file is not None and (self.checkpoint is not None or self.kwargs):
+            raise ValueError("an ONNX model carries its own weights: remove checkpoint and kwargs")
+        return self
 
 
 class Preprocessing(StrictModel):
@@ -355,6 +366,9 @@ def parse_config(raw: Any, base_dir: Path | None = None) -> RunConfig:
     ckpt = config.model.checkpoint
     if ckpt is not None and not ckpt.is_absolute() and base_dir is not None:
         config.model.checkpoint = (base_dir / ckpt).resolve()
+    onnx_file = config.model.onnx_file
+    if onnx_file is not None and not onnx_file.is_absolute() and base_dir is not None:
+        config.model.name = str((base_dir / onnx_file).resolve())
     for device in config.devices:
         if isinstance(device, RemoteProfile) and not device.report.is_absolute() and base_dir is not None:
             device.report = (base_dir / device.report).resolve()

@@ -23,6 +23,7 @@ from rich.console import Console
 from pipeline.artifacts import (
     MANIFEST_FILE,
     METRICS_FILE,
+    ONNX,
     TORCH,
     Artifact,
     combined_hash,
@@ -41,6 +42,7 @@ from pipeline.errors import StageFailed, UserError
 from pipeline.guard import check_guard_plan, reference_accuracy, run_guard_check, run_guarded
 from pipeline.html_report import write_run_html
 from pipeline.measure import measure_artifact
+from pipeline.onnx_io import check_onnx_file, onnx_logits
 from pipeline.report import rich_table, write_report
 from pipeline.stage import Stage, StageContext, StageResult, stage_registry
 from pipeline.torch_model import ModelLoader
@@ -66,13 +68,37 @@ def package_versions() -> dict[str, str]:
     return versions
 
 
+def onnx_source(path: Path, data: DataSplits) -> tuple[Artifact, str]:
+    """An ONNX file as the run's starting artifact, checked to be safe and to accept the data."""
+    check_onnx_file(path, "model.name")
+    try:
+        outputs = onnx_logits(path, data.example_batch(2))
+    except Exception as exc:
+        raise UserError(
+            f"model.name: {path.name} does not run on the data's inputs {tuple(data.example_batch(2).shape)}: "
+            f"{str(exc).splitlines()[0][:200]}"
+        ) from None
+    if outputs.ndim != 2 or outputs.shape[1] < data.num_classes:
+        raise UserError(
+            f"model.name: {path.name} outputs shape {outputs.shape}; expected (batch, {data.num_classes}) class scores"
+        )
+    artifact = Artifact(kind=ONNX, directory=path.parent, meta={"files": {"model": path.name}, "source": "onnx"})
+    return artifact, canonical_hash({"onnx_sha256": sha256_file(path)})
+
+
 def build_stages(config: RunConfig) -> list[Stage]:
     """Instantiate stages and check that each one accepts what the previous one produces."""
     registry = stage_registry()
     stages = [registry[e.type](e.settings) for e in config.stages]
-    kind, made_by = TORCH, "the model in the config"
+    kind, made_by = (ONNX, "model.name") if config.model.onnx_file else (TORCH, "the model in the config")
     for i, (entry, stage) in enumerate(zip(config.stages, stages, strict=True)):
         where = f"stages[{i}].{entry.type}"
+        if config.model.onnx_file is not None and ONNX not in stage.accepts:
+            onnx_ready = ", ".join(name for name, cls in registry.items() if ONNX in cls.accepts)
+            raise UserError(
+                f"{where}: needs a PyTorch model, but model.name is an ONNX file; with an ONNX model the "
+                f"stages are: {onnx_ready}"
+            )
         if kind not in stage.accepts:
             raise UserError(
                 f"{where}: cannot take a '{kind}' model (made by {made_by}); it accepts: {', '.join(stage.accepts)}"
@@ -184,10 +210,13 @@ class Runner:
             data.example_batch(2),
             allow_other_classes=any(stage.replaces_head() for stage in self.stages),
         )
-        models.source_model()  # fail early (with a clear message) if the model cannot load or run on the data
-        source_hash = models.source_hash()
+        if config.model.onnx_file is not None:
+            artifact, source_hash = onnx_source(config.model.onnx_file, data)
+        else:
+            models.source_model()  # fail early (with a clear message) if the model cannot load or run on the data
+            source_hash = models.source_hash()
+            artifact = Artifact(kind=TORCH, directory=None, meta={})
         report = self._new_report(data)
-        artifact = Artifact(kind=TORCH, directory=None, meta={})
         earlier: dict[int, Artifact] = {}
         measured: dict[int, dict[str, Any]] = {}
         upstream: list[str] = [source_hash]

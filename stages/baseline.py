@@ -1,12 +1,17 @@
-"""``baseline``: evaluate the starting model; it is the reference for ratios and distillation."""
+"""``baseline``: evaluate the starting model; it is the reference for ratios and distillation.
+
+With an ONNX model as input (``model.name: path.onnx``) it records that model as is.
+"""
 
 from __future__ import annotations
 
+import shutil
+
 import torch
 
-from pipeline.artifacts import TORCH
+from pipeline.artifacts import ONNX, TORCH
 from pipeline.config import StrictModel
-from pipeline.stage import Stage, StageContext, StageResult, register
+from pipeline.stage import ONNX_MODEL_FILE, Stage, StageContext, StageResult, onnx_artifact, register
 from pipeline.torch_model import count_params_and_macs, save_torch_artifact
 from pipeline.training import evaluate, predict
 
@@ -19,9 +24,19 @@ class BaselineConfig(StrictModel):
 class Baseline(Stage):
     name = "baseline"
     Config = BaselineConfig
-    accepts = (TORCH,)
+    accepts = (TORCH, ONNX)
 
     def run(self, ctx: StageContext) -> StageResult:
+        if ctx.input.kind == ONNX:
+            shutil.copyfile(ctx.input.file("model"), ctx.out_dir / ONNX_MODEL_FILE)
+            artifact = onnx_artifact(ctx, ONNX, {"source": ctx.input.meta.get("source", "onnx")})
+            return StageResult(
+                artifact,
+                notes=[
+                    f"ONNX model {ctx.input.file('model').name} taken as is: PyTorch stages (train, prune, "
+                    "finetune, export to ONNX) do not apply"
+                ],
+            )
         model = ctx.models.load(ctx.input)
         test_acc, test_loss = evaluate(model, ctx.data.test)
         val_acc, _ = evaluate(model, ctx.data.val)
