@@ -102,7 +102,10 @@ def device_facts() -> dict[str, object]:
     }
 
 
-def _session(model_path: str, threads: int, graph_optimization: str, profile_prefix: str | None = None):
+def create_session(
+    model_path: str, threads: int = 1, graph_optimization: str = "all", profile_prefix: str | None = None
+):
+    """A CPU session with explicit threads (ORT's default uses every core) and sequential execution."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -143,7 +146,7 @@ def make_batch(session, batch_size: int, inputs_path: str | None):
 def op_profile(model_path: str, threads: int, graph_optimization: str, feed: dict, runs: int) -> dict[str, dict]:
     """Per-op-type time from ONNX Runtime's profiler, in a session of its own (profiling slows runs)."""
     with tempfile.TemporaryDirectory() as tmp:
-        session = _session(model_path, threads, graph_optimization, os.path.join(tmp, "ort"))
+        session = create_session(model_path, threads, graph_optimization, os.path.join(tmp, "ort"))
         for _ in range(runs):
             session.run(None, feed)
         trace_path = session.end_profiling()
@@ -183,7 +186,7 @@ def measure(
 
     rss_before = _rss_mb()
     start = time.perf_counter()
-    session = _session(model_path, threads, graph_optimization)
+    session = create_session(model_path, threads, graph_optimization)
     init_ms = (time.perf_counter() - start) * 1e3
     name, batch = make_batch(session, batch_size, inputs_path)
     feed = {name: batch}

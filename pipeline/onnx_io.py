@@ -88,23 +88,12 @@ def _all_tensors(proto: object):
 
 
 def open_session(path: Path, threads: int = 1, graph_optimization: str = "all"):
-    """An ONNX Runtime CPU session with explicit thread settings (ORT's defaults use every core)."""
-    import onnxruntime as ort
+    """An ONNX Runtime CPU session, opened only after the file passed :func:`check_onnx_file`."""
+    from pipeline.edgeslim_bench import create_session
 
     if path.suffix != ".ort":  # ORT-format files are flatbuffers without external data
         check_onnx_file(path)
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.graph_optimization_level = {
-        "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
-        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
-    }[graph_optimization]
-    options.log_severity_level = 3
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return create_session(str(path), threads, graph_optimization)
 
 
 def onnx_logits(path: Path, inputs: torch.Tensor, batch_size: int = 256, threads: int = 1) -> np.ndarray:
