@@ -1,18 +1,109 @@
+"""The ``quantize`` stage end to end on small real models: tiny_cnn and an MLP trained on digits,
+both exported with the pipeline's own dynamo exporter (so Linear layers arrive as ``Gemm``)."""
+
 from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import re
+from pathlib import Path
 
 import numpy as np
 import onnx
+import pytest
+import torch
 from onnx import numpy_helper
+from torch import nn
+from torch.utils.data import TensorDataset
 
-from pipeline.artifacts import ONNX_INT8
-from pipeline.onnx_io import onnx_logits
-from tests.conftest import make_context, stage_for
+from pipeline.artifacts import ONNX, ONNX_INT8, Artifact
+from pipeline.config import parse_config
+from pipeline.data import DataSplits
+from pipeline.errors import UserError
+from pipeline.onnx_io import export_onnx, onnx_logits
+from pipeline.stage import StageResult
+from pipeline.training import TrainLoopConfig, fit
+from stages.quantize import Quantize
+from tests.conftest import make_context, small_config, stage_for
+
+FAST_AUTO = {"warmup": 2, "runs": 10, "max_seconds": 0.5}
 
 
-def test_static_int8_quantization(tmp_path, data, loader, trained):
-    exported = stage_for(["export"]).run(make_context(tmp_path / "e", data, loader, trained, ["export"])).artifact
-    stages = [{"quantize": {"calibration_samples": 64}}]
-    result = stage_for(stages).run(make_context(tmp_path, data, loader, exported, stages))
+def run_quantize(tmp_path: Path, data, loader, artifact: Artifact, **settings) -> StageResult:
+    stages = [{"quantize": settings}]
+    return stage_for(stages).run(make_context(tmp_path, data, loader, artifact, stages))
+
+
+def accuracy_on_test_split(path: Path, data: DataSplits) -> float:
+    """What the report would show; the stage itself never reads the test split."""
+    x, y = data.test.tensors
+    return float((onnx_logits(path, x).argmax(1) == y.numpy()).mean())
+
+
+def onnx_artifact_of(model: nn.Module, data: DataSplits, directory: Path) -> Artifact:
+    directory.mkdir(parents=True, exist_ok=True)
+    export_onnx(model.eval(), data.example_batch(2), directory / "model.onnx")
+    artifact = Artifact(ONNX, directory, {"files": {"model": "model.onnx"}, "params": None, "macs": None})
+    artifact.save()
+    return artifact
+
+
+def only_model_left(result: StageResult) -> None:
+    """Intermediate files (preprocessed models, trials, calibration caches) are gone."""
+    assert sorted(p.name for p in result.artifact.directory.iterdir()) == ["artifact.json", "model.onnx"]
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory, data, loader, trained) -> Artifact:
+    """tiny_cnn (two Conv layers, a Gemm head) through the export stage."""
+    tmp = tmp_path_factory.mktemp("export")
+    return stage_for(["export"]).run(make_context(tmp, data, loader, trained, ["export"])).artifact
+
+
+@pytest.fixture(scope="module")
+def mlp(data) -> nn.Sequential:
+    """A Linear-heavy 64-128-128-10 MLP trained on the digits slice (about 90% test accuracy)."""
+    model = nn.Sequential(
+        nn.Flatten(), nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 128), nn.ReLU(), nn.Linear(128, 10)
+    )
+    cfg = TrainLoopConfig(epochs=15, batch_size=32, optimizer={"lr": 0.003}, patience=None)
+    fit(model, data.train, data.val, cfg, seed=0)
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def mlp_onnx(tmp_path_factory, data, mlp) -> Artifact:
+    return onnx_artifact_of(mlp, data, tmp_path_factory.mktemp("mlp"))
+
+
+@pytest.fixture(scope="module")
+def fragile_onnx(tmp_path_factory, data, mlp) -> Artifact:
+    """The MLP with a fragile middle layer: hidden units 0, 32, 64 and 96 of the first layer are made
+    dead (always 0 after ReLU) and the middle layer gets huge weights from them. The float model only
+    loses those 4 of 128 units; the middle layer's INT8 weight scales (per-tensor or per-channel) and
+    its INT4 block scales (one dead unit in every block of 32 inputs) are set by the huge weights, so
+    all its other weights round to zero. The other layers are unaffected."""
+    model = copy.deepcopy(mlp)
+    first, middle = model[1], model[3]
+    dead = list(range(0, first.out_features, 32))
+    with torch.no_grad():
+        first.weight[dead] = 0.0
+        first.bias[dead] = -1.0
+        signs = torch.where(torch.arange(middle.out_features) % 2 == 0, 1.0, -1.0)
+        middle.weight[:, dead] = 1000 * middle.weight.abs().max() * signs[:, None]
+    return onnx_artifact_of(model, data, tmp_path_factory.mktemp("fragile"))
+
+
+def gemm_names(artifact: Artifact) -> list[str]:
+    return [n.name for n in onnx.load(str(artifact.file("model"))).graph.node if n.op_type == "Gemm"]
+
+
+# ---------------------------------------------------------------- static
+
+
+def test_static_int8_quantization(tmp_path, data, loader, exported):
+    result = run_quantize(tmp_path, data, loader, exported, calibration_samples=64)
     assert result.artifact.kind == ONNX_INT8
     path = result.artifact.file("model")
     model = onnx.load(str(path))
@@ -20,11 +111,319 @@ def test_static_int8_quantization(tmp_path, data, loader, trained):
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops
     int8_weights = [i for i in model.graph.initializer if numpy_helper.to_array(i).dtype == np.int8]
     assert any(t.dims and t.dims[0] == 32 for t in int8_weights)  # the second conv's weights are int8
-    # Per-channel: one scale per output channel for conv weights.
-    scales = [numpy_helper.to_array(i) for i in model.graph.initializer if i.name.endswith("_scale")]
-    assert any(s.shape == (32,) for s in scales)
     x = data.test.tensors[0]
     q = onnx_logits(path, x).argmax(1)
     f = onnx_logits(exported.file("model"), x).argmax(1)
     assert (q == f).mean() > 0.9
-    assert not (result.artifact.directory / "preprocessed.onnx").exists()
+    assert result.details["quantized_weights"] == 3 and result.details["fp32_nodes"] == []
+    assert result.details["val_accuracy_drop"] < 0.1
+    only_model_left(result)
+
+
+def weight_scale(model: onnx.ModelProto, node_op: str) -> list[np.ndarray]:
+    """The scale tensors of the DequantizeLinear nodes feeding each ``node_op``'s weight input."""
+    inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    producers = {o: n for n in model.graph.node for o in n.output}
+    return [inits[producers[n.input[1]].input[1]] for n in model.graph.node if n.op_type == node_op]
+
+
+def test_per_channel_vs_per_tensor_weight_scales(tmp_path, data, loader, exported):
+    per_channel = run_quantize(tmp_path / "pc", data, loader, exported, calibration_samples=64)
+    per_tensor = run_quantize(tmp_path / "pt", data, loader, exported, calibration_samples=64, per_channel=False)
+    channel_scales = weight_scale(onnx.load(str(per_channel.artifact.file("model"))), "Conv")
+    tensor_scales = weight_scale(onnx.load(str(per_tensor.artifact.file("model"))), "Conv")
+    assert [s.shape for s in channel_scales] == [(16,), (32,)]  # one per output channel
+    assert [s.shape for s in tensor_scales] == [(), ()]  # one scalar per tensor
+    for result in (per_channel, per_tensor):
+        assert accuracy_on_test_split(result.artifact.file("model"), data) > 0.7
+
+
+def activation_zero_point_dtypes(model: onnx.ModelProto) -> set[np.dtype]:
+    inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    return {inits[n.input[2]].dtype for n in model.graph.node if n.op_type == "QuantizeLinear"}
+
+
+def test_s8s8_vs_u8s8_activation_zero_points(tmp_path, data, loader, exported):
+    u8s8 = run_quantize(tmp_path / "u", data, loader, exported, calibration_samples=64)
+    s8s8 = run_quantize(tmp_path / "s", data, loader, exported, calibration_samples=64, scheme="s8s8")
+    assert activation_zero_point_dtypes(onnx.load(str(u8s8.artifact.file("model")))) == {np.dtype(np.uint8)}
+    assert activation_zero_point_dtypes(onnx.load(str(s8s8.artifact.file("model")))) == {np.dtype(np.int8)}
+    assert s8s8.details["recipe"]["activation_type"] == "int8"
+    assert accuracy_on_test_split(s8s8.artifact.file("model"), data) > 0.7
+
+
+@pytest.mark.parametrize(
+    "settings, expected_ops",
+    [
+        ({"calibration": "entropy"}, {"QuantizeLinear"}),
+        ({"calibration": "percentile", "percentile": 99.9}, {"QuantizeLinear"}),
+        ({"format": "qoperator"}, {"QLinearConv"}),
+        ({"optimize": "after"}, {"QLinearConv", "QGemm"}),  # ORT's fused graph saved as the artifact
+        ({"preprocess": False}, {"QuantizeLinear"}),  # the old key still works: optimize: none
+    ],
+)
+def test_static_variants_run_and_stay_accurate(tmp_path, data, loader, exported, settings, expected_ops):
+    result = run_quantize(tmp_path, data, loader, exported, calibration_samples=64, **settings)
+    path = result.artifact.file("model")
+    assert expected_ops <= {n.op_type for n in onnx.load(str(path)).graph.node}
+    assert accuracy_on_test_split(path, data) > accuracy_on_test_split(exported.file("model"), data) - 0.1
+    only_model_left(result)
+
+
+# ---------------------------------------------------------------- dynamic and int4
+
+
+def test_dynamic_on_mlp(tmp_path, data, loader, mlp_onnx):
+    result = run_quantize(tmp_path, data, loader, mlp_onnx, method="dynamic")
+    path = result.artifact.file("model")
+    ops = {n.op_type for n in onnx.load(str(path)).graph.node}
+    assert "MatMulInteger" in ops and "Gemm" not in ops
+    assert result.details["quantized_weights"] == 3
+    assert not any("warning" in n for n in result.notes)
+    assert accuracy_on_test_split(path, data) > accuracy_on_test_split(mlp_onnx.file("model"), data) - 0.05
+    assert path.stat().st_size < mlp_onnx.file("model").stat().st_size / 2.5
+
+
+def test_dynamic_on_conv_model_warns(tmp_path, data, loader, exported):
+    result = run_quantize(tmp_path, data, loader, exported, method="dynamic")
+    warning = next(n for n in result.notes if n.startswith("warning:"))
+    assert "2 Conv layers" in warning and "ConvInteger" in warning and "slower" in warning
+    assert "ConvInteger" in {n.op_type for n in onnx.load(str(result.artifact.file("model"))).graph.node}
+    assert accuracy_on_test_split(result.artifact.file("model"), data) > 0.7
+
+
+def test_int4_matmulnbits_on_mlp(tmp_path, data, loader, mlp_onnx):
+    result = run_quantize(tmp_path, data, loader, mlp_onnx, method="int4", block_size=16, symmetric=True)
+    path = result.artifact.file("model")
+    nbits = [n for n in onnx.load(str(path)).graph.node if n.op_type == "MatMulNBits"]
+    assert len(nbits) == 3  # every Linear, although the exporter wrote Gemm
+    assert {onnx.helper.get_attribute_value(a) for n in nbits for a in n.attribute if a.name == "block_size"} == {16}
+    assert any("3 of 3 MatMul weights quantized to MatMulNBits" in n for n in result.notes)
+    assert accuracy_on_test_split(path, data) > accuracy_on_test_split(mlp_onnx.file("model"), data) - 0.05
+    assert path.stat().st_size < mlp_onnx.file("model").stat().st_size / 4
+
+
+def test_int4_refuses_a_conv_only_model(tmp_path, data, loader):
+    conv_only = nn.Sequential(
+        nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 10, 1), nn.AdaptiveAvgPool2d(1), nn.Flatten()
+    )
+    artifact = onnx_artifact_of(conv_only, data, tmp_path / "in")
+    with pytest.raises(UserError, match=r"^stages\[0\]\.quantize\.method: int4 .*has none") as err:
+        run_quantize(tmp_path, data, loader, artifact, method="int4")
+    assert "\n" not in str(err.value)
+
+
+# ---------------------------------------------------------------- sensitivity and mixed precision
+
+
+def test_mixed_precision_keeps_the_fragile_layer_fp32(tmp_path, data, loader, fragile_onnx):
+    fc1, fc2, fc3 = gemm_names(fragile_onnx)
+    result = run_quantize(
+        tmp_path, data, loader, fragile_onnx, per_channel=False, mixed_precision={"max_accuracy_drop": 0.05}
+    )
+    table = result.details["sensitivity"]
+    assert table[0]["node"] == fc2 and table[0]["accuracy_drop"] > 0.3
+    assert {r["node"] for r in table} == {fc1, fc2, fc3}
+    assert [r["fp32"] for r in table] == [True, False, False]
+    assert result.details["budget_met"] is True and result.details["fp32_nodes"] == [fc2]
+    assert result.details["val_accuracy_drop"] <= 0.05
+    assert any(f"1 node(s) FP32 ({fc2}) meets" in n for n in result.notes)
+    assert accuracy_on_test_split(result.artifact.file("model"), data) > 0.8  # the kept FP32 layer works in ORT
+    assert result.details["quantized_weights"] == 2
+    only_model_left(result)
+
+
+def test_mixed_precision_impossible_budget_keeps_the_best(tmp_path, data, loader, fragile_onnx):
+    result = run_quantize(
+        tmp_path,
+        data,
+        loader,
+        fragile_onnx,
+        mixed_precision={"max_accuracy_drop": 0.05, "proxy": "output_error", "max_fp32_nodes": 0},
+    )
+    assert result.details["budget_met"] is False  # reported, not raised: the accuracy guard decides
+    assert any("NOT met" in n for n in result.notes)
+    trials = result.details["mixed_precision"]["trials"]
+    assert result.details["val_accuracy"] == max(t["val_accuracy"] for t in trials)
+    assert result.details["sensitivity"][0]["node"] == gemm_names(fragile_onnx)[1]
+
+
+def test_seeded_and_blind_to_the_test_split(tmp_path, data, loader, fragile_onnx):
+    """Same seed, same bytes; and garbage in the test split changes nothing (it is never read)."""
+    settings = {"calibration_samples": 64, "mixed_precision": {"max_accuracy_drop": 0.05}}
+    first = run_quantize(tmp_path / "a", data, loader, fragile_onnx, **settings)
+    x, y = data.test.tensors
+    poisoned = dataclasses.replace(data, test=TensorDataset(torch.full_like(x, float("nan")), y))
+    second = run_quantize(tmp_path / "b", poisoned, loader, fragile_onnx, **settings)
+
+    def digest(result: StageResult) -> str:
+        return hashlib.sha256(result.artifact.file("model").read_bytes()).hexdigest()
+
+    assert digest(first) == digest(second)
+    assert first.details["sensitivity"] == second.details["sensitivity"]
+
+
+# ---------------------------------------------------------------- auto
+
+
+def test_auto_picks_the_fastest_within_budget(tmp_path, data, loader, mlp_onnx):
+    result = run_quantize(
+        tmp_path, data, loader, mlp_onnx, method="auto", auto={**FAST_AUTO, "max_accuracy_drop": 0.05}
+    )
+    table = result.details["candidates"]
+    names = {c["name"] for c in table}
+    assert {"static-u8s8-minmax", "static-per-tensor", "static-entropy", "static-s8s8", "dynamic", "int4"} <= names
+    for c in table:
+        assert c["p50_ms"] > 0 and c["size_bytes"] > 0 and 0 <= c["val_accuracy"] <= 1
+    chosen = [c for c in table if c["chosen"]]
+    assert len(chosen) == 1 and chosen[0]["name"] == result.details["chosen"]
+    within = [c for c in table if c["accuracy_drop"] <= 0.05 + 1e-9]
+    # The rule, not a particular winner (latencies are noisy): the fastest within budget, else the most accurate.
+    if within:
+        assert chosen[0]["p50_ms"] == min(c["p50_ms"] for c in within)
+        assert result.details["budget_met"] is True
+    else:
+        assert chosen[0]["val_accuracy"] == max(c["val_accuracy"] for c in table)
+    assert result.details["recipe"] == chosen[0]["settings"]
+    assert result.details["float"]["p50_ms"] > 0
+    assert any(n.startswith(f"auto: {chosen[0]['name']} ") for n in result.notes)
+    assert accuracy_on_test_split(result.artifact.file("model"), data) > 0.7
+    only_model_left(result)
+
+
+def test_auto_keeps_sensitive_nodes_fp32_when_no_candidate_is_within_budget(tmp_path, data, loader, fragile_onnx):
+    fc2 = gemm_names(fragile_onnx)[1]
+    result = run_quantize(
+        tmp_path,
+        data,
+        loader,
+        fragile_onnx,
+        method="auto",
+        auto={**FAST_AUTO, "max_accuracy_drop": 0.05},
+        mixed_precision={"proxy": "output_error", "max_fp32_nodes": 2},
+    )
+    table = result.details["candidates"]
+    plain = [c for c in table if not c["name"].endswith("+fp32")]
+    assert all(c["accuracy_drop"] > 0.05 for c in plain)  # every plain candidate breaks the fragile layer
+    mixed = next(c for c in table if c["name"].endswith("+fp32"))
+    assert mixed["fp32_nodes"] == [fc2] and mixed["accuracy_drop"] <= 0.05
+    assert result.details["chosen"] == mixed["name"] and result.details["budget_met"] is True
+    assert result.details["sensitivity"][0] == {**result.details["sensitivity"][0], "node": fc2, "fp32": True}
+
+
+def test_auto_on_conv_model_skips_dynamic_and_int4(tmp_path, data, loader, exported):
+    result = run_quantize(tmp_path, data, loader, exported, method="auto", calibration_samples=64, auto=FAST_AUTO)
+    names = {c["name"] for c in result.details["candidates"]}
+    assert "dynamic" not in names and "int4" not in names
+    assert {"static-u8s8-minmax", "static-per-tensor"} <= names
+
+
+# ---------------------------------------------------------------- accuracy-guard fallback
+
+
+def test_fallback_keeps_the_most_sensitive_nodes_fp32(tmp_path, data, loader, fragile_onnx):
+    fc1, fc2, fc3 = gemm_names(fragile_onnx)
+    settings = {
+        "fallback_nodes_per_attempt": 1,
+        "mixed_precision": {"max_accuracy_drop": 0.05, "proxy": "output_error", "max_fp32_nodes": 0},
+    }
+    stages = [{"quantize": settings}]
+    stage = stage_for(stages)
+    first = stage.run(make_context(tmp_path / "0", data, loader, fragile_onnx, stages))
+    assert first.details["budget_met"] is False and first.details["fp32_nodes"] == []
+
+    safer = stage.fallback(1, first)
+    assert isinstance(safer, Quantize)
+    assert safer.config.exclude_nodes == [fc2] and safer.config.mixed_precision is None
+    second = safer.run(make_context(tmp_path / "1", data, loader, fragile_onnx, stages))
+    assert second.details["fp32_nodes"] == [fc2]
+    assert second.details["val_accuracy"] > first.details["val_accuracy"] + 0.3
+    assert second.details["sensitivity"][0] == {**first.details["sensitivity"][0], "fp32": True}  # handed on
+
+    third = stage.fallback(2, second)
+    assert third is not None and len(third.config.exclude_nodes) == 2 and third.config.exclude_nodes[0] == fc2
+    everything = StageResult(second.artifact, details={**second.details, "fp32_nodes": [fc1, fc2, fc3]})
+    assert stage.fallback(3, everything) is None
+
+
+def test_fallback_without_a_sensitivity_table_ranks_in_the_new_run(tmp_path, data, loader, fragile_onnx):
+    fc2 = gemm_names(fragile_onnx)[1]
+    stages = [{"quantize": {"calibration_samples": 64}}]
+    stage = stage_for(stages)
+    plain = stage.run(make_context(tmp_path / "0", data, loader, fragile_onnx, stages))
+    assert "sensitivity" not in plain.details
+    safer = stage.fallback(1, plain)
+    assert safer is not None and safer.config.exclude_most_sensitive == 2 and safer.config.exclude_nodes == []
+    result = safer.run(make_context(tmp_path / "1", data, loader, fragile_onnx, stages))
+    assert result.details["sensitivity"][0]["node"] == fc2 and fc2 in result.details["fp32_nodes"]
+    assert len(result.details["fp32_nodes"]) == 2
+
+
+def test_fallback_pins_auto_to_its_winner(tmp_path, data, loader, mlp_onnx):
+    stage = stage_for([{"quantize": {"method": "auto"}}])
+    previous = StageResult(
+        mlp_onnx,
+        details={
+            "recipe": {"method": "dynamic", "per_channel": True, "weight_type": "int8", "reduce_range": False},
+            "fp32_nodes": [],
+            "quantizable_nodes": [{"node": n, "op_type": "Gemm"} for n in gemm_names(mlp_onnx)],
+        },
+    )
+    safer = stage.fallback(1, previous)
+    assert safer is not None and safer.config.method == "dynamic" and safer.config.exclude_most_sensitive == 2
+
+
+# ---------------------------------------------------------------- configuration
+
+
+def quantize_config(**settings):
+    return parse_config(small_config([{"quantize": settings}])).stages[0].settings
+
+
+def test_config_defaults_and_migration():
+    cfg = quantize_config()
+    assert (cfg.method, cfg.format, cfg.per_channel, cfg.activation_type, cfg.weight_type) == (
+        "static",
+        "qdq",
+        True,
+        "uint8",
+        "int8",
+    )
+    assert cfg.optimize == "before" and cfg.mixed_precision is None and cfg.auto.max_accuracy_drop == 0.01
+    assert quantize_config(preprocess=True).optimize == "before"
+    assert quantize_config(preprocess=False).optimize == "none"
+    s8 = quantize_config(scheme="s8s8")
+    assert (s8.activation_type, s8.weight_type) == ("int8", "int8")
+    assert quantize_config(mixed_precision={}).mixed_precision.max_fp32_nodes == 8
+
+
+@pytest.mark.parametrize(
+    "settings, message",
+    [
+        ({"preprocess": True, "optimize": "after"}, r"quantize: preprocess is the old name of optimize"),
+        ({"scheme": "s8s8", "activation_type": "uint8"}, r"scheme: s8s8 means activation_type: int8"),
+        ({"method": "int4", "block_size": 48}, r"block_size: must be a power of two"),
+        ({"method": "dynamic", "scheme": "s8s8"}, r"activation_type: dynamic quantization always uses uint8"),
+        ({"percentile": 99.0}, r"percentile: only used with calibration: percentile"),
+        ({"activation_type": "int8", "weight_type": "uint8"}, r"not supported by ONNX Runtime"),
+        ({"method": "float16"}, r"quantize\.method: Input should be"),
+        ({"mixed_precision": {"proxy": "kl"}}, r"quantize\.mixed_precision\.proxy"),
+        ({"calibrate": "minmax"}, r"quantize\.calibrate: unknown key; allowed keys: backend, inc, method, format"),
+    ],
+)
+def test_config_errors_are_one_line_and_name_the_key(settings, message):
+    with pytest.raises(UserError, match=r"^stages\[0\]\.quantize") as err:
+        quantize_config(**settings)
+    assert "\n" not in str(err.value)
+    assert re.search(message, str(err.value))
+
+
+def test_unknown_exclude_node_is_refused(tmp_path, data, loader, exported):
+    with pytest.raises(UserError, match=r"^stages\[0\]\.quantize\.exclude_nodes: no quantizable node named 'conv9'"):
+        run_quantize(tmp_path, data, loader, exported, exclude_nodes=["conv9"])
+
+
+def test_refuses_an_int8_input():
+    stage = stage_for(["quantize"])
+    with pytest.raises(UserError, match="already INT8"):
+        stage.check_plan(ONNX_INT8, "stages[0].quantize")
