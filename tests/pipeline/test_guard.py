@@ -86,7 +86,7 @@ def test_run_guard_fail_and_keep_best(out):
             r"stages\[1\]\.prune\.guard\.reference: no baseline stage before this one",
         ),
         (
-            ["baseline", {"export": {"guard": {"max_accuracy_drop": 0.01, "on_breach": "keep_previous"}}}, "quantize"],
+            ["baseline", {"export": {"guard": {"max_accuracy_drop": 0.01, "on_breach": "keep_previous"}}}, "benchmark"],
             r"stages\[1\]\.export\.guard: keep_previous would pass a 'torch' model on",
         ),
         (
