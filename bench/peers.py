@@ -26,13 +26,10 @@ gives the median of the round p50s and their min-max (the noise). Peer models ar
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import hashlib
 import importlib
-import io
 import json
-import logging
 import math
 import os
 import shutil
@@ -41,7 +38,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -51,12 +48,14 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from pipeline.artifacts import sha256_file  # noqa: E402
 from pipeline.benchmark import measure_latency  # noqa: E402
 from pipeline.config import load_config  # noqa: E402
 from pipeline.data import DataSplits, load_data  # noqa: E402
 from pipeline.edgeslim_bench import device_facts  # noqa: E402
 from pipeline.measure import latency_inputs, onnx_accuracy  # noqa: E402
 from pipeline.onnx_io import onnx_logits  # noqa: E402
+from pipeline.ort_quant import quiet_ort  # noqa: E402
 
 RECIPE_VERSION = 1  # bump to rebuild every cached peer model
 BATCH_SIZES = (1, 32)
@@ -87,14 +86,6 @@ class Method:
 # --------------------------------------------------------------------------------------------- helpers
 
 
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def version(package: str) -> str | None:
     try:
         return metadata.version(package)
@@ -112,18 +103,6 @@ def log(message: str) -> None:
     print(f"[peers {time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
-@contextlib.contextmanager
-def quiet() -> Iterator[None]:
-    """onnxruntime.quantization logs INFO/WARNING lines and prints; none of it is needed here."""
-    previous = logging.root.manager.disable
-    logging.disable(logging.WARNING)
-    try:
-        with contextlib.redirect_stdout(io.StringIO()):
-            yield
-    finally:
-        logging.disable(previous)
-
-
 def input_name(model: Path) -> str:
     import onnx
 
@@ -139,7 +118,7 @@ def cached_build(
     model, meta_path = folder / "model.onnx", folder / "meta.json"
     if not force and model.is_file() and meta_path.is_file():
         meta = json.loads(meta_path.read_text())
-        if meta.get("key") == key and meta.get("model_sha256") == sha256(model):
+        if meta.get("key") == key and meta.get("model_sha256") == sha256_file(model):
             method.path, method.cached = model, True
             method.settings, method.notes, method.extras = meta["settings"], meta["notes"], meta["extras"]
             method.build_seconds = meta["build_seconds"]
@@ -159,7 +138,7 @@ def cached_build(
     meta = {
         "key": key,
         "inputs": key_parts,
-        "model_sha256": sha256(model),
+        "model_sha256": sha256_file(model),
         "build_seconds": method.build_seconds,
         "settings": method.settings,
         "notes": method.notes,
@@ -197,7 +176,7 @@ def build_ort_static(method: Method, baseline: Path, calibration: np.ndarray) ->
         from onnxruntime.quantization import QuantFormat, quantize_static
         from onnxruntime.quantization.shape_inference import quant_pre_process
 
-        with tempfile.TemporaryDirectory(dir=out.parent) as tmp, quiet():
+        with tempfile.TemporaryDirectory(dir=out.parent) as tmp, quiet_ort():
             pre, part = Path(tmp) / "pre.onnx", Path(tmp) / "model.onnx"
             quant_pre_process(str(baseline), str(pre))
             quantize_static(
@@ -225,7 +204,7 @@ def build_ort_dynamic(method: Method, baseline: Path) -> Callable[[Path], None]:
         from onnxruntime.quantization import quantize_dynamic
         from onnxruntime.quantization.shape_inference import quant_pre_process
 
-        with tempfile.TemporaryDirectory(dir=out.parent) as tmp, quiet():
+        with tempfile.TemporaryDirectory(dir=out.parent) as tmp, quiet_ort():
             pre, part = Path(tmp) / "pre.onnx", Path(tmp) / "model.onnx"
             quant_pre_process(str(baseline), str(pre))
             quantize_dynamic(str(pre), str(part))
@@ -782,8 +761,8 @@ def main() -> int:
     peers_dir.mkdir(parents=True, exist_ok=True)
     calibration_npy = peers_dir / f"calibration_{CALIBRATION_SAMPLES}.npy"
     np.save(calibration_npy, calibration)
-    calib_sha = sha256(calibration_npy)
-    base_sha = sha256(baseline_onnx)
+    calib_sha = sha256_file(calibration_npy)
+    base_sha = sha256_file(baseline_onnx)
     ort_versions = {"onnxruntime": version("onnxruntime"), "onnx": version("onnx")}
 
     ours = Method(
@@ -821,14 +800,14 @@ def main() -> int:
         log(f"olive: skipped: {exc}")
     else:
         timings["olive_venv_check_or_setup"] = time.perf_counter() - t_venv
-        olive_key = {**common, "olive_venv": olive_versions, "user_script": sha256(USER_SCRIPT)}
+        olive_key = {**common, "olive_venv": olive_versions, "user_script": sha256_file(USER_SCRIPT)}
         olive_build = build_olive(olive, baseline_onnx, calibration_npy, olive_venv)
         cached_build(olive, peers_dir / olive.name, olive_key, olive_build, args.force)
     safetensors = run_dir / stages["baseline"]["dir"] / "model.safetensors"
     inc_key = {
         **common,
-        "baseline_weights": sha256(safetensors) if safetensors.is_file() else None,
-        "inc_backend": sha256(ROOT / "pipeline/inc_backend.py")
+        "baseline_weights": sha256_file(safetensors) if safetensors.is_file() else None,
+        "inc_backend": sha256_file(ROOT / "pipeline/inc_backend.py")
         if (ROOT / "pipeline/inc_backend.py").is_file()
         else None,
         "versions": {p: version(p) for p in ("neural_compressor", "torch", "torchao")},
@@ -883,7 +862,7 @@ def main() -> int:
                 row[f"round_p50_ms_b{b}"] = [round(x, 5) for x in p50s]
                 row[f"timed_runs_b{b}"] = [x["runs"] for x in latency[m.name][b]]
             row["model"] = str(rel(path))
-            row["model_sha256"] = sha256(path)
+            row["model_sha256"] = sha256_file(path)
         metrics = final_metrics if m is ours else base_metrics  # peers keep the baseline's params and MACs
         row.update(params=metrics.get("params"), macs=metrics.get("macs"))
         row.update(settings=m.settings, notes=m.notes, build_seconds=m.build_seconds, cached=m.cached)
