@@ -15,10 +15,10 @@ from typing import Any, ClassVar
 import torch
 from pydantic import BaseModel
 
-from pipeline.artifacts import Artifact
+from pipeline.artifacts import TORCH, Artifact
 from pipeline.config import RunConfig
 from pipeline.data import DataSplits
-from pipeline.torch_model import ModelLoader
+from pipeline.torch_model import ModelLoader, count_params_and_macs, save_torch_artifact
 
 _REGISTRY: dict[str, type[Stage]] = {}
 ONNX_MODEL_FILE = "model.onnx"  # the model file of every ONNX artifact
@@ -87,6 +87,19 @@ def onnx_artifact(ctx: StageContext, kind: str, extra: dict[str, Any] | None = N
     )
     artifact.save()
     return artifact
+
+
+def save_same_architecture(ctx: StageContext, model: torch.nn.Module) -> Artifact:
+    """Save a float PyTorch model built like the input (same pruning history), with params and MACs."""
+    params, macs = count_params_and_macs(model, ctx.example())
+    return save_torch_artifact(
+        ctx.out_dir,
+        model,
+        kind=TORCH,
+        pruning_history=ctx.models.history_of(ctx.input),
+        params=params,
+        macs=macs,
+    )
 
 
 class Stage(ABC):

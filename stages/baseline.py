@@ -11,8 +11,15 @@ import torch
 
 from pipeline.artifacts import ONNX, TORCH
 from pipeline.config import StrictModel
-from pipeline.stage import ONNX_MODEL_FILE, Stage, StageContext, StageResult, onnx_artifact, register
-from pipeline.torch_model import count_params_and_macs, save_torch_artifact
+from pipeline.stage import (
+    ONNX_MODEL_FILE,
+    Stage,
+    StageContext,
+    StageResult,
+    onnx_artifact,
+    register,
+    save_same_architecture,
+)
 from pipeline.training import evaluate, predict
 
 
@@ -43,15 +50,8 @@ class Baseline(Stage):
         x, y = ctx.data.test.tensors
         pred = predict(model, x).argmax(1)
         per_class = {int(c): float((pred[y == c] == c).float().mean()) for c in torch.unique(y)}
-        params, macs = count_params_and_macs(model, ctx.example())
-        artifact = save_torch_artifact(
-            ctx.out_dir,
-            model,
-            kind=TORCH,
-            pruning_history=ctx.models.history_of(ctx.input),
-            params=params,
-            macs=macs,
-        )
+        artifact = save_same_architecture(ctx, model)
+        params, macs = artifact.meta["params"], artifact.meta["macs"]
         worst = min(per_class, key=per_class.get)
         return StageResult(
             artifact,

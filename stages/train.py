@@ -5,8 +5,7 @@ from __future__ import annotations
 from pydantic import Field
 
 from pipeline.artifacts import TORCH
-from pipeline.stage import Stage, StageContext, StageResult, register
-from pipeline.torch_model import count_params_and_macs, save_torch_artifact
+from pipeline.stage import Stage, StageContext, StageResult, register, save_same_architecture
 from pipeline.training import OptimizerConfig, ScheduleConfig, TrainLoopConfig, evaluate, fit
 
 
@@ -27,15 +26,7 @@ class Train(Stage):
         model = ctx.models.load(ctx.input)
         result = fit(model, ctx.data.train, ctx.data.val, cfg, seed=ctx.seed, label="train", where=ctx.where)
         test_acc, test_loss = evaluate(model, ctx.data.test)
-        params, macs = count_params_and_macs(model, ctx.example())
-        artifact = save_torch_artifact(
-            ctx.out_dir,
-            model,
-            kind=TORCH,
-            pruning_history=ctx.models.history_of(ctx.input),
-            params=params,
-            macs=macs,
-        )
+        artifact = save_same_architecture(ctx, model)
         return StageResult(
             artifact,
             details={
