@@ -54,7 +54,7 @@ from pipeline.config import load_config  # noqa: E402
 from pipeline.data import DataSplits, load_data  # noqa: E402
 from pipeline.edgeslim_bench import device_facts  # noqa: E402
 from pipeline.measure import latency_inputs, onnx_accuracy  # noqa: E402
-from pipeline.onnx_io import onnx_logits  # noqa: E402
+from pipeline.onnx_io import load_onnx, onnx_logits  # noqa: E402
 from pipeline.ort_quant import quiet_ort  # noqa: E402
 
 RECIPE_VERSION = 1  # bump to rebuild every cached peer model
@@ -104,9 +104,7 @@ def log(message: str) -> None:
 
 
 def input_name(model: Path) -> str:
-    import onnx
-
-    return onnx.load(str(model), load_external_data=False).graph.input[0].name
+    return load_onnx(model, external_data=False).graph.input[0].name
 
 
 def cached_build(

@@ -372,10 +372,10 @@ def autotune_int8(
 
 def onnx_int8_ops(path: Path) -> dict[str, int]:
     """Counts of the quantization node types (QDQ or QOperator) in an ONNX file."""
-    import onnx
+    from pipeline.onnx_io import load_onnx
 
     counts: dict[str, int] = {}
-    for node in onnx.load(str(path), load_external_data=False).graph.node:
+    for node in load_onnx(path, external_data=False).graph.node:
         if node.op_type in _INT8_ONNX_OPS:
             counts[node.op_type] = counts.get(node.op_type, 0) + 1
     return counts

@@ -1,7 +1,10 @@
 """ONNX export, safe loading and ONNX Runtime inference helpers.
 
-Every ONNX file the pipeline opens goes through :func:`check_onnx_file`, which refuses
-external-data references that leave the model's folder (``../``, absolute paths, symlinks).
+Every ONNX file the pipeline opens goes through :func:`load_onnx` (a ``ModelProto``) or
+:func:`open_session` (an ONNX Runtime session); both first run :func:`check_onnx_file`, which
+refuses external-data references that leave the model's folder (``../``, absolute paths,
+symlinks) and tensors that declare more data than the files hold. ``tests/test_security.py``
+checks that no other code calls ``onnx.load`` or opens sessions directly.
 """
 
 from __future__ import annotations
@@ -57,8 +60,21 @@ def export_onnx(model: torch.nn.Module, example: torch.Tensor, path: Path, opset
     return path
 
 
+def load_onnx(path: Path, what: str = "model", *, external_data: bool = True):
+    """The one way the pipeline reads an ONNX file: checked by :func:`check_onnx_file` first.
+
+    ``external_data=False`` returns the graph without reading external tensor files (cheap, for
+    reading names and shapes).
+    """
+    import onnx
+
+    check_onnx_file(path, what)
+    return onnx.load(str(path), load_external_data=external_data)
+
+
 def check_onnx_file(path: Path, what: str = "model") -> None:
-    """Refuse unreadable models and external data outside the model's own folder."""
+    """Refuse unreadable models, external data outside the model's own folder, and tensors
+    that declare more bytes than the file stores (a crafted header must not drive allocation)."""
     import onnx
     from onnx.external_data_helper import uses_external_data
 
@@ -71,14 +87,64 @@ def check_onnx_file(path: Path, what: str = "model") -> None:
     root = path.parent.resolve()
     for tensor in _all_tensors(proto):
         if not uses_external_data(tensor):
+            _check_declared_size(tensor, path, what)
             continue
-        location = next((e.value for e in tensor.external_data if e.key == "location"), "")
+        entries = {e.key: e.value for e in tensor.external_data}
+        location = entries.get("location", "")
         target = path.parent / location
         if os.path.isabs(location) or not target.resolve().is_relative_to(root) or target.is_symlink():
             raise UserError(
                 f"{what}: tensor '{tensor.name}' in {path.name} points to external data outside the "
                 f"model's folder ({location!r}); refused"
             )
+        if not target.is_file():
+            raise UserError(
+                f"{what}: tensor '{tensor.name}' in {path.name}: external data file {location!r} is missing"
+            )
+        available = target.stat().st_size - int(entries.get("offset", 0) or 0)
+        _check_declared_size(tensor, path, what, stored=min(available, int(entries.get("length", available) or 0)))
+
+
+def _check_declared_size(tensor, path: Path, what: str, stored: int | None = None) -> None:
+    """A tensor's shape must fit the data actually stored for it (bytes of raw or external
+    data, or values in a typed field); ``stored`` is the external data's byte count."""
+    import onnx
+
+    if tensor.data_type in (onnx.TensorProto.STRING, onnx.TensorProto.UNDEFINED):
+        return
+    elements = 1
+    for dim in tensor.dims:
+        if dim < 0:
+            raise UserError(f"{what}: tensor '{tensor.name}' in {path.name} has a negative dimension {dim}; refused")
+        elements *= dim
+    if elements == 0:
+        return
+    bits = {onnx.TensorProto.INT4: 4, onnx.TensorProto.UINT4: 4}.get(tensor.data_type)
+    if bits is None:
+        bits = 8 * onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
+    needed = (elements * bits + 7) // 8
+    if stored is None and not tensor.HasField("raw_data"):
+        field = onnx.helper.tensor_dtype_to_field(tensor.data_type)
+        values = len(getattr(tensor, field))
+        if values >= elements:
+            return
+        stored = values * bits // 8
+    elif stored is None:
+        stored = len(tensor.raw_data)
+    if needed > stored:
+        raise UserError(
+            f"{what}: tensor '{tensor.name}' in {path.name} declares shape {list(tensor.dims)} "
+            f"({_human_bytes(needed)}) but only {_human_bytes(stored)} are stored; refused"
+        )
+
+
+def _human_bytes(n: int) -> str:
+    value = float(n)
+    for unit in ("B", "KB", "MB", "GB", "TB", "PB"):
+        if value < 1024 or unit == "PB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{n} B"
 
 
 def _all_tensors(proto: object):

@@ -37,7 +37,7 @@ import onnx
 import torch
 from onnx import TensorProto, numpy_helper
 
-from pipeline.onnx_io import onnx_logits
+from pipeline.onnx_io import check_onnx_file, load_onnx, onnx_logits
 
 Method = Literal["static", "dynamic", "int4"]
 # Nodes whose weights a method quantizes: the units of sensitivity analysis and of ``exclude_nodes``.
@@ -145,7 +145,8 @@ def ort_optimize(source: Path, out: Path, level: Literal["basic", "extended"] = 
     }[level]
     options.optimized_model_filepath = str(out)
     options.log_severity_level = 3
-    ort.InferenceSession(str(source), options, providers=["CPUExecutionProvider"])
+    check_onnx_file(source)
+    ort.InferenceSession(str(source), options, providers=["CPUExecutionProvider"])  # checked just above
     return out
 
 
@@ -311,7 +312,7 @@ class QuantBench:
         self.val_x, self.val_y = val
         self.eval_batch_size = eval_batch_size
         self.prepared = preprocess(float_model, work_dir / "prepared.onnx") if preprocess_first else float_model
-        self.input_name = onnx.load(str(float_model), load_external_data=False).graph.input[0].name
+        self.input_name = load_onnx(float_model, external_data=False).graph.input[0].name
         self._trials = 0
 
     # ------------------------------------------------------------ graphs and nodes
@@ -319,7 +320,7 @@ class QuantBench:
     @cached_property
     def matmul_model(self) -> Path:
         """The prepared model with Gemm rewritten as MatMul (what dynamic and int4 quantize)."""
-        model = onnx.load(str(self.prepared))
+        model = load_onnx(self.prepared)
         gemm_to_matmul(model)
         path = self.work_dir / "prepared_matmul.onnx"
         onnx.save(model, str(path))
@@ -330,7 +331,7 @@ class QuantBench:
 
     def nodes(self, method: str) -> list[QuantNode]:
         """The nodes ``method`` quantizes (their names are what ``exclude_nodes`` takes)."""
-        model = onnx.load(str(self.model_for(method)))
+        model = load_onnx(self.model_for(method))
         return weighted_nodes(model, WEIGHTED_OPS[method])
 
     def trial_path(self, tag: str) -> Path:
@@ -378,7 +379,7 @@ class QuantBench:
             calibration_cache_path=self.work_dir / f"calibration-{cache_tag}.json",
         )
         if exclude or only:  # some weighted nodes stay FP32: make sure ONNX Runtime leaves them so
-            model = onnx.load(str(out))
+            model = load_onnx(out)
             if shield_float_nodes(model):
                 onnx.save(model, str(out))
 
@@ -402,7 +403,7 @@ class QuantBench:
         if only:  # nodes_to_include does not restrict in 1.32: exclude everything else instead
             skip |= {n.name for n in self.nodes("int4")} - set(only)
         quantizer = MatMulNBitsQuantizer(
-            onnx.load(str(self.matmul_model)),
+            load_onnx(self.matmul_model),
             bits=4,
             block_size=recipe.block_size,
             is_symmetric=recipe.symmetric,

@@ -39,7 +39,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import onnx
 import torch
 from pydantic import Field, model_validator
 
@@ -48,7 +47,7 @@ from pipeline.benchmark import measure_latency
 from pipeline.config import RunConfig, StrictModel
 from pipeline.errors import UserError
 from pipeline.measure import latency_inputs
-from pipeline.onnx_io import check_onnx_file
+from pipeline.onnx_io import check_onnx_file, load_onnx
 from pipeline.ort_quant import (
     ACCURACY_EPS,
     QuantBench,
@@ -308,7 +307,7 @@ class Quantize(Stage):
                 os.replace(outcome.path, out)
         artifact = onnx_artifact(ctx, ONNX_INT8, {"quantized": True, "method": outcome.recipe.method})
         drop = float_val_accuracy - outcome.val_accuracy
-        quantized = quantized_weight_count(onnx.load(str(out)))
+        quantized = quantized_weight_count(load_onnx(out))
         details = {
             "method": cfg.method,
             "recipe": outcome.recipe.settings(),
@@ -406,7 +405,7 @@ class Quantize(Stage):
         if recipe.method == "int4":
             others = len(bench.nodes("static")) - len(nodes)
             notes.append(
-                f"INT4 weight-only: {quantized_weight_count(onnx.load(str(path)))} of {len(nodes)} MatMul weights "
+                f"INT4 weight-only: {quantized_weight_count(load_onnx(path))} of {len(nodes)} MatMul weights "
                 f"quantized to MatMulNBits (block {recipe.block_size}, accuracy_level {recipe.accuracy_level})"
                 + (f"; {others} other weighted nodes (Conv) stay FP32" if others else "")
             )
