@@ -33,6 +33,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from pipeline.children import run_child
+
 CORES = ("cortex-a53", "cortex-a72", "cortex-a76")
 
 # Our core names mapped to qemu's ``-cpu`` names (``qemu-aarch64-static -cpu help``).
@@ -553,7 +555,7 @@ def run_bench(env: Arm64Env, core: str, model: Path, bench_args: list[str], time
         cmd += [str(_visible(BENCH_SCRIPT, prefix, scratch)), str(_visible(Path(model), prefix, scratch))]
         cmd += ["--kind", "arm64-emulated", "--output", str(report_path), *args]
         try:
-            proc = subprocess.run(
+            proc = run_child(
                 cmd, capture_output=True, text=True, timeout=timeout_s, cwd=scratch, env=_guest_env(env.site)
             )
         except subprocess.TimeoutExpired:

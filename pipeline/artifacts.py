@@ -137,6 +137,25 @@ def commit_dir(tmp: Path, final: Path) -> None:
     _fsync_dir(final.parent)
 
 
+def sweep_leftovers(run_dir: Path) -> list[str]:
+    """Remove what a killed run leaves in its run folder; call it only while holding the run's lock.
+
+    Unfinished stage folders (``.NN-stage.partial``), replaced ones not yet deleted (``.old``) and
+    half-written files of :func:`atomic_write_bytes` (``.name.*.tmp``) are never referenced by a
+    manifest or report, so they are safe to delete. Returns the names removed.
+    """
+    removed = []
+    for path in sorted(run_dir.glob(".*")):
+        if path.is_dir() and path.name.endswith((".partial", ".old")):
+            shutil.rmtree(path, ignore_errors=True)
+        elif path.is_file() and path.name.endswith(".tmp"):
+            path.unlink(missing_ok=True)
+        else:
+            continue
+        removed.append(path.name)
+    return removed
+
+
 def _fsync_dir(directory: Path) -> None:
     with contextlib.suppress(OSError):
         fd = os.open(directory, os.O_RDONLY)

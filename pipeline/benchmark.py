@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
+from pipeline.children import run_child
 from pipeline.errors import StageFailed
 
 RUNNER = Path(__file__).with_name("edgeslim_bench.py")
@@ -38,7 +38,7 @@ def measure_latency(
             cmd += ["--inputs", str(inputs)]
         if profile_runs:
             cmd += ["--profile", str(profile_runs)]
-        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        proc = run_child(cmd, capture_output=True, text=True, check=False)
         if proc.returncode != 0:
             last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
             raise StageFailed(f"latency measurement of {model.name} failed: {last}")

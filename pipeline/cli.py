@@ -1,19 +1,26 @@
 """``edgeslim`` command line: run a config, re-render a report.
 
 Exit codes: 0 success, 1 a stage failed a check it was asked to make, 2 bad input
-(config, files, factories), 130 interrupted. User mistakes print one line, never a traceback.
+(config, files, factories) or an unusable environment (full disk, read-only output),
+130 interrupted (Ctrl-C), 143 terminated (SIGTERM). User mistakes print one line, never a traceback.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import os
+import signal
 import sys
+import threading
 from pathlib import Path
 
 from rich.console import Console
 
 from pipeline.errors import StageFailed, UserError
+
+# Failures of the machine around the run (full disk, read-only or unwritable folders), not bugs: one line, exit 2.
+ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG, errno.EMFILE}
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -147,10 +154,20 @@ def _cmd_compare(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+class Terminated(BaseException):
+    """SIGTERM, raised in the main thread so the unfinished stage is cleaned up like on Ctrl-C."""
+
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    raise Terminated
+
+
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TORCHDYNAMO_VERBOSE", "0")
     args = _parser().parse_args(argv)
     console = Console(stderr=True)
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         if args.command == "run":
             return _cmd_run(args, console)
@@ -164,6 +181,22 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("edgeslim: interrupted; finished stages are kept and a rerun resumes from there", file=sys.stderr)
         return 130
+    except Terminated:
+        print("edgeslim: terminated; finished stages are kept and a rerun resumes from there", file=sys.stderr)
+        return 143
+    except OSError as exc:
+        if exc.errno not in ENVIRONMENT_ERRNOS:
+            raise
+        where = f" ({exc.filename})" if exc.filename else ""
+        print(
+            f"edgeslim: error: {exc.strerror or exc}{where}; the unfinished stage was discarded, finished "
+            "stages are kept and a rerun resumes from there",
+            file=sys.stderr,
+        )
+        return 2
+    except MemoryError:
+        print("edgeslim: error: out of memory (check the model's and data's sizes, or batch_size)", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

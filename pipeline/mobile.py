@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
 from pipeline.artifacts import write_json, write_text
+from pipeline.children import run_child
 from pipeline.config import Preprocessing
 from pipeline.errors import StageFailed
 
@@ -37,7 +37,7 @@ def convert_to_ort(model: Path, out_dir: Path, platform: str) -> None:
         shutil.copyfile(model, work)
         cmd = [sys.executable, "-m", "onnxruntime.tools.convert_onnx_models_to_ort", str(work)]
         cmd += ["--optimization_style", "Fixed", "--save_optimized_onnx_model", "--target_platform", platform]
-        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        proc = run_child(cmd, capture_output=True, text=True, check=False)
         produced = Path(tmp) / "model.ort"
         if proc.returncode != 0 or not produced.is_file():
             last = (proc.stderr.strip().splitlines() or proc.stdout.strip().splitlines() or ["no output"])[-1]
@@ -53,7 +53,9 @@ def model_info(
     """Input/output description an app needs, read from the ONNX model itself."""
     import onnx
 
-    proto = onnx.load(str(model), load_external_data=False)
+    from pipeline.onnx_io import load_onnx
+
+    proto = load_onnx(model, external_data=False)
 
     def describe(value: Any) -> dict[str, Any]:
         tensor = value.type.tensor_type

@@ -8,6 +8,7 @@ manifest matches the key (and whose files still hash the same) is reused; anythi
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import platform
 import shutil
@@ -33,6 +34,7 @@ from pipeline.artifacts import (
     manifest_is_valid,
     read_json,
     sha256_file,
+    sweep_leftovers,
     write_json,
 )
 from pipeline.config import RunConfig, RunGuard, canonical_hash
@@ -104,6 +106,7 @@ def build_stages(config: RunConfig) -> list[Stage]:
                 f"{where}: cannot take a '{kind}' model (made by {made_by}); it accepts: {', '.join(stage.accepts)}"
             )
         stage.check_plan(kind, where)
+        stage.check_inputs(config, i, where)
         next_accepts = stages[i + 1].accepts if i + 1 < len(stages) else None
         check_guard_plan(config, i, next_accepts, kind)
         kind, made_by = stage.output_kind(kind), f"stages[{i}].{entry.type}"
@@ -114,51 +117,63 @@ def build_stages(config: RunConfig) -> list[Stage]:
 
 @dataclass
 class RunLock:
-    """One run per output folder; a lock left by a dead process is taken over."""
+    """One run per output folder, enforced by an OS file lock (``flock``).
+
+    The kernel drops the lock when its process dies, however it dies (SIGKILL, power loss of a
+    container), so a lock file left by a killed run is stale by construction and simply taken
+    over; a live run's lock cannot be. The file holds the owner's pid, for the messages.
+    """
 
     path: Path
     held: bool = field(default=False, init=False)
+    stale_owner: int | None = field(default=None, init=False)  # pid of a dead run whose lock was taken over
+    _fd: int | None = field(default=None, init=False, repr=False)
 
     def __enter__(self) -> RunLock:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        for _ in range(2):
+        for _ in range(3):
             try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                pid = self._owner()
-                if pid is not None and _alive(pid):
-                    raise UserError(f"{self.path.parent} is in use by another edgeslim run (pid {pid})") from None
-                with contextlib.suppress(FileNotFoundError):
-                    self.path.unlink()  # stale: its process is gone
-                continue
+                fd = os.open(self.path, os.O_CREAT | os.O_RDWR, 0o644)
             except PermissionError:
                 raise UserError(f"cannot write to output folder {self.path.parent} (permission denied)") from None
-            with os.fdopen(fd, "w") as fh:
-                fh.write(str(os.getpid()))
-            self.held = True
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                owner = _read_pid(fd)
+                os.close(fd)
+                raise UserError(
+                    f"{self.path.parent} is in use by another edgeslim run (pid {owner if owner else 'unknown'}); "
+                    "wait for it to finish or use another --out"
+                ) from None
+            if not self._still_the_lock_file(fd):  # the previous owner removed it while we waited: retry
+                os.close(fd)
+                continue
+            self.stale_owner = _read_pid(fd)
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, str(os.getpid()).encode(), 0)
+            self._fd, self.held = fd, True
             return self
         raise UserError(f"cannot lock {self.path.parent}")
 
-    def _owner(self) -> int | None:
+    def _still_the_lock_file(self, fd: int) -> bool:
         try:
-            return int(self.path.read_text().strip())
-        except (OSError, ValueError):
-            return None
+            return os.stat(self.path).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            return False
 
     def __exit__(self, *exc: object) -> None:
-        if self.held:
+        if self.held and self._fd is not None:
             with contextlib.suppress(FileNotFoundError):
-                self.path.unlink()
+                self.path.unlink()  # unlink while still holding it, so nobody locks a file on its way out
+            os.close(self._fd)
+            self._fd, self.held = None, False
 
 
-def _alive(pid: int) -> bool:
+def _read_pid(fd: int) -> int | None:
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+        return int(os.pread(fd, 32, 0).decode().strip())
+    except (OSError, ValueError):
+        return None
 
 
 class Runner:
@@ -197,7 +212,15 @@ class Runner:
             raise UserError(f"cannot create output folder {self.run_dir}: {exc.strerror}") from None
         if not os.access(self.run_dir, os.W_OK):
             raise UserError(f"cannot write to output folder {self.run_dir} (permission denied)")
-        with RunLock(self.run_dir / ".lock"):
+        with RunLock(self.run_dir / ".lock") as lock:
+            if lock.stale_owner is not None:
+                self.console.print(
+                    f"[yellow]⚠ took over the lock of an earlier run (pid {lock.stale_owner}) that is no longer "
+                    "running; its unfinished stage is redone[/yellow]"
+                )
+            removed = sweep_leftovers(self.run_dir)
+            if removed:
+                self.console.print(f"[dim]removed leftovers of an interrupted run: {', '.join(removed)}[/dim]")
             return self._run_locked()
 
     def _run_locked(self) -> dict[str, Any]:
@@ -209,6 +232,7 @@ class Runner:
             data.num_classes,
             data.example_batch(2),
             allow_other_classes=any(stage.replaces_head() for stage in self.stages),
+            seed=config.seed,
         )
         if config.model.onnx_file is not None:
             artifact, source_hash = onnx_source(config.model.onnx_file, data)

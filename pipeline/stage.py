@@ -18,6 +18,7 @@ from pydantic import BaseModel
 from pipeline.artifacts import TORCH, Artifact
 from pipeline.config import RunConfig
 from pipeline.data import DataSplits
+from pipeline.errors import UserError
 from pipeline.torch_model import ModelLoader, count_params_and_macs, save_torch_artifact
 
 _REGISTRY: dict[str, type[Stage]] = {}
@@ -64,8 +65,6 @@ class StageContext:
         """The artifact of an earlier stage, by type name or index (e.g. the distillation teacher)."""
         i = self.config.stage_index(ref)
         if i not in self.earlier:
-            from pipeline.errors import UserError
-
             raise UserError(f"{self.where}: stage '{ref}' must come before this stage")
         return self.earlier[i]
 
@@ -136,6 +135,13 @@ class Stage(ABC):
 
     def check_plan(self, input_kind: str, where: str) -> None:  # noqa: B027 - optional hook
         """Raise UserError when the settings cannot work on this input (before anything runs)."""
+
+    def check_inputs(self, config: RunConfig, index: int, where: str) -> None:
+        """Raise UserError when something this stage will read is missing or unusable (before anything
+        runs, so a bad file found late cannot cost the stages before it). Default: its input files exist."""
+        for path in self.input_files(config):
+            if not path.is_file():
+                raise UserError(f"{where}: file not found: {path}")
 
     @abstractmethod
     def run(self, ctx: StageContext) -> StageResult: ...

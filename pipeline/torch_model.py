@@ -43,6 +43,7 @@ class ModelLoader:
     num_classes: int
     example: torch.Tensor
     allow_other_classes: bool = False
+    seed: int = 0  # random initial weights are a function of the run's seed, so a fresh process rebuilds them
 
     def source_hash(self) -> str:
         """Identity of the starting model: spec plus the checkpoint's bytes."""
@@ -55,7 +56,11 @@ class ModelLoader:
         )
 
     def build(self) -> nn.Module:
-        return build_model(self.spec.name, self.spec.kwargs, self.in_channels, self.num_classes)
+        # A factory's random init must not depend on what ran before in this process (or on a fresh
+        # process's unseeded RNG): seed it, without disturbing the caller's RNG state.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seed)
+            return build_model(self.spec.name, self.spec.kwargs, self.in_channels, self.num_classes)
 
     def source_model(self) -> nn.Module:
         """The starting model: architecture plus the configured checkpoint (if any)."""

@@ -35,7 +35,7 @@ from pipeline.config import (
     device_label,
 )
 from pipeline.edgeslim_bench import device_facts, make_report
-from pipeline.errors import StageFailed
+from pipeline.errors import StageFailed, UserError
 from pipeline.latency_report import load_report
 from pipeline.measure import latency_inputs, onnx_accuracy
 from pipeline.onnx_io import onnx_logits
@@ -70,6 +70,14 @@ class Benchmark(Stage):
 
     def input_files(self, config: RunConfig) -> list[Path]:
         return [d.report for d in config.devices if isinstance(d, RemoteProfile)]
+
+    def check_inputs(self, config: RunConfig, index: int, where: str) -> None:
+        for i, device in enumerate(config.devices):
+            if isinstance(device, RemoteProfile):
+                try:
+                    load_report(device.report)
+                except UserError as exc:
+                    raise UserError(f"devices[{i}].remote.report: {exc}") from None
 
     def run(self, ctx: StageContext) -> StageResult:
         model = ctx.out_dir / MODEL_FILE

@@ -96,6 +96,20 @@ class Finetune(Stage):
         distill = self.config.distill  # type: ignore[attr-defined]
         return [Path(t) for t in distill.teachers if _is_weight_file(t)] if distill else []
 
+    def check_inputs(self, config: RunConfig, index: int, where: str) -> None:
+        """Teachers must be earlier stages or loadable weight files (pickles are refused here, up front)."""
+        distill = self.config.distill  # type: ignore[attr-defined]
+        for ref in distill.teachers if distill else []:
+            if _is_weight_file(ref):
+                load_state_dict_file(Path(ref), f"{where}.distill.teacher")
+                continue
+            try:
+                earlier = config.stage_index(ref) < index
+            except UserError as exc:
+                raise UserError(f"{where}.distill.teacher: {exc}") from None
+            if not earlier:
+                raise UserError(f"{where}.distill.teacher: stage '{ref}' must come before this stage")
+
     def run(self, ctx: StageContext) -> StageResult:
         cfg: FinetuneConfig = self.config  # type: ignore[assignment]
         model = ctx.models.load(ctx.input)
