@@ -47,3 +47,59 @@ def digits_parity(n: int = 600):
     """A different task on the same real images: is the digit even or odd?"""
     splits = digits_splits(n)
     return tuple(TensorDataset(s.tensors[0], s.tensors[1] % 2) for s in splits)
+
+
+# Broken inputs for tests/bad_inputs: each one a mistake a user could really make.
+
+
+def nan_inputs():
+    train, val, test = digits_splits()
+    x = train.tensors[0].clone()
+    x[3, 0, 2, 2] = float("nan")  # one corrupt pixel, as a bad normalisation produces
+    return TensorDataset(x, train.tensors[1]), val, test
+
+
+def negative_labels():
+    train, val, test = digits_splits()
+    return TensorDataset(train.tensors[0], train.tensors[1] - 1), val, test
+
+
+def single_class():
+    train, val, test = digits_splits()
+    return tuple(TensorDataset(s.tensors[0], torch.zeros_like(s.tensors[1])) for s in (train, val, test))
+
+
+def length_mismatch():
+    train, val, test = digits_splits()
+    return (train.tensors[0], train.tensors[1][:-5]), val, test
+
+
+def flat_vectors():
+    """Inputs without a feature axis (a 1-D tensor per split)."""
+    train, val, test = digits_splits()
+    return tuple((s.tensors[0].reshape(-1)[: len(s.tensors[1])], s.tensors[1]) for s in (train, val, test))
+
+
+def two_splits():
+    train, val, _ = digits_splits()
+    return train, val
+
+
+def unreachable_data():
+    raise ConnectionError("dataset server unreachable")
+
+
+def three_class_model() -> nn.Module:
+    return nn.Sequential(nn.Flatten(), nn.Linear(64, 3))
+
+
+def absurd_model() -> nn.Module:
+    """A model whose layer sizes need terabytes: must fail with a message, not a crash."""
+    return nn.Sequential(nn.Flatten(), nn.Linear(64, 10**12))
+
+
+def conv_only() -> nn.Module:
+    """Convolutions only (a 1x1 convolution as the classifier): nothing for INT4 MatMul quantization."""
+    return nn.Sequential(
+        nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 10, 1), nn.AdaptiveAvgPool2d(1), nn.Flatten()
+    )
