@@ -119,6 +119,7 @@ def render_markdown(report: dict[str, Any]) -> str:
             lines += [f"- {note}" for note in stage.get("notes", [])]
             if stage.get("error"):
                 lines.append(f"- error: {stage['error']}")
+    lines += guard_section(report)
     lines += [
         "",
         "## Configuration",
@@ -130,6 +131,43 @@ def render_markdown(report: dict[str, Any]) -> str:
     lines += ["", "## Versions", ""]
     lines += [f"- {k}: {v}" for k, v in report["versions"].items()]
     return "\n".join(lines) + "\n"
+
+
+def guard_section(report: dict[str, Any]) -> list[str]:
+    """What each stage's accuracy guard measured and did, and the run-level verdict (validation split)."""
+    rows = []
+    for stage in report["stages"]:
+        guard = stage.get("guard")
+        if not guard:
+            continue
+        for attempt in guard["attempts"]:
+            rows.append(
+                f"| {stage['index']:02d}-{stage['name']} | {guard['reference_stage']} "
+                f"{guard['reference_val_accuracy']:.2%} | {guard['max_accuracy_drop'] * 100:.2f} pt | "
+                f"{attempt['setting']} | {attempt['val_accuracy']:.2%} | {attempt['drop'] * 100:+.2f} pt | "
+                f"{'yes' if attempt['ok'] else 'no'} | {guard['action'] if attempt is guard['attempts'][-1] else ''} |"
+            )
+    run_guard = report.get("guard")
+    if not rows and not run_guard:
+        return []
+    lines = ["", "## Accuracy guard", ""]
+    if rows:
+        lines += [
+            "Validation accuracy of every attempt against the stage's reference (drop = reference − attempt).",
+            "",
+            "| stage | reference (val) | budget | attempt | val accuracy | drop | within | action |",
+            "|---|---|---|---|---|---|---|---|",
+            *rows,
+        ]
+    if run_guard:
+        verdict = "within budget" if run_guard["ok"] else f"over budget; deliverable: {run_guard['deliverable']}"
+        lines += [
+            "",
+            f"Run guard: final model {run_guard['final_stage']} at {run_guard['final_val_accuracy']:.2%} vs baseline "
+            f"{run_guard['baseline_val_accuracy']:.2%} (drop {run_guard['drop'] * 100:.2f} pt, budget "
+            f"{run_guard['max_accuracy_drop'] * 100:.2f} pt): {verdict}.",
+        ]
+    return lines
 
 
 def write_report(run_dir: Path, report: dict[str, Any]) -> None:

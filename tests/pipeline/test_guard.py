@@ -59,6 +59,11 @@ def test_fallback_prunes_less_until_the_budget_is_met(out):
     ratios = [0.9] + [float(a["setting"].split("-> ")[-1]) for a in attempts[1:]]
     assert ratios == sorted(ratios, reverse=True)  # each retry removes fewer channels
     assert attempts[-1]["drop"] <= 0.1
+    table = (out / "t" / "report.md").read_text().split("## Accuracy guard")[1]
+    rows = [line for line in table.splitlines() if line.startswith("| 02-prune")]
+    assert len(rows) == len(attempts)  # one row per attempt, the last one with the action
+    assert "| as configured |" in rows[0] and "| no |" in rows[0]
+    assert "| yes |" in rows[-1] and guard["action"] in rows[-1]
 
 
 def test_fallback_exhausted_fails_or_keeps_previous(out):
@@ -76,6 +81,7 @@ def test_run_guard_fail_and_keep_best(out):
     assert (out / "t" / "02-prune" / "manifest.json").is_file()  # kept, only not called the deliverable
     report = Runner(config(run_guard={"max_accuracy_drop": 0.0, "on_breach": "keep_best"}), out).run()
     assert report["guard"]["ok"] is False and report["guard"]["deliverable"] == "01-baseline"
+    assert "over budget; deliverable: 01-baseline." in (out / "t" / "report.md").read_text()
 
 
 @pytest.mark.parametrize(
