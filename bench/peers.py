@@ -371,7 +371,7 @@ def build_olive(method: Method, baseline: Path, calibration_npy: Path, venv: Pat
         "workflow": "ONNXModel (baseline deploy.onnx) -> OnnxStaticQuantization, data config from "
         "bench/olive_peer/user_script.py (the same calibration .npy), CPUExecutionProvider",
         "pass_options": "Olive defaults: quant_preprocess, QDQ, int8 weights and activations, per-tensor, MinMax",
-        "calibration_images": int(np.load(calibration_npy, mmap_mode="r").shape[0]),
+        "calibration_images": int(np.load(calibration_npy, mmap_mode="r", allow_pickle=False).shape[0]),
     }
 
     def build(out: Path) -> None:

@@ -335,7 +335,7 @@ def _parse_stages(raw: Any) -> list[StageEntry]:
         ((kind, settings),) = item.items()
         if kind not in registry:
             raise UserError(f"stages[{i}]: unknown stage '{kind}'; allowed: {allowed}")
-        settings = settings or {}
+        settings = {} if settings is None else settings
         if not isinstance(settings, dict):
             raise UserError(f"stages[{i}].{kind}: settings must be a mapping (got {settings!r})")
         settings = dict(settings)
@@ -353,16 +353,32 @@ def _parse_stages(raw: Any) -> list[StageEntry]:
     return entries
 
 
+def _refuse_nul_bytes(value: Any, where: str) -> None:
+    """A NUL byte cannot be in a path or a name; refuse it here with its key rather than deep in os calls."""
+    if isinstance(value, str) and "\0" in value:
+        raise UserError(f"{where or 'config'}: contains a NUL byte")
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if isinstance(key, str) and "\0" in key:
+                raise UserError(f"{where or 'config'}: key {key!r} contains a NUL byte")
+            _refuse_nul_bytes(item, f"{where}.{key}" if where else str(key))
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            _refuse_nul_bytes(item, f"{where}[{i}]")
+
+
 def parse_config(raw: Any, base_dir: Path | None = None) -> RunConfig:
     """Validate a parsed YAML document. Relative paths are taken from the config's folder."""
     if not isinstance(raw, dict):
         raise UserError("config: the top level must be a mapping of keys (name, model, data, stages, ...)")
+    original = raw
     raw = dict(raw)
     stages = _parse_stages(raw.pop("stages", None))
     try:
         config = RunConfig.model_validate({**raw, "stages": stages})
     except ValidationError as exc:
         raise UserError(format_validation_error(exc, RunConfig)) from None
+    _refuse_nul_bytes(original, "")  # after validation, so unknown keys are named first; before any path is used
     ckpt = config.model.checkpoint
     if ckpt is not None and not ckpt.is_absolute() and base_dir is not None:
         config.model.checkpoint = (base_dir / ckpt).resolve()
@@ -388,4 +404,9 @@ def load_config(path: Path) -> RunConfig:
         raise UserError(f"{path}: malformed YAML{where}: {problem}") from None
     except (UnicodeDecodeError, OSError) as exc:
         raise UserError(f"{path}: cannot read config: {exc}") from None
+    except RecursionError:
+        raise UserError(f"{path}: malformed YAML: nested too deeply") from None
+    except Exception as exc:  # PyYAML's own failures on odd input (e.g. a bare '!!float', a 5000-digit int)
+        first = (str(exc).splitlines() or [""])[0][:200]
+        raise UserError(f"{path}: malformed YAML: {type(exc).__name__}: {first}") from None
     return parse_config(raw, base_dir=path.parent)

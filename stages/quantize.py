@@ -146,7 +146,7 @@ class QuantizeConfig(StrictModel):
                 raise ValueError(f"preprocess: must be true or false (got {old!r}); it is now optimize: before | none")
             data["optimize"] = "before" if old else "none"
         scheme = data.get("scheme")
-        if scheme in SCHEMES:
+        if isinstance(scheme, str) and scheme in SCHEMES:
             for key, value in zip(("activation_type", "weight_type"), SCHEMES[scheme], strict=True):
                 if data.get(key, value) != value:
                     raise ValueError(f"scheme: {scheme} means {key}: {value} (got {key}: {data[key]}); set one of them")
@@ -161,7 +161,8 @@ class QuantizeConfig(StrictModel):
             raise ValueError("activation_type: int8 with weight_type: uint8 is not supported by ONNX Runtime")
         if self.method == "dynamic" and self.activation_type != "uint8":
             raise ValueError("activation_type: dynamic quantization always uses uint8 activations (static only)")
-        if "percentile" in self.model_fields_set and self.calibration != "percentile" and self.method != "auto":
+        percentile_default = type(self).model_fields["percentile"].default  # to_plain() writes it back unchanged
+        if self.percentile != percentile_default and self.calibration != "percentile" and self.method != "auto":
             raise ValueError("percentile: only used with calibration: percentile")
         if self.method == "auto" and self.exclude_most_sensitive:
             raise ValueError(

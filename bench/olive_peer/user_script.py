@@ -20,7 +20,7 @@ class NpyCalibration(torch.utils.data.Dataset):
     """One image per item, as Olive's calibration reader expects: ({input_name: tensor}, dummy label)."""
 
     def __init__(self, npy_path: str, input_name: str) -> None:
-        self.images = torch.from_numpy(np.load(npy_path).astype(np.float32))
+        self.images = torch.from_numpy(np.load(npy_path, allow_pickle=False).astype(np.float32))
         self.input_name = input_name
 
     def __len__(self) -> int:
