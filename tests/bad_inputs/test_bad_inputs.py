@@ -15,6 +15,7 @@ import contextlib
 import io
 import re
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -72,16 +73,25 @@ def stage_files(out: Path) -> dict[str, str]:
     return {k: v for k, v in hash_tree(out / "t").items() if Path(k).name not in REPORT_FILES}
 
 
-def test_there_are_at_least_40_cases():
-    assert len(CASES) >= 40
+@dataclass
+class Outcome:
+    code: int
+    stderr: str
+    earlier_run_intact: bool
+    leftovers: list[str]
+    case_dir: Path
+
+    @property
+    def last_line(self) -> str:
+        lines = [line for line in self.stderr.splitlines() if line.strip()]
+        return lines[-1] if lines else ""
 
 
-@pytest.mark.parametrize("case_file", CASES, ids=[p.stem for p in CASES])
-def test_bad_input(case_file: Path, template: Path, tmp_path: Path) -> None:
-    case = load_case(case_file)
-    case_dir = tmp_path / "case"
-    case_dir.mkdir()
-    out = tmp_path / "out"
+def run_case(case: dict[str, Any], template: Path, work: Path) -> Outcome:
+    """Copy the finished run into ``work/out``, make the case's files, run it, and record what happened."""
+    case_dir = work / "case"
+    case_dir.mkdir(parents=True)
+    out = work / "out"
     shutil.copytree(template, out)
     if "config_text" in case:
         config_path = case_dir / "config.yaml"
@@ -95,16 +105,25 @@ def test_bad_input(case_file: Path, template: Path, tmp_path: Path) -> None:
         code, stderr = run_cli(["run", str(config_path), "--out", str(run_out)])
         after = stage_files(run_out) if (run_out / "t").is_dir() else {}
         leftovers = [p.name for p in run_out.rglob(".*")] if run_out.is_dir() else []
+    return Outcome(code, stderr, after == before, leftovers, case_dir)
 
-    lines = [line for line in stderr.splitlines() if line.strip()]
-    assert code == case.get("exit_code", 2), stderr
-    assert "Traceback" not in stderr
-    assert lines and lines[-1].startswith("edgeslim: error: "), stderr
-    assert re.search(case["expect"], lines[-1]), f"{lines[-1]!r} does not match {case['expect']!r}"
-    assert after == before, "an earlier artifact changed or a new one appeared"
-    assert leftovers == [], f"leftovers in the output folder: {leftovers}"
+
+def test_there_are_at_least_40_cases():
+    assert len(CASES) >= 40
+
+
+@pytest.mark.parametrize("case_file", CASES, ids=[p.stem for p in CASES])
+def test_bad_input(case_file: Path, template: Path, tmp_path: Path) -> None:
+    case = load_case(case_file)
+    outcome = run_case(case, template, tmp_path)
+    assert outcome.code == case.get("exit_code", 2), outcome.stderr
+    assert "Traceback" not in outcome.stderr
+    assert outcome.last_line.startswith("edgeslim: error: "), outcome.stderr
+    assert re.search(case["expect"], outcome.last_line), f"{outcome.last_line!r} does not match {case['expect']!r}"
+    assert outcome.earlier_run_intact, "an earlier artifact changed or a new one appeared"
+    assert outcome.leftovers == [], f"leftovers in the output folder: {outcome.leftovers}"
     if case.get("must_not_exist"):
-        assert not Path(substitute(case["must_not_exist"], case_dir)).exists(), "untrusted code ran"
+        assert not Path(substitute(case["must_not_exist"], outcome.case_dir)).exists(), "untrusted code ran"
 
 
 def test_missing_config_file(tmp_path: Path) -> None:

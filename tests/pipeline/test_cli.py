@@ -44,6 +44,8 @@ def test_help_on_every_command(tmp_path):
         assert proc.returncode == 0 and "usage: edgeslim" in proc.stdout
 
 
+# The full catalogue of bad inputs (71 cases, run in-process) is tests/bad_inputs; these two check the same
+# contract through a real process: exit code, one line, no traceback.
 @pytest.mark.parametrize(
     ("cfg", "pattern"),
     [
@@ -52,44 +54,8 @@ def test_help_on_every_command(tmp_path):
             r"stages\[0\]\.prune\.pruning_ratio: Input should be less",
         ),
         (
-            small_config(["baseline"], model={"name": "no_such_pkg.models:net"}),
-            r"model\.name: cannot import module 'no_such_pkg\.models'",
-        ),
-        (
-            small_config(["baseline"], model={"name": "tests.helpers.factories:missing"}),
-            r"model\.name: module 'tests\.helpers\.factories' has no attribute 'missing'",
-        ),
-        (
             small_config(["baseline"], model={"name": "tests.helpers.factories:broken_model"}),
             r"model\.name: factory 'tests\.helpers\.factories:broken_model' raised RuntimeError: weights server",
-        ),
-        (
-            small_config(["baseline"], model={"name": "tests.helpers.factories:not_a_model"}),
-            r"returned str, not a torch\.nn\.Module",
-        ),
-        (
-            small_config(["baseline"], model={"name": "tiny_cnn", "checkpoint": "missing.safetensors"}),
-            r"model\.checkpoint: file not found: .*missing\.safetensors",
-        ),
-        (
-            small_config(["baseline"], data={"name": "tests.helpers.factories:empty_test_split"}),
-            r"data\.name: the test split is empty",
-        ),
-        (
-            small_config(["baseline"], data={"name": "tests.helpers.factories:float_labels"}),
-            r"data\.name: train labels must be a 1-D tensor of integer class ids",
-        ),
-        (
-            small_config(["baseline"], data={"name": "tests.helpers.factories:mismatched_shapes"}),
-            r"data\.name: test inputs have shape \(1, 4, 4\), train has \(1, 8, 8\)",
-        ),
-        (
-            small_config(
-                ["baseline"],
-                model={"name": "tests.helpers.factories:small_mlp", "kwargs": {"hidden": 8}},
-                data={"name": "mnist5k", "max_samples": 100},
-            ),
-            r"model\.name: model 'tests\.helpers\.factories:small_mlp' cannot run on inputs of shape \(2, 1, 28, 28\)",
         ),
     ],
 )

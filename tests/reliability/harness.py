@@ -79,9 +79,9 @@ class Kill:
     orphans: list[str]  # helper processes still alive afterwards (should be none)
 
 
-def kill_inside(config: Path, out: Path, index: int, delay_s: float, sig: int = signal.SIGKILL) -> Kill:
+def kill_inside(config: Path, out: Path, index: int, delay_s: float, sig: int = signal.SIGKILL, *extra: str) -> Kill:
     """Start a run, send ``sig`` ``delay_s`` seconds into stage ``index``, and wait for it to die."""
-    proc = start(config, out)
+    proc = start(config, out, *extra)
     if not wait_inside(proc, out, index):
         code, stderr = finish(proc)
         raise AssertionError(f"stage {index} never started (exit {code}): {stderr[-2000:]}")
