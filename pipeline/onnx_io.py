@@ -66,15 +66,19 @@ def load_onnx(path: Path, what: str = "model", *, external_data: bool = True):
     ``external_data=False`` returns the graph without reading external tensor files (cheap, for
     reading names and shapes).
     """
-    import onnx
+    from onnx.external_data_helper import load_external_data_for_model
 
-    check_onnx_file(path, what)
-    return onnx.load(str(path), load_external_data=external_data)
+    proto = check_onnx_file(path, what)  # parsed once, without external data
+    if external_data:
+        load_external_data_for_model(proto, str(path.parent))
+    return proto
 
 
-def check_onnx_file(path: Path, what: str = "model") -> None:
+def check_onnx_file(path: Path, what: str = "model"):
     """Refuse unreadable models, external data outside the model's own folder, and tensors
-    that declare more bytes than the file stores (a crafted header must not drive allocation)."""
+    that declare more bytes than the file stores (a crafted header must not drive allocation).
+
+    Returns the checked ``ModelProto`` (external tensors not yet read)."""
     import onnx
     from onnx.external_data_helper import uses_external_data
 
@@ -103,6 +107,7 @@ def check_onnx_file(path: Path, what: str = "model") -> None:
             )
         available = target.stat().st_size - int(entries.get("offset", 0) or 0)
         _check_declared_size(tensor, path, what, stored=min(available, int(entries.get("length", available) or 0)))
+    return proto
 
 
 def _check_declared_size(tensor, path: Path, what: str, stored: int | None = None) -> None:
