@@ -16,7 +16,7 @@ import numpy as np
 from pipeline import qat
 from pipeline.artifacts import TORCH, TORCH_QAT, Artifact, sha256_file
 from pipeline.benchmark import measure_latency
-from pipeline.config import RunConfig
+from pipeline.config import HostProfile, RunConfig
 from pipeline.data import DataSplits
 from pipeline.onnx_io import export_onnx, onnx_logits
 from pipeline.torch_model import ModelLoader
@@ -48,20 +48,35 @@ def latency_inputs(data: DataSplits, directory: Path, n: int = 64) -> Path:
     return path
 
 
+def host_latency(
+    model: Path, host: HostProfile, *, warmup: int, runs: int, max_seconds: float, inputs: Path
+) -> dict[str, Any]:
+    """Latency on the run's host profile, at its first thread count and batch size: where every
+    stage is measured, and where ``quantize: {method: auto}`` compares its candidates."""
+    return measure_latency(
+        model,
+        threads=host.threads[0],
+        batch_size=host.batch_sizes[0],
+        warmup=warmup,
+        runs=runs,
+        max_seconds=max_seconds,
+        graph_optimization=host.graph_optimization,
+        inputs=inputs,
+    )
+
+
 def measure_artifact(
     artifact: Artifact, config: RunConfig, data: DataSplits, models: ModelLoader, work_dir: Path
 ) -> dict[str, Any]:
     onnx_path = deployable_onnx(artifact, models, work_dir)
     device, spec = config.host, config.measure
     with tempfile.TemporaryDirectory() as tmp:
-        latency = measure_latency(
+        latency = host_latency(
             onnx_path,
-            threads=device.threads[0],
-            batch_size=device.batch_sizes[0],
+            device,
             warmup=spec.warmup,
             runs=spec.runs,
             max_seconds=spec.max_seconds,
-            graph_optimization=device.graph_optimization,
             inputs=latency_inputs(data, Path(tmp)),
         )
     lat = latency["latency_ms"]

@@ -43,10 +43,9 @@ import torch
 from pydantic import Field, model_validator
 
 from pipeline.artifacts import ONNX, ONNX_INT8, TORCH
-from pipeline.benchmark import measure_latency
 from pipeline.config import RunConfig, StrictModel
 from pipeline.errors import UserError
-from pipeline.measure import latency_inputs
+from pipeline.measure import host_latency, latency_inputs
 from pipeline.onnx_io import check_onnx_file, load_onnx
 from pipeline.ort_quant import (
     ACCURACY_EPS,
@@ -424,15 +423,8 @@ class Quantize(Stage):
         inputs = latency_inputs(ctx.data, bench.work_dir)
 
         def p50(path: Path) -> float:
-            latency = measure_latency(
-                path,
-                threads=host.threads[0],
-                batch_size=host.batch_sizes[0],
-                warmup=auto.warmup,
-                runs=auto.runs,
-                max_seconds=auto.max_seconds,
-                graph_optimization=host.graph_optimization,
-                inputs=inputs,
+            latency = host_latency(
+                path, host, warmup=auto.warmup, runs=auto.runs, max_seconds=auto.max_seconds, inputs=inputs
             )
             return float(latency["latency_ms"]["p50"])
 
