@@ -24,8 +24,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pipeline.benchmark import measure_latency  # noqa: E402
-from pipeline.edgeslim_bench import device_facts  # noqa: E402
+from edgeslim.devices.edgeslim_bench import device_facts  # noqa: E402
+from edgeslim.devices.host import measure_latency  # noqa: E402
 
 
 def timed_run(config: Path, out: Path) -> float:
@@ -68,8 +68,8 @@ def main() -> int:
     inputs = run_dir / ".bench_inputs.npy"
     import numpy as np
 
-    from pipeline.config import load_config
-    from pipeline.data import load_data
+    from edgeslim.api import load_config
+    from edgeslim.data.datasets import load_data
 
     data = load_data(load_config(args.config).data)
     np.save(inputs, data.test.tensors[0][:64].numpy())

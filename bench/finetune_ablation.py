@@ -58,8 +58,8 @@ def deep_merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
 
 def base_run(out: Path) -> Path:
     """Train, evaluate and prune the default CNN through the pipeline (cached)."""
-    from pipeline.config import parse_config
-    from pipeline.runner import Runner
+    from edgeslim.api import parse_config
+    from edgeslim.engine.runner import Runner
 
     config = parse_config(
         {
@@ -84,11 +84,11 @@ def run_one(job: tuple[str, dict[str, Any], bool, int, str]) -> dict[str, Any]:
 
     torch.set_num_threads(1)
     name, settings, qat, seed, run_dir = job
-    from pipeline.artifacts import Artifact
-    from pipeline.config import parse_config
-    from pipeline.data import load_data
-    from pipeline.stage import StageContext, stage_registry
-    from pipeline.torch_model import ModelLoader
+    from edgeslim.api import parse_config
+    from edgeslim.data.datasets import load_data
+    from edgeslim.engine.stage import StageContext
+    from edgeslim.engine.store import Artifact
+    from edgeslim.models.loader import ModelLoader
 
     finetune = deep_merge(deep_merge(BASE, settings), {"qat": qat})
     config = parse_config(
@@ -108,9 +108,9 @@ def run_one(job: tuple[str, dict[str, Any], bool, int, str]) -> dict[str, Any]:
 
     with tempfile.TemporaryDirectory() as tmp:
         ctx = StageContext(config, 2, "stages[2].finetune", data, loader, earlier[1], Path(tmp), earlier)
-        stage = stage_registry()["finetune"](config.stages[2].settings)
+        stage = config.stages[2].stage_class(config.stages[2].settings)
         start = time.perf_counter()
-        result = stage.run(ctx)
+        result = stage.execute(ctx)
         seconds = time.perf_counter() - start
     return {
         "option": name,
@@ -172,7 +172,7 @@ def beyond_noise(row: dict[str, Any], plain: dict[str, Any]) -> bool:
 
 
 def write_docs(rows: list[dict[str, Any]], args: argparse.Namespace, docs: Path, seconds: float) -> None:
-    from pipeline.edgeslim_bench import device_facts
+    from edgeslim.devices.edgeslim_bench import device_facts
 
     docs.mkdir(exist_ok=True)
     (docs / "finetune_ablation.json").write_text(json.dumps(rows, indent=2) + "\n")

@@ -48,14 +48,15 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pipeline.artifacts import sha256_file  # noqa: E402
-from pipeline.benchmark import measure_latency  # noqa: E402
-from pipeline.config import load_config  # noqa: E402
-from pipeline.data import DataSplits, load_data  # noqa: E402
-from pipeline.edgeslim_bench import device_facts  # noqa: E402
-from pipeline.measure import latency_inputs, onnx_accuracy  # noqa: E402
-from pipeline.onnx_io import load_onnx, onnx_logits  # noqa: E402
-from pipeline.ort_quant import quiet_ort  # noqa: E402
+from edgeslim.api import load_config  # noqa: E402
+from edgeslim.data.datasets import DataSplits, load_data  # noqa: E402
+from edgeslim.devices.edgeslim_bench import device_facts  # noqa: E402
+from edgeslim.devices.host import measure_latency  # noqa: E402
+from edgeslim.engine.evaluate import onnx_accuracy  # noqa: E402
+from edgeslim.engine.measure import latency_inputs  # noqa: E402
+from edgeslim.engine.store import sha256_file  # noqa: E402
+from edgeslim.export.onnx_io import load_onnx, onnx_logits  # noqa: E402
+from edgeslim.quant.ort import quiet_ort  # noqa: E402
 
 RECIPE_VERSION = 1  # bump to rebuild every cached peer model
 BATCH_SIZES = (1, 32)
@@ -223,7 +224,7 @@ def import_inc_backend(wait_s: float) -> Any:
     while True:
         try:
             importlib.invalidate_caches()
-            return importlib.import_module("pipeline.inc_backend")
+            return importlib.import_module("edgeslim.quant.inc")
         except ImportError as exc:
             if time.monotonic() >= deadline:
                 raise Skipped(f"pipeline.inc_backend is not importable: {exc}") from None
@@ -252,8 +253,8 @@ def build_inc(
     def build(out: Path) -> None:
         import torch
 
-        from pipeline.artifacts import Artifact
-        from pipeline.torch_model import ModelLoader
+        from edgeslim.engine.store import Artifact
+        from edgeslim.models.loader import ModelLoader
 
         inc_backend = import_inc_backend(wait_s)
         reason = inc_backend.inc_available()
@@ -811,8 +812,8 @@ def main() -> int:
     inc_key = {
         **common,
         "baseline_weights": sha256_file(safetensors) if safetensors.is_file() else None,
-        "inc_backend": sha256_file(ROOT / "pipeline/inc_backend.py")
-        if (ROOT / "pipeline/inc_backend.py").is_file()
+        "inc_backend": sha256_file(ROOT / "pipeline/quant/inc.py")
+        if (ROOT / "pipeline/quant/inc.py").is_file()
         else None,
         "versions": {p: version(p) for p in ("neural_compressor", "torch", "torchao")},
     }

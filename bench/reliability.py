@@ -23,8 +23,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pipeline import cli  # noqa: E402
-from pipeline.artifacts import write_text  # noqa: E402
+from edgeslim import cli  # noqa: E402
+from edgeslim.engine.store import write_text  # noqa: E402
 from tests.bad_inputs.test_bad_inputs import BASE_STAGES, CASES, load_case, run_case  # noqa: E402
 from tests.conftest import small_config, write_config  # noqa: E402
 

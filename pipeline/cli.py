@@ -17,7 +17,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from pipeline.errors import StageFailed, UserError
+from edgeslim.errors import StageFailed, UserError
 
 # Failures of the machine around the run (full disk, read-only or unwritable folders), not bugs: one line, exit 2.
 ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG, errno.EMFILE}
@@ -54,7 +54,7 @@ def _parser() -> argparse.ArgumentParser:
 def _add_compare(sub: argparse._SubParsersAction) -> None:
     import textwrap
 
-    from pipeline.compare import DEFAULT_CONFIDENCE, DEFAULT_MIN_EFFECT, noise_rule
+    from edgeslim.reports.compare import DEFAULT_CONFIDENCE, DEFAULT_MIN_EFFECT, noise_rule
 
     what = (
         "Compare models across latency reports (edgeslim.latency-report/1, e.g. written by edgeslim_bench.py on a "
@@ -104,23 +104,21 @@ def _stdout_console() -> Console:
 
 
 def _cmd_run(args: argparse.Namespace, console: Console) -> int:
-    from pipeline.config import load_config
-    from pipeline.runner import Runner, print_summary
+    from edgeslim import api
+    from edgeslim.reports.run_report import rich_table
 
-    config = load_config(args.config)
-    runner = Runner(config, args.out, force=args.force, from_stage=args.from_stage, console=console)
-    report = runner.run()
-    print_summary(report, _stdout_console())
-    console.print(f"report: {runner.run_dir / 'report.md'}")
+    result = api.run(args.config, args.out, force=args.force, from_stage=args.from_stage, console=console)
+    _stdout_console().print(rich_table(result.report))
+    console.print(f"report: {result.report_md}")
     return 0
 
 
 def _cmd_report(args: argparse.Namespace, console: Console) -> int:
-    from pipeline.artifacts import read_json
-    from pipeline.report import rerender, rich_table
+    from edgeslim import api
+    from edgeslim.reports.run_report import rerender, rich_table
 
     path = rerender(args.run_dir)
-    _stdout_console().print(rich_table(read_json(args.run_dir / "report.json")))
+    _stdout_console().print(rich_table(api.open_run(args.run_dir).report))
     console.print(f"report: {path}")
     return 0
 
@@ -128,9 +126,9 @@ def _cmd_report(args: argparse.Namespace, console: Console) -> int:
 def _cmd_compare(args: argparse.Namespace, console: Console) -> int:
     from rich.markup import escape
 
-    from pipeline.artifacts import write_text
-    from pipeline.compare import compare, load_entries, rich_tables, to_markdown
-    from pipeline.html_report import write_html
+    from edgeslim.engine.store import write_text
+    from edgeslim.reports.compare import compare, load_entries, rich_tables, to_markdown
+    from edgeslim.reports.html import write_html
 
     problems: list[str] = []
     entries = load_entries(args.inputs, problems)

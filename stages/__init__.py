@@ -1,5 +1,16 @@
-"""Pipeline stages, one module each. Importing this package registers them all."""
+"""Pipeline stages, one small module each. ``STAGES`` maps the names configs use to the classes."""
 
-from stages import baseline, benchmark, export, finetune, prune, quantize, train
+from edgeslim.engine.stage import Stage
+from edgeslim.stages.baseline import Baseline
+from edgeslim.stages.benchmark import Benchmark
+from edgeslim.stages.export import Export
+from edgeslim.stages.finetune import Finetune
+from edgeslim.stages.prune import Prune
+from edgeslim.stages.quantize import Quantize
+from edgeslim.stages.train import Train
 
-__all__ = ["baseline", "benchmark", "export", "finetune", "prune", "quantize", "train"]
+STAGES: dict[str, type[Stage]] = {
+    cls.name: cls for cls in (Train, Baseline, Prune, Finetune, Export, Quantize, Benchmark)
+}
+
+__all__ = ["STAGES", "Baseline", "Benchmark", "Export", "Finetune", "Prune", "Quantize", "Train"]

@@ -9,31 +9,30 @@ import shutil
 
 import torch
 
-from pipeline.artifacts import ONNX, TORCH
-from pipeline.config import StrictModel
-from pipeline.stage import (
+from edgeslim.config.schema import StrictModel
+from edgeslim.engine.stage import (
     ONNX_MODEL_FILE,
+    Role,
     Stage,
     StageContext,
     StageResult,
     onnx_artifact,
-    register,
     save_same_architecture,
 )
-from pipeline.training import evaluate, predict
+from edgeslim.engine.store import ONNX, TORCH
+from edgeslim.train.loop import evaluate, predict
 
 
 class BaselineConfig(StrictModel):
     """The baseline has no settings: it measures the model as it is."""
 
 
-@register
-class Baseline(Stage):
+class Baseline(Stage[BaselineConfig]):
     name = "baseline"
-    Config = BaselineConfig
     accepts = (TORCH, ONNX)
+    role = Role.REFERENCE  # ratios, guards and comparisons are taken against this stage
 
-    def run(self, ctx: StageContext) -> StageResult:
+    def run(self, ctx: StageContext, cfg: BaselineConfig) -> StageResult:
         if ctx.input.kind == ONNX:
             shutil.copyfile(ctx.input.file("model"), ctx.out_dir / ONNX_MODEL_FILE)
             artifact = onnx_artifact(ctx, ONNX, {"source": ctx.input.meta.get("source", "onnx")})

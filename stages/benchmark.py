@@ -23,24 +23,24 @@ from typing import Any
 import numpy as np
 from pydantic import Field
 
-from pipeline.artifacts import ONNX, ONNX_INT8, Artifact, sha256_file, write_json
-from pipeline.benchmark import measure_latency
-from pipeline.config import (
+from edgeslim.config.schema import (
     Arm64EmulatedProfile,
     HostProfile,
     RemoteProfile,
-    RunConfig,
     StrictModel,
     canonical_hash,
     device_label,
 )
-from pipeline.edgeslim_bench import device_facts, make_report
-from pipeline.errors import StageFailed, UserError
-from pipeline.latency_report import load_report
-from pipeline.measure import latency_inputs, onnx_accuracy
-from pipeline.onnx_io import onnx_logits
-from pipeline.progress import progress_bar
-from pipeline.stage import Stage, StageContext, StageResult, register
+from edgeslim.devices.edgeslim_bench import device_facts, make_report
+from edgeslim.devices.host import measure_latency
+from edgeslim.devices.latency_report import load_report
+from edgeslim.engine.evaluate import onnx_accuracy
+from edgeslim.engine.measure import latency_inputs
+from edgeslim.engine.progress import progress_bar
+from edgeslim.engine.stage import PlanRequest, Stage, StageContext, StagePlan, StageResult
+from edgeslim.engine.store import ONNX, ONNX_INT8, Artifact, sha256_file, write_json
+from edgeslim.errors import StageFailed, UserError
+from edgeslim.export.onnx_io import onnx_logits
 
 MODEL_FILE = "model.onnx"
 EMULATED_NOTE = "emulated under qemu: latency not representative of a real device; parity only"
@@ -59,27 +59,32 @@ def report_file(name: str) -> str:
     return f"latency-{name}.json"
 
 
-@register
-class Benchmark(Stage):
+class Benchmark(Stage[BenchmarkConfig]):
     name = "benchmark"
-    Config = BenchmarkConfig
     accepts = (ONNX, ONNX_INT8)
 
-    def run_settings(self, config: RunConfig) -> dict[str, Any]:
-        return {"devices": [d.model_dump(mode="json") for d in config.devices]}
-
-    def input_files(self, config: RunConfig) -> list[Path]:
-        return [d.report for d in config.devices if isinstance(d, RemoteProfile)]
-
-    def check_inputs(self, config: RunConfig, index: int, where: str) -> None:
+    def plan(self, request: PlanRequest) -> StagePlan:
+        """Its output is measurements: it depends on the device profiles, the measurement settings and
+        the bytes of remote reports (checked here, before anything runs)."""
+        config = request.config
+        remote = []
         for i, device in enumerate(config.devices):
             if isinstance(device, RemoteProfile):
                 try:
                     load_report(device.report)
                 except UserError as exc:
                     raise UserError(f"devices[{i}].remote.report: {exc}") from None
+                remote.append(device.report)
+        return StagePlan(
+            output_kind=request.input_kind,
+            input_files=tuple(remote),
+            key_parts={
+                "devices": [d.model_dump(mode="json") for d in config.devices],
+                "measure": config.measure.model_dump(mode="json"),
+            },
+        )
 
-    def run(self, ctx: StageContext) -> StageResult:
+    def run(self, ctx: StageContext, cfg: BenchmarkConfig) -> StageResult:
         model = ctx.out_dir / MODEL_FILE
         shutil.copyfile(ctx.input.file("model"), model)
         accuracy = onnx_accuracy(model, ctx.data, ctx.config.measure.eval_batch_size)
@@ -128,7 +133,7 @@ class Benchmark(Stage):
         return StageResult(artifact, details=details, notes=notes)
 
     def _host(self, device: HostProfile, model: Path, inputs: Path) -> list[dict[str, Any]]:
-        cfg: BenchmarkConfig = self.config  # type: ignore[assignment]
+        cfg = self.config
         threads = cfg.threads or device.threads
         batches = cfg.batch_sizes or device.batch_sizes
         results = []
@@ -165,7 +170,7 @@ class Benchmark(Stage):
         notes: list[str],
     ) -> dict[str, Any] | None:
         """Parity on emulated 64-bit ARM; ``None`` (with the reason in the report) when unavailable."""
-        from pipeline import arm64
+        from edgeslim.devices import arm64
 
         name = device.label
         try:

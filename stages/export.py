@@ -19,15 +19,23 @@ from typing import Literal
 import numpy as np
 from pydantic import Field
 
-from pipeline import qat
-from pipeline.artifacts import ONNX, ONNX_INT8, TORCH, TORCH_QAT
-from pipeline.config import StrictModel
-from pipeline.errors import StageFailed, UserError
-from pipeline.measure import onnx_accuracy
-from pipeline.mobile import build_bundle
-from pipeline.onnx_io import export_onnx, onnx_logits
-from pipeline.stage import ONNX_MODEL_FILE, Stage, StageContext, StageResult, onnx_artifact, register
-from pipeline.training import predict
+from edgeslim.config.schema import StrictModel
+from edgeslim.engine.evaluate import onnx_accuracy
+from edgeslim.engine.stage import (
+    ONNX_MODEL_FILE,
+    PlanRequest,
+    Stage,
+    StageContext,
+    StagePlan,
+    StageResult,
+    onnx_artifact,
+)
+from edgeslim.engine.store import ONNX, ONNX_INT8, TORCH, TORCH_QAT
+from edgeslim.errors import StageFailed, UserError
+from edgeslim.export.mobile import build_bundle
+from edgeslim.export.onnx_io import export_onnx, onnx_logits
+from edgeslim.quant import qat
+from edgeslim.train.loop import predict
 
 
 class ExportConfig(StrictModel):
@@ -40,29 +48,31 @@ class ExportConfig(StrictModel):
     )
 
 
-@register
-class Export(Stage):
+def output_kind(input_kind: str) -> str:
+    """ONNX stays as it is; a QAT model exports to INT8, a float one to float ONNX."""
+    if input_kind in (ONNX, ONNX_INT8):
+        return input_kind
+    return ONNX_INT8 if input_kind == TORCH_QAT else ONNX
+
+
+class Export(Stage[ExportConfig]):
     name = "export"
-    Config = ExportConfig
     accepts = (TORCH, TORCH_QAT, ONNX, ONNX_INT8)
 
-    def output_kind(self, input_kind: str) -> str:
-        if input_kind in (ONNX, ONNX_INT8):
-            return input_kind
-        return ONNX_INT8 if input_kind == TORCH_QAT else ONNX
-
-    def check_plan(self, input_kind: str, where: str) -> None:
-        if input_kind in (ONNX, ONNX_INT8) and self.config.target != "mobile":  # type: ignore[attr-defined]
+    def plan(self, request: PlanRequest) -> StagePlan:
+        kind = request.input_kind
+        if kind in (ONNX, ONNX_INT8) and self.config.target != "mobile":
             raise UserError(
-                f"{where}: the input is already an ONNX model; use target: mobile to build a phone bundle from it"
+                f"{request.where}: the input is already an ONNX model; use target: mobile to build a phone bundle "
+                "from it"
             )
+        return StagePlan(output_kind=output_kind(kind))
 
-    def run(self, ctx: StageContext) -> StageResult:
-        cfg: ExportConfig = self.config  # type: ignore[assignment]
+    def run(self, ctx: StageContext, cfg: ExportConfig) -> StageResult:
         if ctx.input.kind in (ONNX, ONNX_INT8):
             path = ctx.out_dir / ONNX_MODEL_FILE
             shutil.copyfile(ctx.input.file("model"), path)
-            artifact = onnx_artifact(ctx, self.output_kind(ctx.input.kind), {"quantized": ctx.input.kind == ONNX_INT8})
+            artifact = onnx_artifact(ctx, output_kind(ctx.input.kind), {"quantized": ctx.input.kind == ONNX_INT8})
             result = StageResult(artifact, notes=[f"ONNX input bundled as is ({ctx.input.kind})"])
             return self._mobile(ctx, path, result)
         model = ctx.models.load(ctx.input)
@@ -86,7 +96,7 @@ class Export(Stage):
                 f"{ctx.where}: ONNX and PyTorch agree on top-1 for only {agreement:.2%} of {len(x)} test samples "
                 f"(min_top1_agreement: {cfg.min_top1_agreement}); max abs diff {parity['max_abs_diff']:.3g}"
             )
-        artifact = onnx_artifact(ctx, self.output_kind(ctx.input.kind), {"quantized": quantized, "opset": cfg.opset})
+        artifact = onnx_artifact(ctx, output_kind(ctx.input.kind), {"quantized": quantized, "opset": cfg.opset})
         result = StageResult(
             artifact,
             details={"parity": parity, "opset": cfg.opset},
@@ -99,7 +109,7 @@ class Export(Stage):
 
     def _mobile(self, ctx: StageContext, path: Path, result: StageResult) -> StageResult:
         """Build and check the phone bundle when ``target: mobile`` (the ONNX model stays the artifact)."""
-        cfg: ExportConfig = self.config  # type: ignore[assignment]
+        cfg = self.config
         if cfg.target != "mobile":
             return result
         batch = ctx.config.measure.eval_batch_size

@@ -15,17 +15,17 @@ import torch
 from pydantic import Field, model_validator
 from torch import nn
 
-from pipeline import qat
-from pipeline.artifacts import TORCH, TORCH_QAT
-from pipeline.config import RunConfig, StrictModel
-from pipeline.errors import UserError
-from pipeline.importance import parameter_importance
-from pipeline.losses import FeatureTap, compose_loss, make_adapter
-from pipeline.models import load_state_dict_file, load_weights
-from pipeline.optim import ImportanceLRConfig, OptimizerConfig, importance_scales
-from pipeline.stage import Stage, StageContext, StageResult, register
-from pipeline.torch_model import count_params_and_macs, output_layer_name, replace_head, save_torch_artifact
-from pipeline.training import TrainLoopConfig, evaluate, fit, recalibrate_batchnorm, set_dropout
+from edgeslim.config.schema import StrictModel
+from edgeslim.engine.stage import PlanRequest, Stage, StageContext, StagePlan, StageResult
+from edgeslim.engine.store import TORCH, TORCH_QAT
+from edgeslim.errors import UserError
+from edgeslim.models.loader import count_params_and_macs, output_layer_name, replace_head, save_torch_artifact
+from edgeslim.models.zoo import load_state_dict_file, load_weights
+from edgeslim.quant import qat
+from edgeslim.train.importance import parameter_importance
+from edgeslim.train.loop import TrainLoopConfig, evaluate, fit, recalibrate_batchnorm, set_dropout
+from edgeslim.train.losses import FeatureTap, compose_loss, make_adapter
+from edgeslim.train.optim import ImportanceLRConfig, OptimizerConfig, importance_scales
 
 WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth")
 
@@ -80,38 +80,33 @@ def _is_weight_file(ref: str) -> bool:
     return ref.endswith(WEIGHT_SUFFIXES)
 
 
-@register
-class Finetune(Stage):
+class Finetune(Stage[FinetuneConfig]):
     name = "finetune"
-    Config = FinetuneConfig
     accepts = (TORCH,)
 
-    def output_kind(self, input_kind: str) -> str:
-        return TORCH_QAT if self.config.qat else TORCH  # type: ignore[attr-defined]
-
-    def replaces_head(self) -> bool:
-        return self.config.head is not None  # type: ignore[attr-defined]
-
-    def input_files(self, config: RunConfig) -> list[Path]:
-        distill = self.config.distill  # type: ignore[attr-defined]
-        return [Path(t) for t in distill.teachers if _is_weight_file(t)] if distill else []
-
-    def check_inputs(self, config: RunConfig, index: int, where: str) -> None:
-        """Teachers must be earlier stages or loadable weight files (pickles are refused here, up front)."""
-        distill = self.config.distill  # type: ignore[attr-defined]
+    def plan(self, request: PlanRequest) -> StagePlan:
+        """Teachers must be earlier stages or loadable weight files (pickles are refused here, up front);
+        teacher weight files join the cache key."""
+        distill, where = self.config.distill, request.where
+        files = []
         for ref in distill.teachers if distill else []:
             if _is_weight_file(ref):
                 load_state_dict_file(Path(ref), f"{where}.distill.teacher")
+                files.append(Path(ref))
                 continue
             try:
-                earlier = config.stage_index(ref) < index
+                earlier = request.config.stage_index(ref) < request.index
             except UserError as exc:
                 raise UserError(f"{where}.distill.teacher: {exc}") from None
             if not earlier:
                 raise UserError(f"{where}.distill.teacher: stage '{ref}' must come before this stage")
+        return StagePlan(
+            output_kind=TORCH_QAT if self.config.qat else TORCH,
+            input_files=tuple(files),
+            changes_classes=self.config.head is not None,
+        )
 
-    def run(self, ctx: StageContext) -> StageResult:
-        cfg: FinetuneConfig = self.config  # type: ignore[assignment]
+    def run(self, ctx: StageContext, cfg: FinetuneConfig) -> StageResult:
         model = ctx.models.load(ctx.input)
         x_train = ctx.data.train.tensors[0]
         start_acc, _ = evaluate(model, ctx.data.val)

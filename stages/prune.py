@@ -12,22 +12,22 @@ from typing import Any
 
 import torch
 import torch_pruning as tp
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from torch import nn
 
-from pipeline.artifacts import TORCH
-from pipeline.config import StrictModel
-from pipeline.errors import UserError
-from pipeline.importance import CriterionName, build_importance, prepare_importance
-from pipeline.stage import Stage, StageContext, StageResult, register
-from pipeline.torch_model import count_params_and_macs, output_layer_name, save_torch_artifact
-from pipeline.training import evaluate, recalibrate_batchnorm
+from edgeslim.config.schema import StrictModel
+from edgeslim.engine.stage import Stage, StageContext, StageResult
+from edgeslim.engine.store import TORCH
+from edgeslim.errors import UserError
+from edgeslim.models.loader import count_params_and_macs, output_layer_name, save_torch_artifact
+from edgeslim.prune.criteria import CRITERIA, build_importance, prepare_importance
+from edgeslim.train.loop import evaluate, recalibrate_batchnorm
 
 FALLBACK_FACTOR = 0.7  # accuracy-guard fallback: each retry prunes 30% less
 
 
 class PruneConfig(StrictModel):
-    importance: CriterionName = "hessian"
+    importance: str = Field("hessian", description="a registered criterion: l1, l2, taylor, hessian")
     pruning_ratio: float = Field(0.5, gt=0, lt=1, description="fraction of channels removed per layer")
     target_params: float | None = Field(None, gt=0, lt=1, description="keep this fraction of the parameters")
     target_macs: float | None = Field(None, gt=0, lt=1, description="keep this fraction of the MACs")
@@ -38,6 +38,14 @@ class PruneConfig(StrictModel):
     round_to: int | None = Field(None, ge=1, description="keep channel counts multiples of this")
     ignore: list[str] = Field(default_factory=list, description="module names to leave unpruned")
 
+    @field_validator("importance")
+    @classmethod
+    def _known_criterion(cls, name: str) -> str:
+        if name not in CRITERIA:
+            names = [repr(n) for n in CRITERIA]
+            raise ValueError(f"Input should be {', '.join(names[:-1])} or {names[-1]}")
+        return name
+
     @model_validator(mode="after")
     def _one_target(self) -> PruneConfig:
         if self.target_params is not None and self.target_macs is not None:
@@ -45,15 +53,13 @@ class PruneConfig(StrictModel):
         return self
 
 
-@register
-class Prune(Stage):
+class Prune(Stage[PruneConfig]):
     name = "prune"
-    Config = PruneConfig
     accepts = (TORCH,)
 
     def fallback(self, attempt: int, previous: StageResult) -> Prune | None:
         """Prune less: each attempt removes 30% fewer channels (or keeps 30% more of the target)."""
-        cfg: PruneConfig = self.config  # type: ignore[assignment]
+        cfg = self.config
         factor = FALLBACK_FACTOR**attempt
         if cfg.target_params is not None or cfg.target_macs is not None:
             key = "target_params" if cfg.target_params is not None else "target_macs"
@@ -62,8 +68,7 @@ class Prune(Stage):
         ratio = cfg.pruning_ratio * factor
         return None if ratio < 0.01 else Prune(cfg.model_copy(update={"pruning_ratio": round(ratio, 4)}))
 
-    def run(self, ctx: StageContext) -> StageResult:
-        cfg: PruneConfig = self.config  # type: ignore[assignment]
+    def run(self, ctx: StageContext, cfg: PruneConfig) -> StageResult:
         model = ctx.models.load(ctx.input)
         example = ctx.example()
         modules = dict(model.named_modules())
@@ -160,7 +165,7 @@ class Prune(Stage):
         where: str,
     ) -> float:
         """Bisection on the channel ratio until the kept params/MACs fraction meets the target."""
-        cfg: PruneConfig = self.config  # type: ignore[assignment]
+        cfg = self.config
         target = cfg.target_params if cfg.target_params is not None else cfg.target_macs
         assert target is not None
         index = {id(m): n for n, m in model.named_modules()}

@@ -42,12 +42,21 @@ from typing import Any, Literal
 import torch
 from pydantic import Field, model_validator
 
-from pipeline.artifacts import ONNX, ONNX_INT8, TORCH
-from pipeline.config import RunConfig, StrictModel
-from pipeline.errors import UserError
-from pipeline.measure import host_latency, latency_inputs
-from pipeline.onnx_io import check_onnx_file, load_onnx
-from pipeline.ort_quant import (
+from edgeslim.config.schema import StrictModel
+from edgeslim.engine.measure import host_latency, latency_inputs
+from edgeslim.engine.stage import (
+    ONNX_MODEL_FILE,
+    PlanRequest,
+    Stage,
+    StageContext,
+    StagePlan,
+    StageResult,
+    onnx_artifact,
+)
+from edgeslim.engine.store import ONNX, ONNX_INT8, TORCH
+from edgeslim.errors import UserError
+from edgeslim.export.onnx_io import check_onnx_file, load_onnx
+from edgeslim.quant.ort import (
     ACCURACY_EPS,
     QuantBench,
     Recipe,
@@ -57,7 +66,6 @@ from pipeline.ort_quant import (
     rank_sensitivity,
     search_mixed_precision,
 )
-from pipeline.stage import ONNX_MODEL_FILE, Stage, StageContext, StageResult, onnx_artifact, register
 
 SCHEMES = {"u8s8": ("uint8", "int8"), "s8s8": ("int8", "int8")}
 
@@ -198,21 +206,17 @@ class _Outcome:
     notes: list[str] = field(default_factory=list)
 
 
-@register
-class Quantize(Stage):
+class Quantize(Stage[QuantizeConfig]):
     name = "quantize"
-    Config = QuantizeConfig
     accepts = (ONNX, ONNX_INT8, TORCH)
 
     def __init__(self, config: QuantizeConfig, ranking: list[dict[str, Any]] | None = None):
         super().__init__(config)
         self._ranking = ranking  # a sensitivity table handed over by fallback(), so it is not recomputed
 
-    def output_kind(self, input_kind: str) -> str:
-        return ONNX_INT8
-
-    def check_plan(self, input_kind: str, where: str) -> None:
-        inc = self.config.backend == "neural-compressor"  # type: ignore[attr-defined]
+    def plan(self, request: PlanRequest) -> StagePlan:
+        input_kind, where = request.input_kind, request.where
+        inc = self.config.backend == "neural-compressor"
         if inc and input_kind != TORCH:
             raise UserError(
                 f"{where}.backend: neural-compressor quantizes the PyTorch model; put this stage before export"
@@ -224,12 +228,21 @@ class Quantize(Stage):
                 f"{where}: the model is already INT8 (quantization-aware training); "
                 "remove this stage or set finetune.qat: false"
             )
+        key_parts = {}
+        if self.config.method == "auto":  # auto's choice depends on where latency is measured
+            host = request.config.host
+            key_parts["host"] = {
+                "threads": host.threads[0],
+                "batch_size": host.batch_sizes[0],
+                "opt": host.graph_optimization,
+            }
+        return StagePlan(output_kind=ONNX_INT8, key_parts=key_parts)
 
     def _neural_compressor(self, ctx: StageContext) -> StageResult:
         """Accuracy-aware INT8 of the PyTorch model with Neural Compressor, exported as QDQ ONNX."""
-        from pipeline import inc_backend
+        from edgeslim.quant import inc as inc_backend
 
-        cfg: QuantizeConfig = self.config  # type: ignore[assignment]
+        cfg = self.config
         reason = inc_backend.inc_available()
         if reason is not None:
             raise UserError(f"{ctx.where}.backend: neural-compressor is not usable here: {reason}")
@@ -266,14 +279,7 @@ class Quantize(Stage):
             ],
         )
 
-    def run_settings(self, config: RunConfig) -> dict[str, Any]:
-        if self.config.method != "auto":  # type: ignore[attr-defined]
-            return {}
-        host = config.host  # auto's choice depends on where latency is measured
-        return {"host": {"threads": host.threads[0], "batch_size": host.batch_sizes[0], "opt": host.graph_optimization}}
-
-    def run(self, ctx: StageContext) -> StageResult:
-        cfg: QuantizeConfig = self.config  # type: ignore[assignment]
+    def run(self, ctx: StageContext, cfg: QuantizeConfig) -> StageResult:
         if cfg.backend == "neural-compressor":
             return self._neural_compressor(ctx)
         source = ctx.input.file("model")
@@ -333,7 +339,7 @@ class Quantize(Stage):
 
     def _check_exclude_nodes(self, ctx: StageContext, bench: QuantBench) -> None:
         """A misspelt node name would silently quantize that node: refuse it, naming the real ones."""
-        cfg: QuantizeConfig = self.config  # type: ignore[assignment]
+        cfg = self.config
         known = {n.name for n in bench.nodes("static")}
         unknown = [n for n in cfg.exclude_nodes if n not in known]
         if unknown:
@@ -344,7 +350,7 @@ class Quantize(Stage):
 
     def _fixed(self, ctx: StageContext, bench: QuantBench, recipe: Recipe) -> _Outcome:
         """One method with its settings, plus optional sensitivity-driven FP32 nodes."""
-        cfg: QuantizeConfig = self.config  # type: ignore[assignment]
+        cfg = self.config
         nodes = bench.nodes(recipe.method)
         notes = [
             f"{recipe.label()}"
@@ -418,7 +424,7 @@ class Quantize(Stage):
 
     def _auto(self, ctx: StageContext, bench: QuantBench) -> _Outcome:
         """Measure every candidate that applies; keep the fastest within the budget (else the most accurate)."""
-        cfg: QuantizeConfig = self.config  # type: ignore[assignment]
+        cfg = self.config
         auto, host = cfg.auto, ctx.config.host
         inputs = latency_inputs(ctx.data, bench.work_dir)
 
@@ -476,7 +482,7 @@ class Quantize(Stage):
         not recomputed); otherwise the new stage ranks the nodes itself (``exclude_most_sensitive``).
         ``auto`` is pinned to the candidate it chose. ``None`` once every quantizable node is FP32.
         """
-        cfg: QuantizeConfig = self.config  # type: ignore[assignment]
+        cfg = self.config
         details = previous.details
         table: list[dict[str, Any]] = details.get("sensitivity") or []
         quantizable = [n["node"] for n in details.get("quantizable_nodes", [])] or [r["node"] for r in table]

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from pipeline.artifacts import TORCH
-from pipeline.stage import Stage, StageContext, StageResult, register, save_same_architecture
-from pipeline.training import OptimizerConfig, ScheduleConfig, TrainLoopConfig, evaluate, fit
+from edgeslim.engine.stage import Stage, StageContext, StageResult, save_same_architecture
+from edgeslim.engine.store import TORCH
+from edgeslim.train.loop import OptimizerConfig, ScheduleConfig, TrainLoopConfig, evaluate, fit
 
 
 class TrainConfig(TrainLoopConfig):
@@ -15,14 +15,11 @@ class TrainConfig(TrainLoopConfig):
     schedule: ScheduleConfig = Field(default_factory=lambda: ScheduleConfig(warmup_epochs=0.5))
 
 
-@register
-class Train(Stage):
+class Train(Stage[TrainConfig]):
     name = "train"
-    Config = TrainConfig
     accepts = (TORCH,)
 
-    def run(self, ctx: StageContext) -> StageResult:
-        cfg: TrainConfig = self.config  # type: ignore[assignment]
+    def run(self, ctx: StageContext, cfg: TrainConfig) -> StageResult:
         model = ctx.models.load(ctx.input)
         result = fit(model, ctx.data.train, ctx.data.val, cfg, seed=ctx.seed, label="train", where=ctx.where)
         test_acc, test_loss = evaluate(model, ctx.data.test)

@@ -13,12 +13,13 @@ import yaml
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 torch.set_num_threads(1)
 
-from pipeline.artifacts import TORCH, Artifact  # noqa: E402
-from pipeline.config import RunConfig, parse_config  # noqa: E402
-from pipeline.data import DataSplits, load_data  # noqa: E402
-from pipeline.stage import StageContext  # noqa: E402
-from pipeline.torch_model import ModelLoader, count_params_and_macs, save_torch_artifact  # noqa: E402
-from pipeline.training import TrainLoopConfig, fit  # noqa: E402
+from edgeslim.api import parse_config  # noqa: E402
+from edgeslim.config.schema import RunConfig  # noqa: E402
+from edgeslim.data.datasets import DataSplits, load_data  # noqa: E402
+from edgeslim.engine.stage import PlanRequest, StageContext  # noqa: E402
+from edgeslim.engine.store import TORCH, Artifact  # noqa: E402
+from edgeslim.models.loader import ModelLoader, count_params_and_macs, save_torch_artifact  # noqa: E402
+from edgeslim.train.loop import TrainLoopConfig, fit  # noqa: E402
 
 SMALL = {"name": "digits", "max_samples": 600}
 # tiny_cnn on 8x8 digits needs a high learning rate: this reaches about 88% test accuracy.
@@ -85,9 +86,14 @@ def make_context(
     return StageContext(config, index, f"stages[{index}].{kind}", data, loader, input_artifact, out, earlier or {})
 
 
-def stage_for(config_stages: list[Any], index: int = 0):
-    from pipeline.stage import stage_registry
-
+def plan_for(config_stages: list[Any], input_kind: str, index: int = 0):
+    """A stage's plan-time answer for ``input_kind`` (raises its plan-time UserError)."""
     config = parse_config(small_config(config_stages))
     entry = config.stages[index]
-    return stage_registry()[entry.type](entry.settings)
+    return entry.stage_class(entry.settings).plan(PlanRequest(input_kind, config, index))
+
+
+def stage_for(config_stages: list[Any], index: int = 0):
+    config = parse_config(small_config(config_stages))
+    entry = config.stages[index]
+    return entry.stage_class(entry.settings)

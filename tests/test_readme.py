@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.config import parse_config
+from edgeslim.api import parse_config
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 

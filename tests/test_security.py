@@ -54,13 +54,13 @@ SHELL_CALLS = frozenset(
     {"os.system", "os.popen", "subprocess.getoutput", "subprocess.getstatusoutput", "asyncio.create_subprocess_shell"}
 )
 ONNX_LOADS = frozenset({"onnx.load", "onnx.load_model"})
-ONNX_LOAD_FILE = "pipeline/onnx_io.py"  # load_onnx / check_onnx_file: the only readers of ONNX files
+ONNX_LOAD_FILE = "pipeline/export/onnx_io.py"  # load_onnx / check_onnx_file: the only readers of ONNX files
 # (file, function) allowed to construct an ONNX Runtime session, and whether a check_onnx_file call on the
 # same path must come first in that function. create_session is the standalone on-device runner (it cannot
 # import the pipeline); the pipeline reaches it only through pipeline.onnx_io.open_session, which checks first.
 SESSION_ALLOWED = {
-    ("pipeline/edgeslim_bench.py", "create_session"): False,
-    ("pipeline/ort_quant.py", "ort_optimize"): True,
+    ("pipeline/devices/edgeslim_bench.py", "create_session"): False,
+    ("pipeline/quant/ort.py", "ort_optimize"): True,
 }
 
 
@@ -231,7 +231,7 @@ def test_no_shell() -> None:
 def test_scan_sees_the_code() -> None:
     """The scan covers the real files, and every allow-listed session site still exists (no stale entries)."""
     scanned = {p.relative_to(REPO).as_posix() for p in python_files(CODE_ROOTS)}
-    assert {"pipeline/config.py", "pipeline/models.py", "stages/prune.py", ONNX_LOAD_FILE} <= scanned
+    assert {"pipeline/config/schema.py", "pipeline/models/zoo.py", "stages/prune.py", ONNX_LOAD_FILE} <= scanned
     for file, function in SESSION_ALLOWED:
         tree = ast.parse((REPO / file).read_text(encoding="utf-8"))
         aliases = import_aliases(tree)
@@ -320,7 +320,7 @@ EXPECTED_BAD = {
 GOOD_SOURCE = """\
 import re, subprocess, torch, yaml
 import numpy as np
-from pipeline.onnx_io import check_onnx_file, load_onnx
+from edgeslim.export.onnx_io import check_onnx_file, load_onnx
 
 torch.load("m.pt", map_location="cpu", weights_only=True)
 np.load("a.npy", allow_pickle=False)
@@ -353,21 +353,21 @@ def test_scanner_onnx_and_session_allow_lists() -> None:
     assert [f.rule for f in scan_source(onnx_source, "stages/export.py")] == ["onnx-load"]
 
     runner = "import onnxruntime as ort\ndef create_session(p):\n    return ort.InferenceSession(p)\n"
-    assert scan_source(runner, "pipeline/edgeslim_bench.py") == []
-    assert [f.rule for f in scan_source(runner, "pipeline/measure.py")] == ["inference-session"]
+    assert scan_source(runner, "pipeline/devices/edgeslim_bench.py") == []
+    assert [f.rule for f in scan_source(runner, "pipeline/engine/measure.py")] == ["inference-session"]
 
     checked = (
         "import onnxruntime as ort\n"
-        "from pipeline.onnx_io import check_onnx_file\n"
+        "from edgeslim.export.onnx_io import check_onnx_file\n"
         "def ort_optimize(source, out):\n"
         "    check_onnx_file(source)\n"
         "    ort.InferenceSession(str(source))\n"
     )
-    assert scan_source(checked, "pipeline/ort_quant.py") == []
+    assert scan_source(checked, "pipeline/quant/ort.py") == []
     unchecked = checked.replace("check_onnx_file(source)", "pass")
     other_file = checked.replace("check_onnx_file(source)", "check_onnx_file(out)")
     late = checked.replace("    check_onnx_file(source)\n", "") + "    check_onnx_file(source)\n"
     for source in (unchecked, other_file, late):
-        assert [f.rule for f in scan_source(source, "pipeline/ort_quant.py")] == ["inference-session"], source
+        assert [f.rule for f in scan_source(source, "pipeline/quant/ort.py")] == ["inference-session"], source
     nested = "def ort_optimize(source):\n    def inner():\n        return InferenceSession(source)\n"
-    assert [f.rule for f in scan_source(nested, "pipeline/ort_quant.py")] == ["inference-session"]
+    assert [f.rule for f in scan_source(nested, "pipeline/quant/ort.py")] == ["inference-session"]

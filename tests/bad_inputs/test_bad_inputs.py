@@ -22,8 +22,8 @@ from typing import Any
 import pytest
 import yaml
 
-from pipeline import cli
-from pipeline.artifacts import hash_tree
+from edgeslim import cli
+from edgeslim.engine.store import hash_tree
 from tests.bad_inputs.setups import SETUPS
 from tests.conftest import small_config, write_config
 

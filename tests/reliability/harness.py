@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline.artifacts import MANIFEST_FILE, hash_tree, read_json
+from edgeslim.engine.store import MANIFEST_FILE, hash_tree, read_json
 
 __all__ = ["hash_tree"]
 from tests.conftest import small_config, write_config
@@ -42,7 +42,7 @@ def write_run_config(directory: Path, stages: list[Any] = STAGES) -> Path:
 
 def start(config: Path, out: Path, *extra: str) -> subprocess.Popen[str]:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "pipeline.cli", "run", str(config), "--out", str(out), *extra]
+    cmd = [sys.executable, "-m", "edgeslim.cli", "run", str(config), "--out", str(out), *extra]
     return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 

@@ -1,6 +1,8 @@
-"""The cache matrix: every input a stage depends on, changed alone, re-runs exactly that stage
-and the ones after it; nothing is reused from different inputs.
+"""The cache matrix: every input a stage or a measurement depends on, changed alone, re-runs
+exactly what it affects, and nothing is reused from different inputs or different numerics code.
 
+Two caches are checked separately: the *stage* cache (is the model made again? ``status``: ran /
+cached) and the *measurement* cache (is the model timed again? ``measured``: fresh / cached).
 One cell per row of docs/reliability.md's cache table. Each cell starts from a copy of one
 finished run, changes one thing, and runs again in-process.
 """
@@ -19,10 +21,10 @@ import torch
 from safetensors.torch import save_file
 from sklearn.datasets import load_digits
 
-from pipeline import runner as runner_module
-from pipeline.config import parse_config
-from pipeline.models import build_model
-from pipeline.runner import Runner
+from edgeslim.api import parse_config
+from edgeslim.api import run as run_pipeline
+from edgeslim.engine import keys
+from edgeslim.models.zoo import build_model
 from tests.conftest import small_config
 
 STAGES: list[Any] = [
@@ -72,20 +74,26 @@ def finished(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("matrix")
     write_model(root)
     write_data(root)
-    report = Runner(config(root), root / "out").run()
-    assert [s["status"] for s in report["stages"]] == ["ran"] * len(STAGES)
+    report = run_pipeline(config(root), root / "out").report
+    assert [s.status for s in report.stages] == ["ran"] * len(STAGES)
+    assert [s.measured for s in report.stages] == ["fresh"] * len(STAGES)
     return root
 
 
+ALL = len(STAGES)
+NAMES = ["train", "baseline", "prune", "finetune", "export", "quantize", "benchmark"]
+
+
 def reran_from(index: int) -> list[str]:
-    return ["cached"] * index + ["ran"] * (len(STAGES) - index)
+    return ["cached"] * index + ["ran"] * (ALL - index)
 
 
-def rerun(finished: Path, tmp_path: Path, cfg) -> list[str]:
-    """Run ``cfg`` on a private copy of the finished run's output folder."""
+def rerun(finished: Path, tmp_path: Path, cfg) -> tuple[list[str], list[str]]:
+    """Run ``cfg`` on a private copy of the finished run's output folder: (status, measured) per stage."""
     out = tmp_path / "out"
     shutil.copytree(finished / "out", out)
-    return [s["status"] for s in Runner(cfg, out).run()["stages"]]
+    stages = run_pipeline(cfg, out).report.stages
+    return [s.status for s in stages], [str(s.measured) for s in stages]
 
 
 @contextlib.contextmanager
@@ -99,8 +107,16 @@ def rewritten(path: Path, write: Callable[[], None]) -> Iterator[None]:
         path.write_bytes(original)
 
 
+def edit_source(monkeypatch, module: str) -> None:
+    """Simulate an edit of one edgeslim module: its file hashes differently from now on."""
+    target = keys._module_file(module)
+    assert target is not None, module
+    real = keys.sha256_file
+    monkeypatch.setattr(keys, "sha256_file", lambda p: "edited" if Path(p) == target else real(p))
+
+
 def test_nothing_changed_reuses_everything(finished: Path, tmp_path: Path) -> None:
-    assert rerun(finished, tmp_path, config(finished)) == ["cached"] * len(STAGES)
+    assert rerun(finished, tmp_path, config(finished)) == (["cached"] * ALL, ["cached"] * ALL)
 
 
 @pytest.mark.parametrize("index", sorted(SETTING_CHANGES), ids=[f"stage{i}" for i in SETTING_CHANGES])
@@ -110,12 +126,13 @@ def test_a_stage_setting_reruns_that_stage_and_later(finished: Path, tmp_path: P
     name = stages[index] if isinstance(stages[index], str) else next(iter(stages[index]))
     settings = {} if isinstance(stages[index], str) else dict(stages[index][name])
     stages[index] = {name: {**settings, key: value}}
-    assert rerun(finished, tmp_path, config(finished, stages)) == reran_from(index)
+    status, measured = rerun(finished, tmp_path, config(finished, stages))
+    assert status == reran_from(index)
+    assert measured[:index] == ["cached"] * index  # models that did not change are not timed again
 
 
 @pytest.mark.parametrize(
-    "change",
-    ["model file contents", "data file contents", "package version", "edgeslim source", "seed", "measurement"],
+    "change", ["model file contents", "data file contents", "package version", "seed", "engine evaluation code"]
 )
 def test_a_run_wide_input_reruns_every_stage(finished: Path, tmp_path: Path, monkeypatch, change: str) -> None:
     overrides: dict[str, Any] = {}
@@ -124,13 +141,82 @@ def test_a_run_wide_input_reruns_every_stage(finished: Path, tmp_path: Path, mon
         files = rewritten(finished / "start.safetensors", lambda: write_model(finished, seed=1))
     elif change == "data file contents":  # same path, 20 fewer images
         files = rewritten(finished / "digits.npz", lambda: write_data(finished, samples=480))
-    elif change in ("package version", "edgeslim source"):
-        versions = runner_module.package_versions()
-        key = "onnxruntime" if change == "package version" else "edgeslim_source"
-        monkeypatch.setattr(runner_module, "package_versions", lambda: {**versions, key: "changed"})
+    elif change == "package version":
+        versions = keys.package_versions()
+        monkeypatch.setattr(keys, "package_versions", lambda: {**versions, "onnxruntime": "changed"})
     elif change == "seed":
         overrides["seed"] = 1
-    elif change == "measurement":
-        overrides["measure"] = {"warmup": 2, "runs": 11, "max_seconds": 1.0}
+    elif change == "engine evaluation code":  # every stage's recorded accuracy comes from it
+        edit_source(monkeypatch, "edgeslim.engine.evaluate")
     with files:
-        assert rerun(finished, tmp_path, config(finished, **overrides)) == reran_from(0)
+        status, _ = rerun(finished, tmp_path, config(finished, **overrides))
+    assert status == reran_from(0)
+
+
+@pytest.mark.parametrize(
+    ("change", "overrides"),
+    [
+        ("measure.runs", {"measure": {"warmup": 2, "runs": 11, "max_seconds": 1.0}}),
+        ("host profile", {"devices": [{"host": {"graph_optimization": "basic"}}]}),
+    ],
+)
+def test_measurement_settings_re_measure_and_retrain_nothing(
+    finished: Path, tmp_path: Path, change: str, overrides: dict[str, Any]
+) -> None:
+    status, measured = rerun(finished, tmp_path, config(finished, **overrides))
+    # benchmark's output *is* measurements on the device profiles, so it runs again; nothing else does
+    assert status == ["cached"] * (ALL - 1) + ["ran"]
+    assert measured == ["fresh"] * ALL
+
+
+def test_eval_batch_size_changes_nothing(finished: Path, tmp_path: Path) -> None:
+    """It only sets how many samples an evaluation runs at once (only the benchmark re-evaluates)."""
+    overrides = {"measure": {"warmup": 2, "runs": 10, "max_seconds": 1.0, "eval_batch_size": 64}}
+    status, measured = rerun(finished, tmp_path, config(finished, **overrides))
+    assert status == ["cached"] * (ALL - 1) + ["ran"]
+    assert measured == ["cached"] * ALL
+
+
+@pytest.mark.parametrize(
+    "module",
+    [
+        "edgeslim.reports.run_report",
+        "edgeslim.reports.html",
+        "edgeslim.reports.compare",
+        "edgeslim.cli",
+        "edgeslim.api",
+        "edgeslim.engine.runner",
+    ],
+)
+def test_editing_report_cli_or_runner_code_retrains_nothing(
+    finished: Path, tmp_path: Path, monkeypatch, module: str
+) -> None:
+    edit_source(monkeypatch, module)
+    assert rerun(finished, tmp_path, config(finished)) == (["cached"] * ALL, ["cached"] * ALL)
+
+
+def test_editing_the_prune_stage_reruns_prune_and_later(finished: Path, tmp_path: Path, monkeypatch) -> None:
+    edit_source(monkeypatch, "edgeslim.stages.prune")
+    status, measured = rerun(finished, tmp_path, config(finished))
+    assert status == reran_from(NAMES.index("prune"))
+    assert measured[:2] == ["cached", "cached"]
+
+
+def test_editing_a_shared_module_reruns_the_stages_that_import_it(finished: Path, tmp_path: Path, monkeypatch) -> None:
+    """ONNX Runtime quantization code is imported by quantize only: earlier stages are reused."""
+    assert "edgeslim.quant.ort" in keys.module_closure("edgeslim.stages.quantize")
+    assert "edgeslim.quant.ort" not in keys.module_closure("edgeslim.stages.export")
+    edit_source(monkeypatch, "edgeslim.quant.ort")
+    status, _ = rerun(finished, tmp_path, config(finished))
+    assert status == reran_from(NAMES.index("quantize"))
+
+
+def test_editing_the_latency_code_re_measures_without_retraining(finished: Path, tmp_path: Path, monkeypatch) -> None:
+    """Latency code joins the measurement key; only stages that themselves time models (quantize's
+    ``auto`` candidates, benchmark) import it, so only they re-run."""
+    edit_source(monkeypatch, "edgeslim.engine.measure")
+    status, measured = rerun(finished, tmp_path, config(finished))
+    users = [n for n in NAMES if "edgeslim.engine.measure" in keys.module_closure(f"edgeslim.stages.{n}")]
+    assert users == ["quantize", "benchmark"]
+    assert status == ["ran" if n in users else "cached" for n in NAMES]
+    assert measured == ["fresh"] * ALL

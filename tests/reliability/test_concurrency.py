@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 import signal
 
-from pipeline.artifacts import read_json
+from edgeslim.engine.store import read_json
 from tests.reliability import harness
 
 STAGES = harness.STAGES[:4]  # train .. finetune: enough to hold the lock for a few seconds

@@ -13,11 +13,11 @@ import hashlib
 
 import torch
 
-from pipeline.artifacts import read_json
-from pipeline.config import parse_config
-from pipeline.data import load_data
-from pipeline.torch_model import ModelLoader
-from pipeline.training import TrainLoopConfig, fit
+from edgeslim.api import parse_config
+from edgeslim.data.datasets import load_data
+from edgeslim.engine.store import read_json
+from edgeslim.models.loader import ModelLoader
+from edgeslim.train.loop import TrainLoopConfig, fit
 from tests.conftest import TRAIN, small_config
 from tests.reliability import harness
 

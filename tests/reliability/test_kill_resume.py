@@ -15,7 +15,7 @@ import signal
 
 import pytest
 
-from pipeline.artifacts import read_json
+from edgeslim.engine.store import read_json
 from tests.reliability import harness
 
 KILL_SEED = int(os.environ.get("EDGESLIM_KILL_SEED", "0"))

@@ -2,14 +2,14 @@ from __future__ import annotations
 
 import json
 
-from pipeline.latency_report import validate_report
+from edgeslim.devices.latency_report import validate_report
 from tests.conftest import make_context, stage_for
 
 
 def test_benchmark_sweeps_threads_and_batches(tmp_path, data, loader, trained):
-    exported = stage_for(["export"]).run(make_context(tmp_path / "e", data, loader, trained, ["export"])).artifact
+    exported = stage_for(["export"]).execute(make_context(tmp_path / "e", data, loader, trained, ["export"])).artifact
     stages = [{"benchmark": {"threads": [1, 2], "batch_sizes": [1, 8], "warmup": 2, "runs": 20, "op_profile_runs": 5}}]
-    result = stage_for(stages).run(make_context(tmp_path, data, loader, exported, stages))
+    result = stage_for(stages).execute(make_context(tmp_path, data, loader, exported, stages))
     rows = result.details["latency"]
     assert [(r["threads"], r["batch_size"]) for r in rows] == [(1, 1), (1, 8), (2, 1), (2, 8)]
     for r in rows:

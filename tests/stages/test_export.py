@@ -3,13 +3,13 @@ from __future__ import annotations
 import onnx
 import pytest
 
-from pipeline.artifacts import ONNX
-from pipeline.errors import StageFailed
+from edgeslim.engine.store import ONNX
+from edgeslim.errors import StageFailed
 from tests.conftest import make_context, stage_for
 
 
 def test_export_float_model_with_dynamic_batch_and_parity(tmp_path, data, loader, trained):
-    result = stage_for(["export"]).run(make_context(tmp_path, data, loader, trained, ["export"]))
+    result = stage_for(["export"]).execute(make_context(tmp_path, data, loader, trained, ["export"]))
     assert result.artifact.kind == ONNX
     path = result.artifact.file("model")
     model = onnx.load(str(path))
@@ -23,10 +23,10 @@ def test_export_float_model_with_dynamic_batch_and_parity(tmp_path, data, loader
 
 
 def test_export_fails_clearly_below_agreement_threshold(tmp_path, data, loader, trained, monkeypatch):
-    import stages.export as export_module
+    import edgeslim.stages.export as export_module
 
     real = export_module.onnx_logits
     monkeypatch.setattr(export_module, "onnx_logits", lambda *a, **k: -real(*a, **k))  # a broken runtime
     stages = [{"export": {"min_top1_agreement": 0.99}}]
     with pytest.raises(StageFailed, match=r"stages\[0\]\.export: ONNX and PyTorch agree on top-1 for only"):
-        stage_for(stages).run(make_context(tmp_path, data, loader, trained, stages))
+        stage_for(stages).execute(make_context(tmp_path, data, loader, trained, stages))

@@ -7,17 +7,17 @@ import json
 import numpy as np
 import pytest
 
-from pipeline.errors import UserError
-from pipeline.measure import onnx_accuracy
-from pipeline.onnx_io import onnx_logits
-from tests.conftest import make_context, stage_for
+from edgeslim.engine.evaluate import onnx_accuracy
+from edgeslim.errors import UserError
+from edgeslim.export.onnx_io import onnx_logits
+from tests.conftest import make_context, plan_for, stage_for
 
 
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory, data, loader, trained):
     tmp = tmp_path_factory.mktemp("mobile")
     stages = [{"export": {"target": "mobile"}}]
-    return stage_for(stages).run(make_context(tmp, data, loader, trained, stages)), data
+    return stage_for(stages).execute(make_context(tmp, data, loader, trained, stages)), data
 
 
 def test_bundle_has_every_file_and_a_checked_ort_model(bundle):
@@ -57,11 +57,11 @@ def test_model_info_describes_input_preprocessing_and_labels(bundle):
 
 
 def test_onnx_input_can_be_bundled_but_not_re_exported(tmp_path, data, loader, trained):
-    exported = stage_for(["export"]).run(make_context(tmp_path / "e", data, loader, trained, ["export"])).artifact
+    exported = stage_for(["export"]).execute(make_context(tmp_path / "e", data, loader, trained, ["export"])).artifact
     stage = stage_for([{"export": {"target": "mobile"}}])
-    stage.check_plan(exported.kind, "stages[1].export")
-    result = stage.run(make_context(tmp_path / "m", data, loader, exported, [{"export": {"target": "mobile"}}]))
+    plan_for([{"export": {"target": "mobile"}}], exported.kind)
+    result = stage.execute(make_context(tmp_path / "m", data, loader, exported, [{"export": {"target": "mobile"}}]))
     assert result.artifact.file("model").read_bytes() == exported.file("model").read_bytes()
     assert result.details["mobile"]["ort_accuracy"] > 0.5
     with pytest.raises(UserError, match="already an ONNX model; use target: mobile"):
-        stage_for(["export"]).check_plan(exported.kind, "stages[1].export")
+        plan_for(["export"], exported.kind)

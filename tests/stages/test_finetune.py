@@ -2,16 +2,16 @@ from __future__ import annotations
 
 import torch
 
-from pipeline import qat
-from pipeline.artifacts import TORCH, TORCH_QAT
-from pipeline.config import parse_config
-from pipeline.training import evaluate
-from tests.conftest import make_context, small_config, stage_for
+from edgeslim.api import parse_config
+from edgeslim.engine.store import TORCH, TORCH_QAT
+from edgeslim.quant import qat
+from edgeslim.train.loop import evaluate
+from tests.conftest import make_context, plan_for, small_config, stage_for
 
 
 def _pruned(tmp_path, data, loader, trained):
     stages = [{"prune": {"importance": "l2", "pruning_ratio": 0.5}}]
-    return stage_for(stages).run(make_context(tmp_path / "p", data, loader, trained, stages)).artifact
+    return stage_for(stages).execute(make_context(tmp_path / "p", data, loader, trained, stages)).artifact
 
 
 def test_finetune_with_distillation_recovers_accuracy(tmp_path, data, loader, trained):
@@ -19,7 +19,7 @@ def test_finetune_with_distillation_recovers_accuracy(tmp_path, data, loader, tr
     before, _ = evaluate(loader.load(pruned), data.val)
     stages = ["baseline", {"finetune": {"epochs": 4, "batch_size": 32, "distill": {"teacher": "baseline"}}}]
     ctx = make_context(tmp_path, data, loader, pruned, stages, index=1, earlier={0: trained})
-    result = stage_for(stages, 1).run(ctx)
+    result = stage_for(stages, 1).execute(ctx)
     assert result.artifact.kind == TORCH
     assert result.details["best_val_accuracy"] >= before
     assert result.details["best_val_accuracy"] == max(e["val_accuracy"] for e in result.details["epochs"])
@@ -32,7 +32,7 @@ def test_finetune_with_distillation_recovers_accuracy(tmp_path, data, loader, tr
 def test_qat_finetune_produces_fake_quant_model_that_reloads_and_converts(tmp_path, data, loader, trained):
     pruned = _pruned(tmp_path, data, loader, trained)
     stages = [{"finetune": {"epochs": 2, "batch_size": 32, "qat": True}}]
-    result = stage_for(stages).run(make_context(tmp_path, data, loader, pruned, stages))
+    result = stage_for(stages).execute(make_context(tmp_path, data, loader, pruned, stages))
     assert result.artifact.kind == TORCH_QAT
     model = loader.load(result.artifact)
     assert qat.is_graph_module(model)
@@ -72,8 +72,8 @@ def test_importance_scaled_lr_and_ensemble_with_hint(tmp_path, data, loader, tra
         },
     ]
     stage = stage_for(stages, 1)
-    assert stage.input_files(parse_config(small_config(stages))) == [second_teacher]
-    result = stage.run(make_context(tmp_path, data, loader, pruned, stages, index=1, earlier={0: trained}))
+    assert plan_for(stages, TORCH, 1).input_files == (second_teacher,)
+    result = stage.execute(make_context(tmp_path, data, loader, pruned, stages, index=1, earlier={0: trained}))
     scales = result.details["lr_scales"]
     assert scales["classifier.weight"] == 1.0  # outside layers: plain rate
     assert any(v != 1.0 for k, v in scales.items() if k.startswith("features"))
@@ -85,9 +85,7 @@ def test_importance_scaled_lr_and_ensemble_with_hint(tmp_path, data, loader, tra
 def test_invalid_finetune_combinations_are_config_errors():
     import pytest
 
-    from pipeline.config import parse_config
-    from pipeline.errors import UserError
-    from tests.conftest import small_config
+    from edgeslim.errors import UserError
 
     with pytest.raises(UserError, match=r"stages\[0\]\.finetune: .*hint cannot be combined with qat"):
         parse_config(small_config([{"finetune": {"qat": True, "distill": {"hint": {"layer": "features.1"}}}}]))
@@ -98,9 +96,9 @@ def test_invalid_finetune_combinations_are_config_errors():
 
 
 def test_new_head_adapts_a_model_to_another_task(tmp_path, trained, run_config):
-    from pipeline.config import ModelSpec
-    from pipeline.data import DataSplits
-    from pipeline.torch_model import ModelLoader
+    from edgeslim.config.schema import ModelSpec
+    from edgeslim.data.datasets import DataSplits
+    from edgeslim.models.loader import ModelLoader
     from tests.helpers.factories import digits_parity
 
     train, val, test = digits_parity()
@@ -109,8 +107,8 @@ def test_new_head_adapts_a_model_to_another_task(tmp_path, trained, run_config):
     loader = ModelLoader(spec, 1, 2, train.tensors[0][:2], allow_other_classes=True)
     stages = [{"finetune": {"epochs": 3, "batch_size": 32, "head": {"hidden": [16]}, "optimizer": {"lr": 0.003}}}]
     stage = stage_for(stages)
-    assert stage.replaces_head()
-    result = stage.run(make_context(tmp_path, parity, loader, trained, stages))
+    assert plan_for(stages, TORCH).changes_classes
+    result = stage.execute(make_context(tmp_path, parity, loader, trained, stages))
     model = loader.load(result.artifact)  # replays the head edit
     assert isinstance(model.classifier, torch.nn.Sequential)
     assert model.classifier[0].out_features == 16 and model.classifier[-1].out_features == 2

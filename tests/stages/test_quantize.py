@@ -17,22 +17,22 @@ from onnx import numpy_helper
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from pipeline.artifacts import ONNX, ONNX_INT8, Artifact
-from pipeline.config import parse_config
-from pipeline.data import DataSplits
-from pipeline.errors import UserError
-from pipeline.onnx_io import export_onnx, onnx_logits
-from pipeline.stage import StageResult
-from pipeline.training import TrainLoopConfig, fit
-from stages.quantize import Quantize
-from tests.conftest import make_context, small_config, stage_for
+from edgeslim.api import parse_config
+from edgeslim.data.datasets import DataSplits
+from edgeslim.engine.stage import StageResult
+from edgeslim.engine.store import ONNX, ONNX_INT8, Artifact
+from edgeslim.errors import UserError
+from edgeslim.export.onnx_io import export_onnx, onnx_logits
+from edgeslim.stages.quantize import Quantize
+from edgeslim.train.loop import TrainLoopConfig, fit
+from tests.conftest import make_context, plan_for, small_config, stage_for
 
 FAST_AUTO = {"warmup": 2, "runs": 10, "max_seconds": 0.5}
 
 
 def run_quantize(tmp_path: Path, data, loader, artifact: Artifact, **settings) -> StageResult:
     stages = [{"quantize": settings}]
-    return stage_for(stages).run(make_context(tmp_path, data, loader, artifact, stages))
+    return stage_for(stages).execute(make_context(tmp_path, data, loader, artifact, stages))
 
 
 def accuracy_on_test_split(path: Path, data: DataSplits) -> float:
@@ -58,7 +58,7 @@ def only_model_left(result: StageResult) -> None:
 def exported(tmp_path_factory, data, loader, trained) -> Artifact:
     """tiny_cnn (two Conv layers, a Gemm head) through the export stage."""
     tmp = tmp_path_factory.mktemp("export")
-    return stage_for(["export"]).run(make_context(tmp, data, loader, trained, ["export"])).artifact
+    return stage_for(["export"]).execute(make_context(tmp, data, loader, trained, ["export"])).artifact
 
 
 @pytest.fixture(scope="module")
@@ -329,13 +329,13 @@ def test_fallback_keeps_the_most_sensitive_nodes_fp32(tmp_path, data, loader, fr
     }
     stages = [{"quantize": settings}]
     stage = stage_for(stages)
-    first = stage.run(make_context(tmp_path / "0", data, loader, fragile_onnx, stages))
+    first = stage.execute(make_context(tmp_path / "0", data, loader, fragile_onnx, stages))
     assert first.details["budget_met"] is False and first.details["fp32_nodes"] == []
 
     safer = stage.fallback(1, first)
     assert isinstance(safer, Quantize)
     assert safer.config.exclude_nodes == [fc2] and safer.config.mixed_precision is None
-    second = safer.run(make_context(tmp_path / "1", data, loader, fragile_onnx, stages))
+    second = safer.execute(make_context(tmp_path / "1", data, loader, fragile_onnx, stages))
     assert second.details["fp32_nodes"] == [fc2]
     assert second.details["val_accuracy"] > first.details["val_accuracy"] + 0.3
     assert second.details["sensitivity"][0] == {**first.details["sensitivity"][0], "fp32": True}  # handed on
@@ -350,11 +350,11 @@ def test_fallback_without_a_sensitivity_table_ranks_in_the_new_run(tmp_path, dat
     fc2 = gemm_names(fragile_onnx)[1]
     stages = [{"quantize": {"calibration_samples": 64}}]
     stage = stage_for(stages)
-    plain = stage.run(make_context(tmp_path / "0", data, loader, fragile_onnx, stages))
+    plain = stage.execute(make_context(tmp_path / "0", data, loader, fragile_onnx, stages))
     assert "sensitivity" not in plain.details
     safer = stage.fallback(1, plain)
     assert safer is not None and safer.config.exclude_most_sensitive == 2 and safer.config.exclude_nodes == []
-    result = safer.run(make_context(tmp_path / "1", data, loader, fragile_onnx, stages))
+    result = safer.execute(make_context(tmp_path / "1", data, loader, fragile_onnx, stages))
     assert result.details["sensitivity"][0]["node"] == fc2 and fc2 in result.details["fp32_nodes"]
     assert len(result.details["fp32_nodes"]) == 2
 
@@ -424,6 +424,5 @@ def test_unknown_exclude_node_is_refused(tmp_path, data, loader, exported):
 
 
 def test_refuses_an_int8_input():
-    stage = stage_for(["quantize"])
     with pytest.raises(UserError, match="already INT8"):
-        stage.check_plan(ONNX_INT8, "stages[0].quantize")
+        plan_for(["quantize"], ONNX_INT8)

@@ -1,7 +1,7 @@
 from __future__ import annotations
 
-from pipeline.artifacts import TORCH, Artifact
-from pipeline.training import evaluate
+from edgeslim.engine.store import TORCH, Artifact
+from edgeslim.train.loop import evaluate
 from tests.conftest import TRAIN, make_context, stage_for
 
 
@@ -9,7 +9,7 @@ def test_train_learns_from_scratch_and_saves_safetensors(tmp_path, data, loader)
     stages = [{"train": TRAIN}]
     source = Artifact(kind=TORCH, directory=None)
     untrained_acc, _ = evaluate(loader.source_model(), data.test)
-    result = stage_for(stages).run(make_context(tmp_path, data, loader, source, stages))
+    result = stage_for(stages).execute(make_context(tmp_path, data, loader, source, stages))
     assert result.artifact.kind == TORCH
     assert (result.artifact.directory / "model.safetensors").is_file()
     acc, _ = evaluate(loader.load(result.artifact), data.test)

@@ -1,0 +1,172 @@
+"""The Python API: what ``import edgeslim`` offers beside the ``edgeslim`` command.
+
+    import edgeslim
+
+    result = edgeslim.run("configs/digits_quick.yaml", out="artifacts")
+    print(result.final.metrics.accuracy, result.deliverable)
+
+``run`` takes a config file, a dict in the YAML's shape or a ``RunConfig``; user mistakes raise
+``edgeslim.UserError`` with the same one-line message the CLI prints. This module is also where
+the stage types are wired into the config loader and the runner (the engine never imports them).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from edgeslim.config import loader
+from edgeslim.config.schema import RunConfig
+from edgeslim.engine.records import RunReport, StageRecord, read_report
+from edgeslim.engine.runner import Runner
+from edgeslim.engine.stage import Stage
+from edgeslim.errors import UserError
+
+_EXTRA_STAGES: dict[str, type[Stage]] = {}
+
+
+def register_stage(cls: type[Stage]) -> type[Stage]:
+    """Make a user-defined stage usable in configs under ``cls.name`` (also works as a decorator)."""
+    from edgeslim.stages import STAGES
+
+    if cls.name in STAGES:
+        raise UserError(f"a built-in stage is already named '{cls.name}'")
+    _EXTRA_STAGES[cls.name] = cls
+    return cls
+
+
+def stage_types() -> dict[str, type[Stage]]:
+    """Every stage a config may name: the built-in ones and those added with ``register_stage``."""
+    from edgeslim.stages import STAGES
+
+    return {**STAGES, **_EXTRA_STAGES}
+
+
+def load_config(path: str | Path) -> RunConfig:
+    """Read and validate a YAML config (relative paths in it are taken from its folder)."""
+    return loader.load_config(Path(path), stage_types())
+
+
+def parse_config(raw: Mapping[str, Any], base_dir: str | Path | None = None) -> RunConfig:
+    """Validate a dict in the YAML's shape (relative paths are taken from ``base_dir``)."""
+    return loader.parse_config(dict(raw), stage_types(), base_dir=Path(base_dir) if base_dir else None)
+
+
+def as_config(config: str | Path | Mapping[str, Any] | RunConfig) -> RunConfig:
+    if isinstance(config, RunConfig):
+        return config
+    if isinstance(config, Mapping):
+        return parse_config(config, Path.cwd())
+    if isinstance(config, str | Path):
+        return load_config(config)
+    raise UserError(f"config: expected a path, a dict or a RunConfig (got {type(config).__name__})")
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """What ``run`` returns: the run's report (one ``StageRecord`` per stage) and where things are."""
+
+    run_dir: Path
+    report: RunReport
+
+    @property
+    def stages(self) -> list[StageRecord]:
+        return self.report.stages
+
+    @property
+    def final(self) -> StageRecord:
+        """The last stage's record."""
+        return self.report.stages[-1]
+
+    def stage(self, name: str) -> StageRecord:
+        """A stage's record by type name (first match) or folder label, e.g. ``"prune"`` or ``"02-prune"``."""
+        try:
+            return self.report.stage(name)
+        except KeyError:
+            labels = ", ".join(s.label for s in self.report.stages)
+            raise UserError(f"no stage '{name}' in run {self.report.run}; stages are: {labels}") from None
+
+    def stage_dir(self, name: str) -> Path:
+        return self.run_dir / self.stage(name).dir
+
+    def model_file(self, name: str) -> Path:
+        """The deployable ONNX file of a stage (what its metrics describe)."""
+        record = self.stage(name)
+        if record.metrics is None:
+            raise UserError(f"stage {record.label} has no measured model")
+        return self.run_dir / record.dir / record.metrics.deployable
+
+    @property
+    def deliverable(self) -> Path:
+        """The model to ship: the run guard's choice when it kept an earlier stage, else the final stage's."""
+        label = self.report.guard.deliverable if self.report.guard else self.final.dir
+        return self.model_file(label)
+
+    @property
+    def report_md(self) -> Path:
+        return self.run_dir / "report.md"
+
+
+def run(
+    config: str | Path | Mapping[str, Any] | RunConfig,
+    out: str | Path = "artifacts",
+    *,
+    force: bool = False,
+    from_stage: str | None = None,
+    console: Console | None = None,
+) -> RunResult:
+    """Run (or resume) a pipeline; unchanged stages are reused, changed measurement settings only re-measure."""
+    from edgeslim.reports.html import write_run_html
+    from edgeslim.reports.run_report import write_markdown
+
+    run_config = as_config(config)
+    runner = Runner(
+        run_config,
+        Path(out),
+        force=force,
+        from_stage=from_stage,
+        console=console,
+        listeners=[write_markdown],
+    )
+    try:
+        report = runner.run()
+    finally:
+        if (runner.run_dir / "report.json").is_file():
+            write_run_html(runner.run_dir)
+    return RunResult(runner.run_dir, report)
+
+
+def open_run(run_dir: str | Path) -> RunResult:
+    """A finished (or partly finished) run folder, read back through the same schema."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "report.json").is_file():
+        raise UserError(f"no report.json in {run_dir} (is it a run folder?)")
+    try:
+        return RunResult(run_dir, read_report(run_dir))
+    except ValueError as exc:
+        raise UserError(f"{run_dir / 'report.json'}: not a valid edgeslim report: {exc}") from None
+
+
+def compare(
+    inputs: Iterable[str | Path],
+    baseline: str | None = None,
+    *,
+    min_effect: float | None = None,
+    confidence: float | None = None,
+) -> Any:
+    """Compare latency reports and run folders (``edgeslim compare``); returns a ``Comparison``."""
+    from edgeslim.reports import compare as cmp
+
+    problems: list[str] = []
+    entries = cmp.load_entries([Path(p) for p in inputs], problems)
+    return cmp.compare(
+        entries,
+        baseline,
+        cmp.DEFAULT_MIN_EFFECT if min_effect is None else min_effect,
+        cmp.DEFAULT_CONFIDENCE if confidence is None else confidence,
+        extra_warnings=problems,
+    )

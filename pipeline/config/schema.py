@@ -1,0 +1,331 @@
+"""Run configuration: YAML validated by pydantic, with one-line errors that name the key path.
+
+Stage settings are validated by each stage's own ``Config`` model (``loader`` is handed the
+stage types), so adding a stage never touches this file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import types
+import typing
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from edgeslim.errors import UserError
+
+
+class StrictModel(BaseModel):
+    """Base for every config model: unknown keys are errors, values are validated on assignment."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelSpec(StrictModel):
+    name: str = Field("edge_cnn", description="built-in model name, package.module:factory, or a .onnx file")
+    checkpoint: Path | None = Field(None, description="weights (.safetensors, or .pt/.pth state_dict)")
+    kwargs: dict[str, Any] = Field(default_factory=dict, description="keyword arguments for the factory")
+
+    @property
+    def onnx_file(self) -> Path | None:
+        """The ONNX model to start from, when ``name`` names one (ONNX-only stages then)."""
+        return Path(self.name) if self.name.endswith(".onnx") else None
+
+    @model_validator(mode="after")
+    def _onnx_has_no_checkpoint(self) -> ModelSpec:
+        if self.onnx_file is not None and (self.checkpoint is not None or self.kwargs):
+            raise ValueError("an ONNX model carries its own weights: remove checkpoint and kwargs")
+        return self
+
+
+class Preprocessing(StrictModel):
+    """How a raw input becomes the model's input: ``(raw * scale - mean) / std`` per channel.
+
+    Recorded in the phone bundle so app code feeds the model what it was trained on."""
+
+    layout: Literal["NCHW", "NHWC", "NC"] = "NCHW"
+    scale: float = Field(1.0, gt=0, description="e.g. 1/255 for 8-bit pixels")
+    mean: list[float] = Field(default_factory=lambda: [0.0], min_length=1)
+    std: list[float] = Field(default_factory=lambda: [1.0], min_length=1)
+    raw_input: str = Field("", description="what the raw input is, e.g. 'grayscale 28x28, 0-255'")
+
+    @field_validator("std")
+    @classmethod
+    def _nonzero(cls, values: list[float]) -> list[float]:
+        if any(v == 0 for v in values):
+            raise ValueError("std entries must be non-zero")
+        return values
+
+
+class DataSpec(StrictModel):
+    name: str = Field("mnist5k", description="mnist5k | digits | package.module:factory")
+    kwargs: dict[str, Any] = Field(default_factory=dict, description="keyword arguments for a factory")
+    val_fraction: float = Field(0.1, gt=0, lt=0.5)
+    test_fraction: float = Field(0.2, gt=0, lt=0.5)
+    split_seed: int = Field(0, ge=0, description="seed of the fixed train/val/test split")
+    max_samples: int | None = Field(None, ge=30, description="use a stratified subset (tests, quick trials)")
+    labels: list[str] | None = Field(None, description="class names, in class-id order (phone bundle)")
+    preprocessing: Preprocessing | None = Field(None, description="for factories; built-in datasets know theirs")
+
+
+GraphOptimization = Literal["disable", "basic", "extended", "all"]
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+
+
+class HostProfile(StrictModel):
+    """This machine's CPU through ONNX Runtime: the profile every stage is measured on."""
+
+    kind: Literal["host"] = "host"
+    name: str = Field("host", pattern=NAME_PATTERN, description="label in reports")
+    threads: list[int] = Field(default_factory=lambda: [1], min_length=1)
+    batch_sizes: list[int] = Field(default_factory=lambda: [1], min_length=1)
+    graph_optimization: GraphOptimization = "all"
+
+    @field_validator("threads", "batch_sizes")
+    @classmethod
+    def _positive(cls, values: list[int]) -> list[int]:
+        if any(v < 1 for v in values):
+            raise ValueError("every entry must be >= 1")
+        return values
+
+
+ARM_CORES = ("cortex-a53", "cortex-a72", "cortex-a76")
+
+
+class Arm64EmulatedProfile(StrictModel):
+    """The final model under user-mode qemu with onnxruntime's aarch64 build: output parity
+    on 64-bit ARM. Its latency is emulated and never reported as a device latency."""
+
+    kind: Literal["arm64-emulated"] = "arm64-emulated"
+    name: str | None = Field(None, pattern=NAME_PATTERN, description="default: arm64-<core>")
+    core: Literal["cortex-a53", "cortex-a72", "cortex-a76"] = "cortex-a72"
+    threads: list[int] = Field(default_factory=lambda: [1], min_length=1, max_length=4)
+    batch_sizes: list[int] = Field(default_factory=lambda: [1], min_length=1, max_length=4)
+    graph_optimization: GraphOptimization = "all"
+    parity_samples: int = Field(256, ge=1, description="test samples compared against the host run")
+    min_top1_agreement: float = Field(0.99, ge=0, le=1, description="fail below this agreement with the host")
+    warmup: int = Field(2, ge=0)
+    runs: int = Field(10, ge=1, le=1000)
+    cache_dir: Path | None = Field(None, description="emulation environment (default ~/.cache/edgeslim/arm64)")
+
+    @property
+    def label(self) -> str:
+        return self.name or f"arm64-{self.core}"
+
+
+class RemoteProfile(StrictModel):
+    """A report made on a real device with ``edgeslim-bench`` and brought back."""
+
+    kind: Literal["remote"] = "remote"
+    name: str | None = Field(None, pattern=NAME_PATTERN, description="default: the report's device profile")
+    report: Path = Field(..., description="latency report JSON written by edgeslim-bench on the device")
+
+
+DeviceProfile = Annotated[HostProfile | Arm64EmulatedProfile | RemoteProfile, Field(discriminator="kind")]
+DEVICE_KINDS = ("host", "arm64-emulated", "remote")
+
+
+def _device_entries(raw: Any) -> Any:
+    """``- host: {threads: [1]}`` (like stages) or ``- host`` -> ``{kind: host, threads: [1]}``."""
+    if not isinstance(raw, list):
+        return raw
+    out = []
+    for item in raw:
+        if isinstance(item, str):
+            item = {item: {}}
+        if isinstance(item, dict) and len(item) == 1 and "kind" not in item:
+            ((kind, settings),) = item.items()
+            if kind not in DEVICE_KINDS:
+                raise ValueError(f"unknown device profile '{kind}'; allowed: {', '.join(DEVICE_KINDS)}")
+            if settings is not None and not isinstance(settings, dict):
+                raise ValueError(f"{kind}: settings must be a mapping (got {settings!r})")
+            item = {"kind": kind, **(settings or {})}
+        out.append(item)
+    return out
+
+
+class MeasureSpec(StrictModel):
+    """How each stage's latency is measured (first thread count and batch size of the host profile)."""
+
+    warmup: int = Field(20, ge=0)
+    runs: int = Field(200, ge=5)
+    max_seconds: float = Field(5.0, gt=0, description="stop early when this time budget is spent")
+    eval_batch_size: int = Field(256, ge=1)
+
+
+class GuardConfig(StrictModel):
+    """Accuracy budget of one stage, checked on the validation split after the stage runs."""
+
+    max_accuracy_drop: float = Field(..., ge=0, le=1, description="absolute, as a fraction: 0.01 = 1 point")
+    reference: Literal["baseline", "previous"] = Field("baseline", description="compare with this stage's model")
+    on_breach: Literal["fail", "keep_previous", "fallback"] = "fail"
+    max_retries: int = Field(3, ge=1, le=20, description="fallback: safer settings tried at most this often")
+    on_exhausted: Literal["fail", "keep_previous"] = Field(
+        "fail", description="fallback: what to do when no safer setting meets the budget"
+    )
+
+
+class RunGuard(StrictModel):
+    """The run's budget: the final model vs the baseline, on the validation split."""
+
+    max_accuracy_drop: float = Field(..., ge=0, le=1, description="absolute, as a fraction: 0.01 = 1 point")
+    on_breach: Literal["fail", "keep_best"] = Field(
+        "fail", description="keep_best: name the last stage within budget as the run's deliverable"
+    )
+
+
+class StageEntry(StrictModel):
+    """One validated stage: its type name, its own config object and its optional accuracy guard."""
+
+    type: str
+    settings: BaseModel
+    guard: GuardConfig | None = None
+    stage_class: Any = Field(None, exclude=True, repr=False)  # the Stage class the loader matched ``type`` to
+
+    def settings_with_guard(self) -> dict[str, Any]:
+        """The stage's settings as written in YAML (its guard included): what its cache key hashes."""
+        plain = self.settings.model_dump(mode="json")
+        return {**plain, "guard": self.guard.model_dump(mode="json")} if self.guard else plain
+
+
+class RunConfig(StrictModel):
+    name: str = Field(..., pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="run folder name")
+    seed: int = Field(0, ge=0)
+    model: ModelSpec = Field(default_factory=ModelSpec)
+    data: DataSpec = Field(default_factory=DataSpec)
+    devices: Annotated[list[DeviceProfile], BeforeValidator(_device_entries)] = Field(
+        default_factory=lambda: [HostProfile()], min_length=1, description="the benchmark stage runs every profile"
+    )
+    measure: MeasureSpec = Field(default_factory=MeasureSpec)
+    guard: RunGuard | None = None
+    stages: list[StageEntry] = Field(..., min_length=1)
+    _stage_types: dict[str, Any] = PrivateAttr(default_factory=dict)  # every stage a config could name
+
+    @property
+    def stage_types(self) -> dict[str, Any]:
+        """The stage types this config was validated against (name -> Stage class)."""
+        return self._stage_types
+
+    @field_validator("devices")
+    @classmethod
+    def _unique_device_names(cls, devices: list[Any]) -> list[Any]:
+        names = [device_label(d) for d in devices if not isinstance(d, RemoteProfile) or d.name]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"profile names must be unique; give each a name (repeated: {', '.join(duplicates)})")
+        return devices
+
+    @property
+    def host(self) -> HostProfile:
+        """The profile every stage is measured on: the first ``host`` entry, else the default."""
+        return next((d for d in self.devices if isinstance(d, HostProfile)), HostProfile())
+
+    def stage_index(self, ref: str | int) -> int:
+        """Resolve a stage reference (index, or type name: first match) to its index."""
+        if isinstance(ref, int) or (isinstance(ref, str) and ref.isdigit()):
+            i = int(ref)
+            if 0 <= i < len(self.stages):
+                return i
+        else:
+            for i, entry in enumerate(self.stages):
+                if entry.type == ref:
+                    return i
+        names = ", ".join(e.type for e in self.stages)
+        raise UserError(f"no stage '{ref}' in this run; stages are: {names}")
+
+    def to_plain(self) -> dict[str, Any]:
+        """A JSON-able dict in the YAML's shape (stages as ``{type: settings}``)."""
+        data = self.model_dump(mode="json", exclude={"stages"})
+        data["stages"] = [{e.type: e.settings_with_guard()} for e in self.stages]
+        return data
+
+
+def device_label(profile: HostProfile | Arm64EmulatedProfile | RemoteProfile) -> str:
+    if isinstance(profile, Arm64EmulatedProfile):
+        return profile.label
+    if isinstance(profile, RemoteProfile):
+        return profile.name or "remote"
+    return profile.name
+
+
+def canonical_hash(obj: Any) -> str:
+    """sha256 of a canonical JSON rendering: equal settings give equal hashes."""
+    text = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+# ---------------------------------------------------------------- error formatting
+
+
+def _unwrap(annotation: Any) -> list[Any]:
+    """The concrete types inside Optional/Union/list/dict annotations."""
+    origin = typing.get_origin(annotation)
+    if origin in (Union, types.UnionType, list, dict, typing.Annotated):
+        out: list[Any] = []
+        for arg in typing.get_args(annotation):
+            out.extend(_unwrap(arg))
+        return out
+    return [annotation]
+
+
+def _tag(model: type[BaseModel]) -> Any:
+    kind = model.model_fields.get("kind")
+    return kind.default if kind is not None else None
+
+
+def _model_at(root: type[BaseModel], loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    current: Any = root
+    candidates: list[Any] = []
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        tagged = [m for m in candidates if _tag(m) == part]
+        if tagged:  # a discriminated union puts the chosen tag in the error path
+            current, candidates = tagged[0], []
+            continue
+        if not (isinstance(current, type) and issubclass(current, BaseModel)):
+            return None
+        field = current.model_fields.get(part)
+        if field is None:
+            return None
+        candidates = [t for t in _unwrap(field.annotation) if isinstance(t, type) and issubclass(t, BaseModel)]
+        current = candidates[0] if candidates else None
+    return current if isinstance(current, type) and issubclass(current, BaseModel) else None
+
+
+def format_path(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "(top level)"
+
+
+def format_validation_error(exc: ValidationError, model: type[BaseModel], prefix: tuple[Any, ...] = ()) -> str:
+    """One line: ``key.path: what is wrong (got X)``; unknown keys list the allowed ones."""
+    messages = []
+    for err in exc.errors():
+        loc = tuple(err["loc"])
+        path = format_path(prefix + loc)
+        if err["type"] == "extra_forbidden":
+            parent = _model_at(model, loc[:-1])
+            allowed = ", ".join(parent.model_fields) if parent else "?"
+            messages.append(f"{path}: unknown key; allowed keys: {allowed}")
+            continue
+        msg = err["msg"].removeprefix("Value error, ")
+        got = err.get("input")
+        if err["type"] != "missing" and not isinstance(got, dict | list):
+            msg += f" (got {got!r})"
+        messages.append(f"{path}: {msg}")
+    return "; ".join(messages[:3]) + (f"; and {len(messages) - 3} more" if len(messages) > 3 else "")

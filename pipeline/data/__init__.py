@@ -1,0 +1,1 @@
+"""Datasets (built-in and user factories), their fixed splits and fingerprints, and augmentation."""

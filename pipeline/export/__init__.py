@@ -1,0 +1,1 @@
+"""ONNX export and safe loading (``onnx_io``), and the phone bundle (``mobile``)."""

@@ -1,0 +1,176 @@
+"""ONNX export, safe loading and ONNX Runtime inference helpers.
+
+Every ONNX file the pipeline opens goes through :func:`load_onnx` (a ``ModelProto``) or
+:func:`open_session` (an ONNX Runtime session); both first run :func:`check_onnx_file`, which
+refuses external-data references that leave the model's folder (``../``, absolute paths,
+symlinks) and tensors that declare more data than the files hold. ``tests/test_security.py``
+checks that no other code calls ``onnx.load`` or opens sessions directly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from edgeslim.errors import UserError
+
+GRAPH_OPT_LEVELS = ("disable", "basic", "extended", "all")
+
+
+def _quiet_exporter() -> contextlib.ExitStack:
+    """Silence torch.onnx's progress prints and warnings about optional packages."""
+    stack = contextlib.ExitStack()
+    stack.enter_context(contextlib.redirect_stdout(io.StringIO()))
+    stack.enter_context(warnings.catch_warnings())
+    warnings.simplefilter("ignore")
+    for name in ("torch.onnx", "torch.export", "torch._export", "onnxscript"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    return stack
+
+
+def export_onnx(model: torch.nn.Module, example: torch.Tensor, path: Path, opset: int = 20) -> Path:
+    """Export with the dynamo exporter, a dynamic batch axis and weights inside the file."""
+    if example.shape[0] < 2:  # a batch of 1 would be specialised away by torch.export
+        example = torch.cat([example, example])
+    batch = torch.export.Dim("batch", min=1, max=65536)
+    with _quiet_exporter():
+        program = torch.onnx.export(
+            model,
+            (example,),
+            dynamic_shapes=({0: batch},),
+            input_names=["input"],
+            output_names=["logits"],
+            opset_version=opset,
+            dynamo=True,
+            external_data=False,
+            verbose=False,
+        )
+    assert program is not None
+    tmp = path.with_name(f".{path.name}.tmp")
+    with _quiet_exporter():
+        program.save(str(tmp), external_data=False)
+    os.replace(tmp, path)
+    return path
+
+
+def load_onnx(path: Path, what: str = "model", *, external_data: bool = True):
+    """The one way the pipeline reads an ONNX file: checked by :func:`check_onnx_file` first.
+
+    ``external_data=False`` returns the graph without reading external tensor files (cheap, for
+    reading names and shapes).
+    """
+    from onnx.external_data_helper import load_external_data_for_model
+
+    proto = check_onnx_file(path, what)  # parsed once, without external data
+    if external_data:
+        load_external_data_for_model(proto, str(path.parent))
+    return proto
+
+
+def check_onnx_file(path: Path, what: str = "model"):
+    """Refuse unreadable models, external data outside the model's own folder, and tensors
+    that declare more bytes than the file stores (a crafted header must not drive allocation).
+
+    Returns the checked ``ModelProto`` (external tensors not yet read)."""
+    import onnx
+    from onnx.external_data_helper import uses_external_data
+
+    if not path.is_file():
+        raise UserError(f"{what}: ONNX file not found: {path}")
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:
+        raise UserError(f"{what}: {path.name} is not a readable ONNX model ({type(exc).__name__})") from None
+    root = path.parent.resolve()
+    for tensor in _all_tensors(proto):
+        if not uses_external_data(tensor):
+            _check_declared_size(tensor, path, what)
+            continue
+        entries = {e.key: e.value for e in tensor.external_data}
+        location = entries.get("location", "")
+        target = path.parent / location
+        if os.path.isabs(location) or not target.resolve().is_relative_to(root) or target.is_symlink():
+            raise UserError(
+                f"{what}: tensor '{tensor.name}' in {path.name} points to external data outside the "
+                f"model's folder ({location!r}); refused"
+            )
+        if not target.is_file():
+            raise UserError(
+                f"{what}: tensor '{tensor.name}' in {path.name}: external data file {location!r} is missing"
+            )
+        available = target.stat().st_size - int(entries.get("offset", 0) or 0)
+        _check_declared_size(tensor, path, what, stored=min(available, int(entries.get("length", available) or 0)))
+    return proto
+
+
+def _check_declared_size(tensor, path: Path, what: str, stored: int | None = None) -> None:
+    """A tensor's shape must fit the data actually stored for it (bytes of raw or external
+    data, or values in a typed field); ``stored`` is the external data's byte count."""
+    import onnx
+
+    if tensor.data_type in (onnx.TensorProto.STRING, onnx.TensorProto.UNDEFINED):
+        return
+    elements = 1
+    for dim in tensor.dims:
+        if dim < 0:
+            raise UserError(f"{what}: tensor '{tensor.name}' in {path.name} has a negative dimension {dim}; refused")
+        elements *= dim
+    if elements == 0:
+        return
+    bits = {onnx.TensorProto.INT4: 4, onnx.TensorProto.UINT4: 4}.get(tensor.data_type)
+    if bits is None:
+        bits = 8 * onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
+    needed = (elements * bits + 7) // 8
+    if stored is None and not tensor.HasField("raw_data"):
+        field = onnx.helper.tensor_dtype_to_field(tensor.data_type)
+        values = len(getattr(tensor, field))
+        if values >= elements:
+            return
+        stored = values * bits // 8
+    elif stored is None:
+        stored = len(tensor.raw_data)
+    if needed > stored:
+        raise UserError(
+            f"{what}: tensor '{tensor.name}' in {path.name} declares shape {list(tensor.dims)} "
+            f"({_human_bytes(needed)}) but only {_human_bytes(stored)} are stored; refused"
+        )
+
+
+def _human_bytes(n: int) -> str:
+    value = float(n)
+    for unit in ("B", "KB", "MB", "GB", "TB", "PB"):
+        if value < 1024 or unit == "PB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{n} B"
+
+
+def _all_tensors(proto: object):
+    from onnx.external_data_helper import _get_all_tensors
+
+    return _get_all_tensors(proto)
+
+
+def open_session(path: Path, threads: int = 1, graph_optimization: str = "all"):
+    """An ONNX Runtime CPU session, opened only after the file passed :func:`check_onnx_file`."""
+    from edgeslim.devices.edgeslim_bench import create_session
+
+    if path.suffix != ".ort":  # ORT-format files are flatbuffers without external data
+        check_onnx_file(path)
+    return create_session(str(path), threads, graph_optimization)
+
+
+def onnx_logits(path: Path, inputs: torch.Tensor, batch_size: int = 256, threads: int = 1) -> np.ndarray:
+    """Run a model over ``inputs`` in batches; returns the stacked outputs."""
+    session = open_session(path, threads=threads)
+    name = session.get_inputs()[0].name
+    array = inputs.numpy()
+    outs = [session.run(None, {name: array[i : i + batch_size]})[0] for i in range(0, len(array), batch_size)]
+    return np.concatenate(outs)

@@ -1,0 +1,206 @@
+"""Saving and rebuilding PyTorch model artifacts without pickling whole models.
+
+An artifact stores ``model.safetensors`` plus ``pruning_history.json``: the ordered edits
+made to the original architecture — torch-pruning history entries (removed channels) and
+head replacements (``{"head": {...}}``). To load, the original architecture is built from the
+run's model spec, the edits are replayed in order, and the weights are loaded. QAT artifacts
+are prepared again the same way and then receive their fake-quant state.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from edgeslim.config.schema import ModelSpec, canonical_hash
+from edgeslim.engine.store import TORCH, TORCH_QAT, Artifact, read_json, sha256_file, write_json
+from edgeslim.errors import UserError
+from edgeslim.models.zoo import build_model, load_state_dict_file, load_weights
+from edgeslim.quant import qat
+
+WEIGHTS = "model.safetensors"
+HISTORY = "pruning_history.json"
+
+
+def count_params_and_macs(model: nn.Module, example: torch.Tensor) -> tuple[int, int]:
+    import torch_pruning as tp
+
+    model.eval()
+    macs, params = tp.utils.count_ops_and_params(model, example[:1])
+    return int(params), int(macs)
+
+
+@dataclass
+class ModelLoader:
+    """Builds the run's architecture and turns artifacts back into modules."""
+
+    spec: ModelSpec
+    in_channels: int
+    num_classes: int
+    example: torch.Tensor
+    allow_other_classes: bool = False
+    seed: int = 0  # random initial weights are a function of the run's seed, so a fresh process rebuilds them
+
+    def source_hash(self) -> str:
+        """Identity of the starting model: spec plus the checkpoint's bytes."""
+        ckpt = self.spec.checkpoint
+        return canonical_hash(
+            {
+                "spec": self.spec.model_dump(mode="json"),
+                "checkpoint_sha256": sha256_file(ckpt) if ckpt else None,
+            }
+        )
+
+    def build(self) -> nn.Module:
+        # A factory's random init must not depend on what ran before in this process (or on a fresh
+        # process's unseeded RNG): seed it, without disturbing the caller's RNG state.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seed)
+            return build_model(self.spec.name, self.spec.kwargs, self.in_channels, self.num_classes)
+
+    def source_model(self) -> nn.Module:
+        """The starting model: architecture plus the configured checkpoint (if any)."""
+        model = self.build()
+        if self.spec.checkpoint is not None:
+            state = load_state_dict_file(self.spec.checkpoint)
+            load_weights(model, state, "model.checkpoint")
+        self._check_forward(model)
+        return model
+
+    def _check_forward(self, model: nn.Module) -> None:
+        """The model must map the data's inputs to logits; a different class count is allowed
+        only when a later stage replaces the head (``allow_other_classes``)."""
+        model.eval()
+        try:
+            with torch.no_grad():
+                out = model(self.example)
+        except Exception as exc:
+            raise UserError(
+                f"model.name: model '{self.spec.name}' cannot run on inputs of shape "
+                f"{tuple(self.example.shape)}: {type(exc).__name__}: {str(exc)[:200]}"
+            ) from None
+        classes_ok = isinstance(out, torch.Tensor) and (self.allow_other_classes or out.shape[-1] == self.num_classes)
+        if not isinstance(out, torch.Tensor) or out.dim() != 2 or not classes_ok:
+            shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+            raise UserError(
+                f"model.name: model '{self.spec.name}' must return logits of shape (batch, {self.num_classes}); "
+                f"got {shape} (to adapt it to this task, give a finetune stage a head: {{}})"
+            )
+
+    def load(self, artifact: Artifact) -> nn.Module:
+        """Rebuild the module an artifact describes (float or QAT-prepared)."""
+        if artifact.directory is None:
+            return self.source_model()
+        if artifact.kind not in (TORCH, TORCH_QAT):
+            raise ValueError(f"not a PyTorch artifact: {artifact.kind}")
+        model = self.build()
+        apply_edits(model, read_json(artifact.file("pruning_history")), self.example)
+        if artifact.kind == TORCH_QAT:
+            model = qat.prepare_qat(model, self.example)
+        from safetensors.torch import load_file
+
+        load_weights(model, load_file(str(artifact.file("weights"))), f"artifact {artifact.directory}")
+        model.eval() if artifact.kind == TORCH else qat.set_mode(model, False)
+        return model
+
+    def history_of(self, artifact: Artifact) -> list[Any]:
+        if artifact.directory is None:
+            return []
+        return read_json(artifact.file("pruning_history"))
+
+
+def save_torch_artifact(
+    directory: Path,
+    model: nn.Module,
+    *,
+    kind: str,
+    pruning_history: list[Any],
+    params: int,
+    macs: int,
+    extra: dict[str, Any] | None = None,
+) -> Artifact:
+    """Write weights (safetensors), pruning history and ``artifact.json`` into ``directory``."""
+    from safetensors.torch import save_file
+
+    state = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
+    tmp = directory / f".{WEIGHTS}.tmp"
+    save_file(state, str(tmp))
+    tmp.replace(directory / WEIGHTS)
+    write_json(directory / HISTORY, pruning_history)
+    artifact = Artifact(
+        kind=kind,
+        directory=directory,
+        meta={
+            "files": {"weights": WEIGHTS, "pruning_history": HISTORY},
+            "params": params,
+            "macs": macs,
+            **(extra or {}),
+        },
+    )
+    artifact.save()
+    return artifact
+
+
+def output_layer_name(model: nn.Module, example: torch.Tensor) -> str:
+    """The module whose output is the model's output (the classifier), else the last Linear."""
+    outputs: dict[str, object] = {}
+    hooks = [
+        m.register_forward_hook(lambda _m, _i, out, name=name: outputs.__setitem__(name, out))
+        for name, m in model.named_modules()
+        if name and not list(m.children())
+    ]
+    try:
+        model.eval()
+        with torch.no_grad():
+            final = model(example)
+    finally:
+        for h in hooks:
+            h.remove()
+    for name, out in outputs.items():
+        if out is final:
+            return name
+    linears = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+    if not linears:
+        raise UserError("cannot find the model's classifier layer; name it with head.layer")
+    return linears[-1]
+
+
+def replace_head(model: nn.Module, spec: dict[str, Any]) -> None:
+    """Swap the output layer for ``Linear(in, h1) -> ReLU -> Dropout ... -> Linear(h, classes)``."""
+    parent_name, _, attr = spec["layer"].rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    old = getattr(parent, attr)
+    if not isinstance(old, nn.Linear):
+        raise UserError(f"head.layer: '{spec['layer']}' is a {type(old).__name__}, not a Linear layer")
+    layers: list[nn.Module] = []
+    width = old.in_features
+    for hidden in spec.get("hidden", []):
+        layers += [nn.Linear(width, hidden), nn.ReLU(), nn.Dropout(spec.get("dropout", 0.0))]
+        width = hidden
+    layers.append(nn.Linear(width, spec["num_classes"]))
+    setattr(parent, attr, layers[0] if len(layers) == 1 else nn.Sequential(*layers))
+
+
+def apply_edits(model: nn.Module, edits: list[Any], example: torch.Tensor) -> None:
+    """Replay architecture edits in order: runs of pruning-history entries, then head swaps."""
+    import torch_pruning as tp
+
+    pending: list[Any] = []
+
+    def flush() -> None:
+        if pending:
+            model.eval()
+            tp.DependencyGraph().build_dependency(model, example_inputs=example).load_pruning_history(pending)
+            pending.clear()
+
+    for edit in edits:
+        if isinstance(edit, dict) and "head" in edit:
+            flush()
+            replace_head(model, edit["head"])
+        else:
+            pending.append(edit)
+    flush()

@@ -1,0 +1,136 @@
+"""Built-in models and resolution of user model factories.
+
+A model spec names either a built-in (``edge_cnn``, ``tiny_cnn``) or a user factory
+``package.module:function``. Built-ins receive the dataset's channel and class counts;
+user factories receive only the ``kwargs`` from the config.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pickle
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from edgeslim.errors import UserError
+
+
+def _conv_block(c_in: int, c_out: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU())
+
+
+class EdgeCNN(nn.Module):
+    """A VGG-style CNN sized for edge work: about 1.6 ms FP32 at batch 1 on one x86 core.
+
+    Global average pooling makes it independent of the input resolution, so the same
+    architecture serves 8x8 digits and 28x28 MNIST.
+    """
+
+    def __init__(self, in_channels: int = 1, num_classes: int = 10, width: int = 80, dropout: float = 0.1):
+        super().__init__()
+        w = width
+        self.features = nn.Sequential(
+            _conv_block(in_channels, w),
+            _conv_block(w, w),
+            nn.MaxPool2d(2),
+            _conv_block(w, 2 * w),
+            _conv_block(2 * w, 2 * w),
+            nn.MaxPool2d(2),
+            _conv_block(2 * w, 4 * w),
+            _conv_block(4 * w, 4 * w),
+        )
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.dropout = nn.Dropout(dropout)
+        self.classifier = nn.Linear(4 * w, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.pool(self.features(x)).flatten(1)
+        return self.classifier(self.dropout(x))
+
+
+class TinyCNN(nn.Module):
+    """A very small CNN for tests: trains on a digits slice in a second."""
+
+    def __init__(self, in_channels: int = 1, num_classes: int = 10, width: int = 16):
+        super().__init__()
+        self.features = nn.Sequential(_conv_block(in_channels, width), _conv_block(width, 2 * width))
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Linear(2 * width, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.pool(self.features(x)).flatten(1))
+
+
+BUILTIN_MODELS: dict[str, Callable[..., nn.Module]] = {"edge_cnn": EdgeCNN, "tiny_cnn": TinyCNN}
+
+
+def import_object(ref: str, what: str) -> object:
+    """Import ``package.module:attr``; raise a one-line UserError naming ``what`` on failure."""
+    module_name, sep, attr = ref.partition(":")
+    if not sep or not module_name or not attr:
+        raise UserError(f"{what}: '{ref}' is not of the form package.module:function")
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as exc:  # any import-time failure is the user's module's problem
+        raise UserError(f"{what}: cannot import module '{module_name}': {type(exc).__name__}: {exc}") from None
+    try:
+        return getattr(module, attr)
+    except AttributeError:
+        raise UserError(f"{what}: module '{module_name}' has no attribute '{attr}'") from None
+
+
+def build_model(name: str, kwargs: dict, in_channels: int, num_classes: int, what: str = "model.name") -> nn.Module:
+    """Instantiate the architecture named by a model spec (random init)."""
+    if name in BUILTIN_MODELS:
+        factory: Callable[..., nn.Module] = BUILTIN_MODELS[name]
+        kwargs = {"in_channels": in_channels, "num_classes": num_classes, **kwargs}
+    else:
+        obj = import_object(name, what)
+        if not callable(obj):
+            raise UserError(f"{what}: '{name}' is not callable")
+        factory = obj  # type: ignore[assignment]
+    try:
+        model = factory(**kwargs)
+    except Exception as exc:
+        raise UserError(f"{what}: factory '{name}' raised {type(exc).__name__}: {exc}") from None
+    if not isinstance(model, nn.Module):
+        raise UserError(f"{what}: factory '{name}' returned {type(model).__name__}, not a torch.nn.Module")
+    return model
+
+
+def load_state_dict_file(path: Path, what: str = "model.checkpoint") -> dict[str, torch.Tensor]:
+    """Load weights safely: safetensors, or torch files with ``weights_only=True`` (never a pickled model)."""
+    if not path.is_file():
+        raise UserError(f"{what}: file not found: {path}")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise UserError(
+            f"{what}: refused {path}: it holds pickled Python objects, not only tensors "
+            "(use safetensors or a weights-only state_dict)"
+        ) from None
+    except Exception as exc:
+        raise UserError(f"{what}: cannot load weights from {path}: {type(exc).__name__}: {exc}") from None
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise UserError(f"{what}: {path} does not hold a state_dict of tensors")
+    return state
+
+
+def load_weights(model: nn.Module, state: dict[str, torch.Tensor], what: str) -> None:
+    """``load_state_dict`` with a readable error for mismatched checkpoints."""
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()
+        detail = " ".join(line.strip() for line in first[:3])
+        raise UserError(f"{what}: checkpoint does not match the architecture: {detail[:300]}") from None

@@ -1,0 +1,1 @@
+"""Structural pruning: channel-importance criteria (the prune stage drives torch-pruning)."""

@@ -1,0 +1,254 @@
+"""The training engine shared by the ``train`` and ``finetune`` stages.
+
+``fit`` runs epochs with the pieces from ``optim`` (per-tensor learning rates, schedules),
+``losses`` and ``augment``, plus freezing, gradual unfreezing, a batch-size schedule,
+BatchNorm freezing, early stopping with the best state restored and NaN detection.
+"""
+
+from __future__ import annotations
+
+import copy
+import fnmatch
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field, field_validator
+from torch import nn
+from torch.utils.data import TensorDataset
+
+from edgeslim.config.schema import StrictModel
+from edgeslim.data.augment import AugmentConfig, augment_batch
+from edgeslim.engine.progress import progress_bar
+from edgeslim.errors import UserError
+from edgeslim.quant.qat import is_graph_module, observers_paused, set_mode
+from edgeslim.train.importance import layer_of
+from edgeslim.train.losses import LossConfig, LossFn, compose_loss
+from edgeslim.train.optim import (
+    OptimizerConfig,
+    Plateau,
+    ScheduleConfig,
+    build_optimizer,
+    build_param_groups,
+    layer_depths,
+    lr_multiplier,
+)
+
+__all__ = ["FitResult", "OptimizerConfig", "ScheduleConfig", "TrainLoopConfig", "evaluate", "fit", "predict"]
+
+
+class TrainLoopConfig(StrictModel):
+    epochs: int = Field(5, ge=1, le=1000)
+    batch_size: int = Field(128, ge=1)
+    batch_size_schedule: dict[int, int] | None = Field(
+        None, description="{first epoch (1-based): batch size}, e.g. {1: 256, 3: 64}"
+    )
+    optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
+    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
+    layer_decay: float | None = Field(None, gt=0, le=1, description="lr * decay ** (depth from the top)")
+    freeze: list[str] = Field(default_factory=list, description="parameter name patterns to keep fixed")
+    freeze_first_layers: int = Field(0, ge=0, description="keep the k lowest parameterised layers fixed")
+    unfreeze_every: int | None = Field(
+        None, ge=1, description="gradual unfreezing: start with the head, add one layer every N epochs"
+    )
+    loss: LossConfig = Field(default_factory=LossConfig)
+    dropout: float | None = Field(None, ge=0, lt=1, description="override every Dropout's p")
+    augment: AugmentConfig | None = None
+    freeze_bn_last_epochs: int = Field(0, ge=0, description="use running BatchNorm statistics in the last k epochs")
+    patience: int | None = Field(3, ge=1, description="early stopping: epochs without val improvement")
+    grad_clip: float | None = Field(None, gt=0, description="max gradient norm")
+
+    @field_validator("batch_size_schedule")
+    @classmethod
+    def _schedule(cls, value: dict[int, int] | None) -> dict[int, int] | None:
+        if value is not None and any(k < 1 or v < 1 for k, v in value.items()):
+            raise ValueError("epochs are 1-based and batch sizes must be >= 1")
+        return value
+
+    def batch_size_at(self, epoch: int) -> int:
+        """Batch size for 0-based ``epoch``."""
+        size = self.batch_size
+        for start, value in sorted((self.batch_size_schedule or {}).items()):
+            if epoch + 1 >= start:
+                size = value
+        return size
+
+
+def set_dropout(model: nn.Module, p: float) -> int:
+    dropouts = [m for m in model.modules() if isinstance(m, nn.modules.dropout._DropoutNd)]
+    for m in dropouts:
+        m.p = p
+    return len(dropouts)
+
+
+def frozen_names(model: nn.Module, cfg: TrainLoopConfig, epoch: int) -> set[str]:
+    """Parameters that must not change in ``epoch`` (patterns, lowest layers, gradual unfreezing)."""
+    depths = layer_depths(model)
+    bottom_up = sorted(depths, key=depths.get, reverse=True)
+    fixed_layers = set(bottom_up[: cfg.freeze_first_layers])
+    frozen = set()
+    for name, _ in model.named_parameters():
+        layer = layer_of(name)
+        if (
+            any(fnmatch.fnmatchcase(name, pat) for pat in cfg.freeze)
+            or layer in fixed_layers
+            or (cfg.unfreeze_every is not None and depths[layer] >= 1 + epoch // cfg.unfreeze_every)
+        ):
+            frozen.add(name)
+    return frozen
+
+
+def train_mode(model: nn.Module, freeze_bn: bool) -> None:
+    set_mode(model, True)
+    if not freeze_bn:
+        return
+    if is_graph_module(model):  # an exported graph switches BatchNorm (and dropout) as a whole
+        set_mode(model, False)
+        return
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.eval()
+
+
+@torch.no_grad()
+def predict(model: nn.Module, inputs: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
+    set_mode(model, False)
+    with observers_paused(model):
+        return torch.cat([model(inputs[i : i + batch_size]) for i in range(0, len(inputs), batch_size)])
+
+
+def evaluate(model: nn.Module, data: TensorDataset, batch_size: int = 512) -> tuple[float, float]:
+    """(accuracy, mean cross-entropy) of a PyTorch model on a split."""
+    x, y = data.tensors
+    logits = predict(model, x, batch_size)
+    return float((logits.argmax(1) == y).float().mean()), float(F.cross_entropy(logits, y))
+
+
+@torch.no_grad()
+def recalibrate_batchnorm(model: nn.Module, inputs: torch.Tensor, batches: int, batch_size: int) -> int:
+    """Re-estimate BatchNorm running statistics (needed after pruning changes activations)."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not norms or batches == 0:
+        return 0
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average over the calibration batches
+    model.train()
+    seen = 0
+    for i in range(0, min(len(inputs), batches * batch_size), batch_size):
+        model(inputs[i : i + batch_size])
+        seen += 1
+    for m, momentum in zip(norms, momenta, strict=True):
+        m.momentum = momentum
+    model.eval()
+    return seen
+
+
+@dataclass
+class FitResult:
+    history: list[dict[str, float]] = field(default_factory=list)
+    best_epoch: int = 0
+    best_val_accuracy: float = 0.0
+    stopped_early: bool = False
+    initial_lrs: dict[str, float] = field(default_factory=dict)
+
+
+def fit(
+    model: nn.Module,
+    train: TensorDataset,
+    val: TensorDataset,
+    cfg: TrainLoopConfig,
+    *,
+    loss_fn: LossFn | None = None,
+    lr_scales: dict[str, float] | None = None,
+    extra_params: dict[str, nn.Parameter] | None = None,
+    seed: int = 0,
+    label: str = "train",
+    where: str = "train",
+    on_epoch_end: Callable[[int, nn.Module], None] | None = None,
+) -> FitResult:
+    """Train with early stopping on validation accuracy; the best state is restored at the end.
+
+    ``lr_scales`` multiplies each parameter's learning rate (importance scaling);
+    ``extra_params`` are trained too but are not part of the model (e.g. hint adapters).
+    ``where`` names the config location in error messages (e.g. ``stages[3].finetune``).
+    """
+    generator = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    loss_fn = loss_fn or compose_loss(cfg.loss)
+    if cfg.dropout is not None and not is_graph_module(model):
+        set_dropout(model, cfg.dropout)
+    x_train, y_train = train.tensors
+    groups = build_param_groups(model, cfg.optimizer, lr_scales, cfg.layer_decay, extra_params)
+    optimizer = build_optimizer(groups, cfg.optimizer)
+    initial = [g["lr"] for g in optimizer.param_groups]
+    result = FitResult(best_val_accuracy=-1.0, initial_lrs={g["name"]: g["lr"] for g in optimizer.param_groups})
+    plateau = Plateau(cfg.schedule)
+    params = dict(model.named_parameters())
+    best_state = None
+    since_best = 0
+    steps = [math.ceil(len(x_train) / cfg.batch_size_at(e)) for e in range(cfg.epochs)]
+    with progress_bar() as bar:
+        task = bar.add_task(label, total=sum(steps))
+        for epoch in range(cfg.epochs):
+            batch_size = cfg.batch_size_at(epoch)
+            frozen = frozen_names(model, cfg, epoch)
+            for name, p in params.items():
+                p.requires_grad_(name not in frozen)
+            train_mode(model, freeze_bn=epoch >= cfg.epochs - cfg.freeze_bn_last_epochs)
+            order = torch.randperm(len(x_train), generator=generator)
+            total_loss = 0.0
+            for step in range(steps[epoch]):
+                factor = lr_multiplier(cfg.schedule, epoch, step, steps[epoch], cfg.epochs) * plateau.factor
+                for group, lr in zip(optimizer.param_groups, initial, strict=True):
+                    group["lr"] = lr * factor
+                idx = order[step * batch_size : (step + 1) * batch_size]
+                x = x_train[idx]
+                if cfg.augment is not None:
+                    x = augment_batch(x, cfg.augment, generator)
+                optimizer.zero_grad(set_to_none=True)
+                loss = loss_fn(model, x, y_train[idx])
+                if not torch.isfinite(loss):
+                    raise UserError(
+                        f"{where}: training diverged (loss is {loss.item()} at epoch {epoch + 1}, step {step + 1}); "
+                        f"lower optimizer.lr (now {cfg.optimizer.lr})"
+                    )
+                loss.backward()
+                if cfg.grad_clip is not None:
+                    nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], cfg.grad_clip)
+                optimizer.step()
+                total_loss += loss.item()
+                bar.advance(task)
+            val_acc, val_loss = evaluate(model, val)
+            plateau.update(val_acc)
+            result.history.append(
+                {
+                    "epoch": epoch + 1,
+                    "train_loss": total_loss / steps[epoch],
+                    "val_accuracy": val_acc,
+                    "val_loss": val_loss,
+                    "lr": optimizer.param_groups[-1]["lr"],
+                    "batch_size": batch_size,
+                    "frozen_tensors": len(frozen),
+                }
+            )
+            if on_epoch_end is not None:
+                on_epoch_end(epoch, model)
+            bar.update(task, description=f"{label} · epoch {epoch + 1}/{cfg.epochs} · val acc {val_acc:.4f}")
+            if val_acc > result.best_val_accuracy:
+                result.best_val_accuracy, result.best_epoch, since_best = val_acc, epoch + 1, 0
+                best_state = copy.deepcopy(model.state_dict())
+            else:
+                since_best += 1
+                if cfg.patience is not None and since_best >= cfg.patience:
+                    result.stopped_early = True
+                    break
+    for p in params.values():
+        p.requires_grad_(True)
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    set_mode(model, False)
+    return result
