@@ -39,3 +39,35 @@ def test_finetune_example_validates(example: str) -> None:
     finetune = config.stages[1].settings
     for key in settings:
         assert key in type(finetune).model_fields
+
+
+def python_api_example() -> str:
+    section = README.read_text().split("## Python API", 1)[1].split("\n## ", 1)[0]
+    (code,) = re.findall(r"```python\n(.*?)```", section, flags=re.S)
+    return code
+
+
+def test_python_api_example_runs(tmp_path: Path) -> None:
+    """The README's Python example, run as a user would (its own process, its own folder)."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "example.py"
+    script.write_text(python_api_example())
+    done = subprocess.run(
+        [sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=600, check=False
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = done.stdout.splitlines()
+    rows = [line.split() for line in lines[:5]]
+    assert [row[:2] for row in rows] == [
+        ["00-train", "ran"],
+        ["01-baseline", "ran"],
+        ["02-prune", "ran"],
+        ["03-finetune", "ran"],
+        ["04-export", "ran"],
+    ]
+    assert float(rows[-1][2].rstrip("%")) > 70  # pruned and fine-tuned, it still classifies digits
+    assert lines[5] == "ship: artifacts/readme_api/04-export/model.onnx"
+    assert lines[6] == "stages[0].prune.pruning_ratio: Input should be less than 1 (got 1.5)"
+    assert (tmp_path / "artifacts" / "readme_api" / "report.md").is_file()
