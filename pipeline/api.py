@@ -21,7 +21,7 @@ from rich.console import Console
 
 from edgeslim.config import loader
 from edgeslim.config.schema import RunConfig
-from edgeslim.engine.records import RunReport, StageRecord, read_report
+from edgeslim.engine.records import REPORT_JSON, RunReport, StageRecord, read_report
 from edgeslim.engine.runner import Runner
 from edgeslim.engine.stage import Stage
 from edgeslim.errors import UserError
@@ -108,7 +108,9 @@ class RunResult:
 
     @property
     def report_md(self) -> Path:
-        return self.run_dir / "report.md"
+        from edgeslim.reports.run_report import REPORT_MD
+
+        return self.run_dir / REPORT_MD
 
 
 def run(
@@ -135,7 +137,7 @@ def run(
     try:
         report = runner.run()
     finally:
-        if (runner.run_dir / "report.json").is_file():
+        if (runner.run_dir / REPORT_JSON).is_file():
             write_run_html(runner.run_dir)
     return RunResult(runner.run_dir, report)
 
@@ -143,12 +145,12 @@ def run(
 def open_run(run_dir: str | Path) -> RunResult:
     """A finished (or partly finished) run folder, read back through the same schema."""
     run_dir = Path(run_dir)
-    if not (run_dir / "report.json").is_file():
-        raise UserError(f"no report.json in {run_dir} (is it a run folder?)")
+    if not (run_dir / REPORT_JSON).is_file():
+        raise UserError(f"no {REPORT_JSON} in {run_dir} (is it a run folder?)")
     try:
         return RunResult(run_dir, read_report(run_dir))
     except ValueError as exc:
-        raise UserError(f"{run_dir / 'report.json'}: not a valid edgeslim report: {exc}") from None
+        raise UserError(f"{run_dir / REPORT_JSON}: not a valid edgeslim report: {exc}") from None
 
 
 def compare(

@@ -16,11 +16,10 @@ import shutil
 from pathlib import Path
 from typing import Literal
 
-import numpy as np
 from pydantic import Field
 
 from edgeslim.config.schema import StrictModel
-from edgeslim.engine.evaluate import onnx_accuracy
+from edgeslim.engine.evaluate import onnx_accuracy, output_parity
 from edgeslim.engine.stage import (
     ONNX_MODEL_FILE,
     PlanRequest,
@@ -34,7 +33,6 @@ from edgeslim.engine.store import ONNX, ONNX_INT8, TORCH, TORCH_QAT
 from edgeslim.errors import StageFailed, UserError
 from edgeslim.export.mobile import build_bundle
 from edgeslim.export.onnx_io import export_onnx, onnx_logits
-from edgeslim.quant import qat
 from edgeslim.train.loop import predict
 
 
@@ -75,22 +73,13 @@ class Export(Stage[ExportConfig]):
             artifact = onnx_artifact(ctx, output_kind(ctx.input.kind), {"quantized": ctx.input.kind == ONNX_INT8})
             result = StageResult(artifact, notes=[f"ONNX input bundled as is ({ctx.input.kind})"])
             return self._mobile(ctx, path, result)
-        model = ctx.models.load(ctx.input)
+        model = ctx.models.load_deployable(ctx.input)
         quantized = ctx.input.kind == TORCH_QAT
-        if quantized:
-            model = qat.convert(model)
         path = export_onnx(model, ctx.example(), ctx.out_dir / ONNX_MODEL_FILE, opset=cfg.opset)
         x, _ = ctx.data.test.tensors
-        reference = predict(model, x).numpy()
         exported = onnx_logits(path, x, batch_size=ctx.config.measure.eval_batch_size)
-        diff = np.abs(reference - exported)
-        agreement = float((reference.argmax(1) == exported.argmax(1)).mean())
-        parity = {
-            "max_abs_diff": float(diff.max()),
-            "mean_abs_diff": float(diff.mean()),
-            "top1_agreement": agreement,
-            "samples": len(x),
-        }
+        parity = output_parity(predict(model, x).numpy(), exported)
+        agreement = parity["top1_agreement"]
         if agreement < cfg.min_top1_agreement:
             raise StageFailed(
                 f"{ctx.where}: ONNX and PyTorch agree on top-1 for only {agreement:.2%} of {len(x)} test samples "

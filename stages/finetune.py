@@ -10,6 +10,7 @@ an optional intermediate-feature (hint) loss, BatchNorm re-estimation before tra
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 from pydantic import Field, model_validator
@@ -114,18 +115,7 @@ class Finetune(Stage[FinetuneConfig]):
         details: dict = {"val_accuracy_before": start_acc}
         edits = ctx.models.history_of(ctx.input)
         if cfg.head is not None:
-            spec = {
-                "layer": cfg.head.layer or output_layer_name(model, ctx.example()),
-                "num_classes": cfg.head.num_classes or ctx.data.num_classes,
-                "hidden": cfg.head.hidden,
-                "dropout": cfg.head.dropout,
-            }
-            torch.manual_seed(ctx.seed)
-            replace_head(model, spec)
-            edits = [*edits, {"head": spec}]
-            notes.append(
-                f"new head on {spec['layer']}: hidden {spec['hidden'] or 'none'} → {spec['num_classes']} classes"
-            )
+            edits = [*edits, self._new_head(model, cfg.head, ctx, notes)]
         params, macs = count_params_and_macs(model, ctx.example())
         if cfg.bn_recalibration_batches:
             recalibrate_batchnorm(model, x_train, cfg.bn_recalibration_batches, 64)
@@ -135,35 +125,9 @@ class Finetune(Stage[FinetuneConfig]):
 
         lr_scales = None
         if cfg.importance_lr is not None:
-            lr_scales = self._importance_scales(model, cfg.importance_lr, ctx)
+            lr_scales = self._importance_scales(model, cfg.importance_lr, ctx, notes)
             details["lr_scales"] = lr_scales
-            ranked = sorted(lr_scales.items(), key=lambda kv: kv[1])
-            notes.append(
-                f"importance-scaled lr ({cfg.importance_lr.criterion}, {cfg.importance_lr.direction}, "
-                f"{cfg.importance_lr.map}): x{ranked[0][1]:.2f} ({ranked[0][0]}) … "
-                f"x{ranked[-1][1]:.2f} ({ranked[-1][0]})"
-            )
-
-        teachers: list[nn.Module] = []
-        hint = None
-        extra: dict[str, nn.Parameter] = {}
-        if cfg.distill is not None:
-            teachers = [self._teacher(ref, ctx) for ref in cfg.distill.teachers]
-            with torch.no_grad():
-                widths = {t(ctx.example()).shape[-1] for t in teachers}
-            if widths != {ctx.data.num_classes}:
-                raise UserError(
-                    f"{ctx.where}.distill.teacher: teachers predict {sorted(widths)} classes, the data has "
-                    f"{ctx.data.num_classes}; distillation needs the same classes"
-                )
-            notes.append(
-                f"distilled from {' + '.join(cfg.distill.teachers)} (T={cfg.distill.temperature}, "
-                f"alpha={cfg.distill.alpha})"
-            )
-            if cfg.distill.hint is not None:
-                hint, adapter = self._hint(model, teachers[0], cfg.distill.hint, ctx)
-                extra = {f"hint_adapter.{n}": p for n, p in adapter.named_parameters()}
-                notes.append(f"hint loss on {cfg.distill.hint.layer} (weight {cfg.distill.hint.weight})")
+        teachers, hint, extra = self._distillation(model, cfg.distill, ctx, notes) if cfg.distill else ([], None, {})
         if cfg.qat:
             model = qat.prepare_qat(model, ctx.example(4))
             notes.append("quantization-aware training (PT2E, X86 quantizer: u8 activations, per-channel s8 weights)")
@@ -214,16 +178,52 @@ class Finetune(Stage[FinetuneConfig]):
         )
         return StageResult(artifact, details=details, notes=notes)
 
-    def _importance_scales(self, model: nn.Module, cfg: ImportanceLRConfig, ctx: StageContext) -> dict[str, float]:
-        x_train, y_train = ctx.data.train.tensors
-        pick = torch.randperm(len(x_train), generator=torch.Generator().manual_seed(ctx.seed))[
-            : cfg.calibration_samples
-        ]
-        scores = parameter_importance(
-            model, cfg.criterion, x_train[pick], y_train[pick], cfg.hutchinson_samples, seed=ctx.seed
-        )
+    def _new_head(self, model: nn.Module, head: HeadConfig, ctx: StageContext, notes: list[str]) -> dict[str, Any]:
+        """Replace the output layer (seeded init); returns the edit, replayed when the model is loaded."""
+        spec = {
+            "layer": head.layer or output_layer_name(model, ctx.example()),
+            "num_classes": head.num_classes or ctx.data.num_classes,
+            "hidden": head.hidden,
+            "dropout": head.dropout,
+        }
+        torch.manual_seed(ctx.seed)
+        replace_head(model, spec)
+        notes.append(f"new head on {spec['layer']}: hidden {spec['hidden'] or 'none'} → {spec['num_classes']} classes")
+        return {"head": spec}
+
+    def _importance_scales(
+        self, model: nn.Module, cfg: ImportanceLRConfig, ctx: StageContext, notes: list[str]
+    ) -> dict[str, float]:
+        """Per-parameter learning-rate factors from importance scores on calibration samples."""
+        x, y = ctx.calibration_samples(cfg.calibration_samples)
+        scores = parameter_importance(model, cfg.criterion, x, y, cfg.hutchinson_samples, seed=ctx.seed)
         model.zero_grad(set_to_none=True)
-        return importance_scales(scores, cfg, [n for n, _ in model.named_parameters()])
+        scales = importance_scales(scores, cfg, [n for n, _ in model.named_parameters()])
+        ranked = sorted(scales.items(), key=lambda kv: kv[1])
+        notes.append(
+            f"importance-scaled lr ({cfg.criterion}, {cfg.direction}, {cfg.map}): x{ranked[0][1]:.2f} "
+            f"({ranked[0][0]}) … x{ranked[-1][1]:.2f} ({ranked[-1][0]})"
+        )
+        return scales
+
+    def _distillation(
+        self, model: nn.Module, cfg: DistillConfig, ctx: StageContext, notes: list[str]
+    ) -> tuple[list[nn.Module], Any, dict[str, nn.Parameter]]:
+        """Teachers (checked to predict the data's classes), and the hint loss's feature taps and adapter."""
+        teachers = [self._teacher(ref, ctx) for ref in cfg.teachers]
+        with torch.no_grad():
+            widths = {t(ctx.example()).shape[-1] for t in teachers}
+        if widths != {ctx.data.num_classes}:
+            raise UserError(
+                f"{ctx.where}.distill.teacher: teachers predict {sorted(widths)} classes, the data has "
+                f"{ctx.data.num_classes}; distillation needs the same classes"
+            )
+        notes.append(f"distilled from {' + '.join(cfg.teachers)} (T={cfg.temperature}, alpha={cfg.alpha})")
+        if cfg.hint is None:
+            return teachers, None, {}
+        hint, adapter = self._hint(model, teachers[0], cfg.hint, ctx)
+        notes.append(f"hint loss on {cfg.hint.layer} (weight {cfg.hint.weight})")
+        return teachers, hint, {f"hint_adapter.{n}": p for n, p in adapter.named_parameters()}
 
     def _teacher(self, ref: str, ctx: StageContext) -> nn.Module:
         where = f"{ctx.where}.distill.teacher"

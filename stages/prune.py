@@ -73,10 +73,7 @@ class Prune(Stage[PruneConfig]):
         example = ctx.example()
         modules = dict(model.named_modules())
         ignored = [modules[output_layer_name(model, example)], *self._named(model, cfg.ignore, ctx.where)]
-        x_train, y_train = ctx.data.train.tensors
-        generator = torch.Generator().manual_seed(ctx.seed)
-        calib = torch.randperm(len(x_train), generator=generator)[: cfg.calibration_samples]
-        calib_x, calib_y = x_train[calib], y_train[calib]
+        calib_x, calib_y = ctx.calibration_samples(cfg.calibration_samples)
         params_before, macs_before = count_params_and_macs(model, example)
         acc_before, _ = evaluate(model, ctx.data.val)
 
@@ -103,7 +100,7 @@ class Prune(Stage[PruneConfig]):
             pruner.step()
             model.zero_grad(set_to_none=True)
             raw_acc, _ = evaluate(model, ctx.data.val)
-            recalibrate_batchnorm(model, x_train, cfg.bn_recalibration_batches, 64)
+            recalibrate_batchnorm(model, ctx.data.train.tensors[0], cfg.bn_recalibration_batches, 64)
             recal_acc, _ = evaluate(model, ctx.data.val)
             params, macs = count_params_and_macs(model, example)
             steps.append(

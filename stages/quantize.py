@@ -39,7 +39,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import torch
 from pydantic import Field, model_validator
 
 from edgeslim.config.schema import StrictModel
@@ -247,12 +246,10 @@ class Quantize(Stage[QuantizeConfig]):
         if reason is not None:
             raise UserError(f"{ctx.where}.backend: neural-compressor is not usable here: {reason}")
         model = ctx.models.load(ctx.input)
-        x_train = ctx.data.train.tensors[0]
-        pick = torch.randperm(len(x_train), generator=torch.Generator().manual_seed(ctx.seed))
         result = inc_backend.autotune_int8(
             model,
             ctx.example(),
-            x_train[pick[: cfg.calibration_samples]],
+            ctx.calibration_samples(cfg.calibration_samples)[0],
             ctx.data.val,
             tolerable_loss=cfg.inc.tolerable_loss,
             max_trials=cfg.inc.max_trials,
@@ -284,9 +281,7 @@ class Quantize(Stage[QuantizeConfig]):
             return self._neural_compressor(ctx)
         source = ctx.input.file("model")
         check_onnx_file(source)
-        x_train = ctx.data.train.tensors[0]
-        pick = torch.randperm(len(x_train), generator=torch.Generator().manual_seed(ctx.seed))
-        samples = x_train[pick[: cfg.calibration_samples]].numpy()
+        samples = ctx.calibration_samples(cfg.calibration_samples)[0].numpy()
         out = ctx.out_dir / ONNX_MODEL_FILE
         with tempfile.TemporaryDirectory(prefix=".quantize-", dir=ctx.out_dir) as tmp:
             bench = QuantBench(

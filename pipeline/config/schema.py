@@ -93,6 +93,10 @@ class HostProfile(StrictModel):
     batch_sizes: list[int] = Field(default_factory=lambda: [1], min_length=1)
     graph_optimization: GraphOptimization = "all"
 
+    @property
+    def label(self) -> str:
+        return self.name
+
     @field_validator("threads", "batch_sizes")
     @classmethod
     def _positive(cls, values: list[int]) -> list[int]:
@@ -131,6 +135,10 @@ class RemoteProfile(StrictModel):
     kind: Literal["remote"] = "remote"
     name: str | None = Field(None, pattern=NAME_PATTERN, description="default: the report's device profile")
     report: Path = Field(..., description="latency report JSON written by edgeslim-bench on the device")
+
+    @property
+    def label(self) -> str:
+        return self.name or "remote"
 
 
 DeviceProfile = Annotated[HostProfile | Arm64EmulatedProfile | RemoteProfile, Field(discriminator="kind")]
@@ -253,11 +261,8 @@ class RunConfig(StrictModel):
 
 
 def device_label(profile: HostProfile | Arm64EmulatedProfile | RemoteProfile) -> str:
-    if isinstance(profile, Arm64EmulatedProfile):
-        return profile.label
-    if isinstance(profile, RemoteProfile):
-        return profile.name or "remote"
-    return profile.name
+    """The name a profile's reports carry (every profile kind has a ``label``)."""
+    return profile.label
 
 
 def canonical_hash(obj: Any) -> str:

@@ -11,11 +11,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from edgeslim.data.datasets import DataSplits
 from edgeslim.engine.store import TORCH, TORCH_QAT, Artifact, sha256_file
 from edgeslim.export.onnx_io import export_onnx, onnx_logits
 from edgeslim.models.loader import ModelLoader
-from edgeslim.quant import qat
 
 DEPLOY_FILE = "deploy.onnx"
 
@@ -23,10 +24,7 @@ DEPLOY_FILE = "deploy.onnx"
 def deployable_onnx(artifact: Artifact, models: ModelLoader, work_dir: Path) -> Path:
     """The ONNX file that would ship for this artifact (exported for PyTorch artifacts)."""
     if artifact.kind in (TORCH, TORCH_QAT):
-        model = models.load(artifact)
-        if artifact.kind == TORCH_QAT:
-            model = qat.convert(model)
-        return export_onnx(model, models.example, work_dir / DEPLOY_FILE)
+        return export_onnx(models.load_deployable(artifact), models.example, work_dir / DEPLOY_FILE)
     return artifact.file("model")
 
 
@@ -37,6 +35,17 @@ def onnx_accuracy(path: Path, data: DataSplits, batch_size: int, split: str = "t
     x, y = getattr(data, split).tensors
     logits = onnx_logits(path, x, batch_size=batch_size)
     return float((logits.argmax(1) == y.numpy()).mean())
+
+
+def output_parity(reference: np.ndarray, candidate: np.ndarray) -> dict[str, Any]:
+    """How closely ``candidate`` outputs follow ``reference`` on the same inputs (export, emulation)."""
+    diff = np.abs(reference - candidate)
+    return {
+        "max_abs_diff": float(diff.max()),
+        "mean_abs_diff": float(diff.mean()),
+        "top1_agreement": float((reference.argmax(1) == candidate.argmax(1)).mean()),
+        "samples": len(reference),
+    }
 
 
 def evaluate_artifact(

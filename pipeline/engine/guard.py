@@ -17,11 +17,16 @@ from typing import Any
 from edgeslim.config.schema import GuardConfig, RunConfig, RunGuard
 from edgeslim.engine.records import RunGuardOutcome, RunReport
 from edgeslim.engine.stage import Role, Stage, StageContext, StageResult
-from edgeslim.engine.store import MANIFEST_FILE, METRICS_FILE, Artifact
+from edgeslim.engine.store import MANIFEST_FILE, METRICS_FILE, Artifact, stage_label
 from edgeslim.errors import StageFailed, UserError
 
 # Runs one way of producing the stage's output into a clean folder and measures it.
 Attempt = Callable[[Callable[[StageContext], StageResult]], tuple[StageResult, dict[str, Any]]]
+
+
+def within_budget(drop: float, max_drop: float) -> bool:
+    """An accuracy drop is within budget up to float noise (a drop equal to the budget passes)."""
+    return drop <= max_drop + 1e-12
 
 
 def reference_index(config: RunConfig, before: int | None = None) -> int | None:
@@ -54,7 +59,7 @@ def reference_accuracy(
 ) -> tuple[str, float]:
     ref = reference_index(config, index) if guard.reference == "baseline" else index - 1
     assert ref is not None  # check_guard_plan refused the plan otherwise
-    name = f"{ref:02d}-{config.stages[ref].type}"
+    name = stage_label(ref, config.stages[ref].type)
     return name, measured[ref]["val_accuracy"]
 
 
@@ -100,7 +105,7 @@ def run_guarded(
 
     def within(label: str, metrics: dict[str, Any]) -> bool:
         drop = ref_acc - metrics["val_accuracy"]
-        ok = drop <= guard.max_accuracy_drop + 1e-12
+        ok = within_budget(drop, guard.max_accuracy_drop)
         record["attempts"].append({"setting": label, "val_accuracy": metrics["val_accuracy"], "drop": drop, "ok": ok})
         return ok
 
@@ -153,11 +158,11 @@ def run_guard_check(guard: RunGuard, report: RunReport) -> RunGuardOutcome:
         final_stage=final.dir,
         final_val_accuracy=final.metrics.val_accuracy,
         drop=drop(final),
-        ok=drop(final) <= guard.max_accuracy_drop + 1e-12,
+        ok=within_budget(drop(final), guard.max_accuracy_drop),
         deliverable=final.dir,
     )
     if not outcome.ok and guard.on_breach == "keep_best":
         after = stages[stages.index(base) :]
-        fine = [s for s in after if drop(s) <= guard.max_accuracy_drop + 1e-12]
+        fine = [s for s in after if within_budget(drop(s), guard.max_accuracy_drop)]
         outcome.deliverable = fine[-1].dir
     return outcome

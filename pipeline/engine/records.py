@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from edgeslim.engine.store import read_json
+from edgeslim.engine.store import read_json, stage_label
 
 REPORT_JSON = "report.json"
 
@@ -95,7 +95,7 @@ class StageRecord(_Open):
 
     @property
     def label(self) -> str:
-        return f"{self.index:02d}-{self.name}"
+        return stage_label(self.index, self.name)
 
 
 class RunReport(_Open):

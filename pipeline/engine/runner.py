@@ -45,6 +45,7 @@ from edgeslim.engine.store import (
     hash_tree,
     manifest_is_valid,
     read_json,
+    stage_label,
     sweep_leftovers,
     write_json,
 )
@@ -84,7 +85,7 @@ class Runner:
         self.listeners = list(listeners)
 
     def stage_dir(self, index: int) -> Path:
-        return self.run_dir / f"{index:02d}-{self.config.stages[index].type}"
+        return self.run_dir / stage_label(index, self.config.stages[index].type)
 
     def run(self) -> RunReport:
         try:

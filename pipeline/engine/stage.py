@@ -23,11 +23,9 @@ from pydantic import BaseModel
 
 from edgeslim.config.schema import RunConfig
 from edgeslim.data.datasets import DataSplits
-from edgeslim.engine.store import TORCH, Artifact
+from edgeslim.engine.store import ONNX_MODEL_FILE, TORCH, Artifact, stage_label
 from edgeslim.errors import UserError
 from edgeslim.models.loader import ModelLoader, count_params_and_macs, save_torch_artifact
-
-ONNX_MODEL_FILE = "model.onnx"  # the model file of every ONNX artifact
 
 C = TypeVar("C", bound=BaseModel)
 
@@ -88,6 +86,11 @@ class StageContext:
     earlier: dict[int, Artifact]  # artifacts of the stages before this one, by index
 
     @property
+    def label(self) -> str:
+        """This stage's folder name and report label, e.g. ``02-prune``."""
+        return stage_label(self.index, self.config.stages[self.index].type)
+
+    @property
     def seed(self) -> int:
         return self.config.seed + self.index
 
@@ -100,6 +103,13 @@ class StageContext:
 
     def example(self, n: int = 2) -> torch.Tensor:
         return self.data.example_batch(n)
+
+    def calibration_samples(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``n`` training samples (inputs, labels) drawn with this stage's seed: what pruning criteria,
+        importance-scaled learning rates and quantization calibrate on (never val or test)."""
+        x, y = self.data.train.tensors
+        pick = torch.randperm(len(x), generator=torch.Generator().manual_seed(self.seed))[:n]
+        return x[pick], y[pick]
 
 
 def onnx_artifact(ctx: StageContext, kind: str, extra: dict[str, Any] | None = None) -> Artifact:

@@ -20,6 +20,7 @@ from typing import Any
 ARTIFACT_FILE = "artifact.json"
 METRICS_FILE = "metrics.json"
 MANIFEST_FILE = "manifest.json"
+ONNX_MODEL_FILE = "model.onnx"  # the model file of every ONNX artifact (and of the phone bundle)
 
 # What a model artifact is, so stages can declare what they accept and produce.
 TORCH = "torch"  # float PyTorch weights (+ pruning history)
@@ -27,6 +28,11 @@ TORCH_QAT = "torch-qat"  # PT2E quantization-aware model (fake-quant state)
 ONNX = "onnx"  # float ONNX model
 ONNX_INT8 = "onnx-int8"  # quantized ONNX model
 ARTIFACT_KINDS = (TORCH, TORCH_QAT, ONNX, ONNX_INT8)
+
+
+def stage_label(index: int, name: str) -> str:
+    """A stage's folder name in its run, and its label in reports: ``02-prune``."""
+    return f"{index:02d}-{name}"
 
 
 @dataclass

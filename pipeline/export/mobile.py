@@ -19,12 +19,11 @@ from typing import Any
 
 from edgeslim.config.schema import Preprocessing
 from edgeslim.engine.children import run_child
-from edgeslim.engine.store import write_json, write_text
+from edgeslim.engine.store import ONNX_MODEL_FILE, write_json, write_text
 from edgeslim.errors import StageFailed
 
 BUNDLE_DIR = "mobile"
 ORT_FILE = "model.ort"
-ONNX_FILE = "model.onnx"
 OPS_FILE = "required_operators.config"
 INFO_FILE = "model_info.json"
 README_FILE = "README.md"
@@ -43,7 +42,7 @@ def convert_to_ort(model: Path, out_dir: Path, platform: str) -> None:
             last = (proc.stderr.strip().splitlines() or proc.stdout.strip().splitlines() or ["no output"])[-1]
             raise StageFailed(f"ONNX Runtime could not convert the model to ORT format: {last}")
         shutil.copyfile(produced, out_dir / ORT_FILE)
-        shutil.copyfile(Path(tmp) / "model.optimized.onnx", out_dir / ONNX_FILE)
+        shutil.copyfile(Path(tmp) / "model.optimized.onnx", out_dir / ONNX_MODEL_FILE)
         shutil.copyfile(Path(tmp) / "model.required_operators.config", out_dir / OPS_FILE)
 
 
@@ -66,7 +65,7 @@ def model_info(
     return {
         "format": "edgeslim.mobile-bundle/1",
         "model": ORT_FILE,
-        "onnx_model": ONNX_FILE,
+        "onnx_model": ONNX_MODEL_FILE,
         "inputs": [describe(v) for v in proto.graph.input if v.name not in initializers],
         "outputs": [describe(v) for v in proto.graph.output],
         "preprocessing": preprocessing.model_dump() if preprocessing else None,
@@ -98,7 +97,7 @@ def readme(info: dict[str, Any]) -> str:
 | file | what |
 |---|---|
 | `{ORT_FILE}` | the model in ORT format: load this with ONNX Runtime Mobile |
-| `{ONNX_FILE}` | the same optimized model as ONNX (for tools, or the full ONNX Runtime) |
+| `{ONNX_MODEL_FILE}` | the same optimized model as ONNX (for tools, or the full ONNX Runtime) |
 | `{OPS_FILE}` | operators the model needs: build a reduced ONNX Runtime with `--include_ops_by_config {OPS_FILE}` |
 | `{INFO_FILE}` | input `{inp["name"]}` [{shape}] {inp["dtype"]}, output `{out["name"]}`, preprocessing, labels |
 
@@ -178,7 +177,7 @@ def build_bundle(
     bundle.mkdir(parents=True, exist_ok=True)
     convert_to_ort(model, bundle, platform)
     accuracy = accuracy_of(bundle / ORT_FILE) if accuracy_of else None
-    info = model_info(bundle / ONNX_FILE, preprocessing, labels, accuracy)
+    info = model_info(bundle / ONNX_MODEL_FILE, preprocessing, labels, accuracy)
     write_json(bundle / INFO_FILE, info)
     write_text(bundle / README_FILE, readme(info))
     operators = [

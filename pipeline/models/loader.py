@@ -107,6 +107,12 @@ class ModelLoader:
         model.eval() if artifact.kind == TORCH else qat.set_mode(model, False)
         return model
 
+    def load_deployable(self, artifact: Artifact) -> nn.Module:
+        """The module that ships for a PyTorch artifact: a QAT model converted to real INT8 ops, a float
+        one as it is (what the export stage and every stage's evaluation export to ONNX)."""
+        model = self.load(artifact)
+        return qat.convert(model) if artifact.kind == TORCH_QAT else model
+
     def history_of(self, artifact: Artifact) -> list[Any]:
         if artifact.directory is None:
             return []

@@ -35,19 +35,19 @@ from typing import Any, Literal
 import numpy as np
 import onnx
 import torch
-from onnx import TensorProto, numpy_helper
 
 from edgeslim.export.onnx_io import check_onnx_file, load_onnx, onnx_logits
+from edgeslim.quant import methods
+from edgeslim.quant.graph import (
+    LARGE_MATMUL_WEIGHT,
+    WEIGHTED_OPS,
+    QuantNode,
+    gemm_to_matmul,
+    is_linear_heavy,
+    weighted_nodes,
+)
 
 Method = Literal["static", "dynamic", "int4"]
-# Nodes whose weights a method quantizes: the units of sensitivity analysis and of ``exclude_nodes``.
-WEIGHTED_OPS: dict[str, tuple[str, ...]] = {
-    "static": ("Conv", "ConvTranspose", "Gemm", "MatMul"),
-    "dynamic": ("Conv", "MatMul"),  # after gemm_to_matmul
-    "int4": ("MatMul",),  # after gemm_to_matmul
-}
-LINEAR_OPS = ("Gemm", "MatMul")
-LARGE_MATMUL_WEIGHT = 16_384  # elements (128x128): below this, INT4 saves little and costs accuracy
 ACCURACY_EPS = 1e-9  # drops are fractions of a finite split: compare with a little slack
 
 
@@ -67,22 +67,14 @@ class Recipe:
     symmetric: bool = False
     accuracy_level: int = 4  # int8 compute: about 3x faster than fp32 compute on x86 with VNNI
 
+    def config(self) -> methods.MethodConfig:
+        """This recipe as its method's own config (what the method's registered handler takes)."""
+        fields = methods.CONFIG_TYPES[self.method].model_fields
+        return methods.METHOD_CONFIG.validate_python({k: getattr(self, k) for k in fields})
+
     def settings(self) -> dict[str, Any]:
         """The settings that matter for this method (for reports and fallback configs)."""
-        keys = {
-            "static": (
-                "format",
-                "per_channel",
-                "activation_type",
-                "weight_type",
-                "reduce_range",
-                "calibration",
-                "percentile",
-            ),
-            "dynamic": ("per_channel", "weight_type", "reduce_range"),
-            "int4": ("block_size", "symmetric", "accuracy_level"),
-        }[self.method]
-        out = {"method": self.method, **{k: getattr(self, k) for k in keys}}
+        out = self.config().model_dump()
         if self.method == "static" and self.calibration != "percentile":
             out.pop("percentile")
         return out
@@ -98,15 +90,6 @@ class Recipe:
             return f"dynamic {granularity} u8{self.weight_type[0].replace('i', 's')}8"
         calibration = f"percentile {self.percentile:g}" if self.calibration == "percentile" else self.calibration
         return f"static {self.format.upper()} {granularity} {scheme} {calibration}"
-
-
-@dataclass(frozen=True)
-class QuantNode:
-    """A node whose weights get quantized: the unit of sensitivity analysis and of FP32 exclusion."""
-
-    name: str
-    op_type: str
-    weight_elements: int
 
 
 @contextlib.contextmanager
@@ -148,144 +131,6 @@ def ort_optimize(source: Path, out: Path, level: Literal["basic", "extended"] = 
     check_onnx_file(source)
     ort.InferenceSession(str(source), options, providers=["CPUExecutionProvider"])  # checked just above
     return out
-
-
-def _initializers(graph: onnx.GraphProto) -> dict[str, onnx.TensorProto]:
-    return {t.name: t for t in graph.initializer}
-
-
-def gemm_to_matmul(model: onnx.ModelProto) -> int:
-    """Rewrite ``Gemm`` nodes with a constant weight as ``MatMul`` (+ ``Add`` for the bias), in place.
-
-    The MatMul keeps the Gemm's node name, so ``exclude_nodes`` and sensitivity tables mean the
-    same node for every method. Returns how many nodes were rewritten.
-    """
-    graph = model.graph
-    inits = _initializers(graph)
-    new_nodes: list[onnx.NodeProto] = []
-    converted = 0
-    for node in graph.node:
-        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
-        weight = inits.get(node.input[1]) if node.op_type == "Gemm" and len(node.input) > 1 else None
-        bias = node.input[2] if len(node.input) > 2 and node.input[2] else None
-        beta = float(attrs.get("beta", 1.0))
-        if (
-            weight is None
-            or len(weight.dims) != 2
-            or attrs.get("transA", 0)
-            or (bias is not None and beta != 1.0 and bias not in inits)
-        ):
-            new_nodes.append(node)
-            continue
-        w = numpy_helper.to_array(weight)
-        w = (w.T if attrs.get("transB", 0) else w) * np.asarray(attrs.get("alpha", 1.0), dtype=w.dtype)
-        w_name = f"{weight.name}_matmul"
-        graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(w), w_name))
-        product = f"{node.output[0]}_matmul" if bias else node.output[0]
-        new_nodes.append(onnx.helper.make_node("MatMul", [node.input[0], w_name], [product], name=node.name))
-        if bias is not None:
-            if beta != 1.0:
-                scaled = numpy_helper.to_array(inits[bias])
-                scaled = scaled * np.asarray(beta, dtype=scaled.dtype)
-                bias = f"{bias}_beta"
-                graph.initializer.append(numpy_helper.from_array(scaled, bias))
-            new_nodes.append(onnx.helper.make_node("Add", [product, bias], node.output, name=f"{node.name}_bias"))
-        converted += 1
-    graph.ClearField("node")
-    graph.node.extend(new_nodes)
-    _drop_unused_initializers(graph)
-    return converted
-
-
-def _drop_unused_initializers(graph: onnx.GraphProto) -> None:
-    used = {name for node in graph.node for name in node.input} | {o.name for o in graph.output}
-    keep = [t for t in graph.initializer if t.name in used]
-    graph.ClearField("initializer")
-    graph.initializer.extend(keep)
-
-
-def shield_float_nodes(model: onnx.ModelProto) -> int:
-    """Stop ONNX Runtime from quantizing the Conv/Gemm nodes that were meant to stay FP32.
-
-    ONNX Runtime's ``WeightBiasQuantization`` graph transformer (basic level, on by default)
-    quantizes the float weight of any Conv/ConvTranspose/Gemm whose input comes from a
-    DequantizeLinear, per-tensor symmetric INT8: it silently undoes ``nodes_to_exclude`` for every
-    excluded node whose predecessor is quantized (QDQ and QOperator alike). Such inputs are
-    dequantized here with the same arithmetic spelt out (Cast, Sub, Mul), which the transformer
-    does not match. Returns how many nodes were shielded.
-    """
-    producers = {out: node for node in model.graph.node for out in node.output}
-    inits = _initializers(model.graph)
-    new_nodes: list[onnx.NodeProto] = []
-    shielded = 0
-    for node in model.graph.node:
-        dq = producers.get(node.input[0]) if node.input else None
-        weight_from = producers.get(node.input[1]) if len(node.input) > 1 else None
-        if (
-            node.op_type in ("Conv", "ConvTranspose", "Gemm")
-            and dq is not None
-            and dq.op_type == "DequantizeLinear"
-            and not (weight_from is not None and weight_from.op_type == "DequantizeLinear")  # not quantized
-            and dq.input[1] in inits
-            and not inits[dq.input[1]].dims  # a per-tensor scale: the transformer's pattern
-        ):
-            base = f"{node.name}_input_dequantized"
-            value = f"{base}_cast"
-            new_nodes.append(onnx.helper.make_node("Cast", [dq.input[0]], [value], name=value, to=TensorProto.FLOAT))
-            if len(dq.input) > 2 and dq.input[2]:
-                zero = f"{base}_zero_point"
-                new_nodes.append(onnx.helper.make_node("Cast", [dq.input[2]], [zero], name=zero, to=TensorProto.FLOAT))
-                new_nodes.append(onnx.helper.make_node("Sub", [value, zero], [f"{base}_sub"], name=f"{base}_sub"))
-                value = f"{base}_sub"
-            new_nodes.append(onnx.helper.make_node("Mul", [value, dq.input[1]], [base], name=base))
-            node.input[0] = base
-            shielded += 1
-        new_nodes.append(node)
-    if shielded:
-        model.graph.ClearField("node")
-        model.graph.node.extend(new_nodes)
-        _drop_dead_nodes(model.graph)
-    return shielded
-
-
-def _drop_dead_nodes(graph: onnx.GraphProto) -> None:
-    """Remove nodes whose outputs nobody reads (the Q/DQ pairs a rewiring left behind)."""
-    while True:
-        used = {name for node in graph.node for name in node.input} | {o.name for o in graph.output}
-        live = [n for n in graph.node if any(o in used for o in n.output)]
-        if len(live) == len(graph.node):
-            break
-        graph.ClearField("node")
-        graph.node.extend(live)
-    _drop_unused_initializers(graph)
-
-
-def weighted_nodes(model: onnx.ModelProto, op_types: Sequence[str]) -> list[QuantNode]:
-    """Nodes of ``op_types`` whose second input is a constant weight, in graph order."""
-    inits = _initializers(model.graph)
-    out = []
-    for node in model.graph.node:
-        if node.op_type in op_types and len(node.input) > 1 and node.input[1] in inits:
-            dims = inits[node.input[1]].dims
-            out.append(QuantNode(node.name, node.op_type, int(np.prod(dims)) if dims else 1))
-    return out
-
-
-def is_linear_heavy(nodes: Sequence[QuantNode]) -> bool:
-    """True when Linear (Gemm/MatMul) weights hold at least half of the weights: where dynamic INT8 pays."""
-    total = sum(n.weight_elements for n in nodes)
-    linear = sum(n.weight_elements for n in nodes if n.op_type in LINEAR_OPS)
-    return total > 0 and linear * 2 >= total
-
-
-class _Reader:
-    """Feeds calibration batches to ONNX Runtime's calibrator."""
-
-    def __init__(self, name: str, samples: np.ndarray, batch_size: int = 32):
-        self._batches = iter([{name: samples[i : i + batch_size]} for i in range(0, len(samples), batch_size)])
-
-    def get_next(self) -> dict[str, np.ndarray] | None:
-        return next(self._batches, None)
 
 
 class QuantBench:
@@ -345,73 +190,7 @@ class QuantBench:
     ) -> Path:
         """Quantize with ``recipe``; ``exclude`` stays FP32; ``only`` (if given) is all that is quantized."""
         with quiet_ort():
-            if recipe.method == "static":
-                self._static(recipe, out, exclude, only)
-            elif recipe.method == "dynamic":
-                self._dynamic(recipe, out, exclude, only)
-            else:
-                self._int4(recipe, out, exclude, only)
-        return out
-
-    def _static(self, recipe: Recipe, out: Path, exclude: Sequence[str], only: Sequence[str] | None) -> None:
-        from onnxruntime.quantization import CalibrationMethod, QuantFormat, quantize_static
-
-        method = {
-            "minmax": CalibrationMethod.MinMax,
-            "entropy": CalibrationMethod.Entropy,
-            "percentile": CalibrationMethod.Percentile,
-        }[recipe.calibration]
-        cache_tag = recipe.calibration + (f"-{recipe.percentile:g}" if recipe.calibration == "percentile" else "")
-        extra = {"CalibPercentile": recipe.percentile} if recipe.calibration == "percentile" else None
-        quantize_static(
-            str(self.prepared),
-            str(out),
-            _Reader(self.input_name, self.calibration),
-            quant_format=QuantFormat.QDQ if recipe.format == "qdq" else QuantFormat.QOperator,
-            per_channel=recipe.per_channel,
-            reduce_range=recipe.reduce_range,
-            activation_type=_quant_type(recipe.activation_type),
-            weight_type=_quant_type(recipe.weight_type),
-            nodes_to_quantize=list(only) if only else None,
-            nodes_to_exclude=list(exclude),
-            calibrate_method=method,
-            extra_options=extra,
-            calibration_cache_path=self.work_dir / f"calibration-{cache_tag}.json",
-        )
-        if exclude or only:  # some weighted nodes stay FP32: make sure ONNX Runtime leaves them so
-            model = load_onnx(out)
-            if shield_float_nodes(model):
-                onnx.save(model, str(out))
-
-    def _dynamic(self, recipe: Recipe, out: Path, exclude: Sequence[str], only: Sequence[str] | None) -> None:
-        from onnxruntime.quantization import quantize_dynamic
-
-        quantize_dynamic(
-            str(self.matmul_model),
-            str(out),
-            per_channel=recipe.per_channel,
-            reduce_range=recipe.reduce_range,
-            weight_type=_quant_type(recipe.weight_type),
-            nodes_to_quantize=list(only) if only else None,
-            nodes_to_exclude=list(exclude),
-        )
-
-    def _int4(self, recipe: Recipe, out: Path, exclude: Sequence[str], only: Sequence[str] | None) -> None:
-        from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
-
-        skip = set(exclude)
-        if only:  # nodes_to_include does not restrict in 1.32: exclude everything else instead
-            skip |= {n.name for n in self.nodes("int4")} - set(only)
-        quantizer = MatMulNBitsQuantizer(
-            load_onnx(self.matmul_model),
-            bits=4,
-            block_size=recipe.block_size,
-            is_symmetric=recipe.symmetric,
-            accuracy_level=recipe.accuracy_level or None,
-            nodes_to_exclude=sorted(skip),
-        )
-        quantizer.process()
-        quantizer.model.save_model_to_file(str(out))
+            return methods.quantize(self, recipe.config(), out, exclude, only)
 
     # ------------------------------------------------------------ judging
 
@@ -440,12 +219,6 @@ class QuantBench:
         """Logits MSE vs the float model on the calibration samples: the cheap sensitivity proxy."""
         logits = self._logits(path, torch.from_numpy(self.calibration))
         return float(np.mean((logits - self.float_calibration_logits) ** 2))
-
-
-def _quant_type(name: str):
-    from onnxruntime.quantization import QuantType
-
-    return {"uint8": QuantType.QUInt8, "int8": QuantType.QInt8}[name]
 
 
 # ---------------------------------------------------------------- sensitivity and mixed precision

@@ -20,9 +20,10 @@ from rich.markup import escape
 from rich.table import Table
 
 from edgeslim.devices.latency_report import LatencyReport, Measurement, load_report, validate_report
+from edgeslim.engine.records import REPORT_JSON
+from edgeslim.engine.store import stage_label
 from edgeslim.errors import UserError
 
-RUN_REPORT = "report.json"
 EMULATED_NOTE = "emulated — latency not representative"
 DEFAULT_MIN_EFFECT = 0.02
 DEFAULT_CONFIDENCE = 0.95
@@ -262,13 +263,14 @@ def entries_from_run(run_dir: Path, run: dict[str, Any], problems: list[str] | N
     and batch as the stage's own measurement replaces it (it has more samples and maybe op profiles).
     """
     if not isinstance(run.get("stages"), list):
-        raise UserError(f"{run_dir / RUN_REPORT}: not an edgeslim run report (no 'stages' list)")
+        raise UserError(f"{run_dir / REPORT_JSON}: not an edgeslim run report (no 'stages' list)")
     name = str(run.get("run") or run_dir.name)
     entries: list[Entry] = []
     for stage in run["stages"]:
         if not isinstance(stage, dict) or "index" not in stage or "name" not in stage:
             continue
-        label = f"{name}/{int(stage['index']):02d}-{stage['name']}"
+        folder = stage_label(int(stage["index"]), str(stage["name"]))
+        label = f"{name}/{folder}"
         metrics = stage.get("metrics")
         if isinstance(metrics, dict) and isinstance(metrics.get("latency_ms"), dict):
             try:
@@ -280,7 +282,7 @@ def entries_from_run(run_dir: Path, run: dict[str, Any], problems: list[str] | N
             continue
         stage_accuracy = _accuracy(metrics.get("accuracy")) if isinstance(metrics, dict) else None
         for profile, file_name in reports.items():
-            path = run_dir / str(stage.get("dir") or f"{int(stage['index']):02d}-{stage['name']}") / str(file_name)
+            path = run_dir / str(stage.get("dir") or folder) / str(file_name)
             try:
                 report = load_report(path)
             except UserError as exc:
@@ -315,11 +317,11 @@ def load_source(path: Path, problems: list[str] | None = None) -> list[Entry]:
     """Entries of one command-line argument: a latency report, a run folder, or a run's report.json."""
     path = Path(path)
     if path.is_dir():
-        if not (path / RUN_REPORT).is_file():
-            raise UserError(f"{path}: a folder without {RUN_REPORT} (not an edgeslim run folder)")
-        raw = _read_json(path / RUN_REPORT)
+        if not (path / REPORT_JSON).is_file():
+            raise UserError(f"{path}: a folder without {REPORT_JSON} (not an edgeslim run folder)")
+        raw = _read_json(path / REPORT_JSON)
         if not _is_run_report(raw):
-            raise UserError(f"{path / RUN_REPORT}: not an edgeslim run report (no 'run' and 'stages')")
+            raise UserError(f"{path / REPORT_JSON}: not an edgeslim run report (no 'run' and 'stages')")
         return entries_from_run(path, raw, problems)
     if not path.exists():
         raise UserError(f"{path}: no such file or folder")

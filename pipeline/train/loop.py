@@ -156,6 +156,53 @@ class FitResult:
     initial_lrs: dict[str, float] = field(default_factory=dict)
 
 
+@dataclass
+class _EpochLoop:
+    """One epoch of optimizer steps: schedule, augmentation, loss, divergence check, clipping."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    initial_lrs: list[float]
+    loss_fn: LossFn
+    cfg: TrainLoopConfig
+    generator: torch.Generator
+    where: str
+    plateau: Plateau = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.plateau = Plateau(self.cfg.schedule)
+
+    def run_epoch(self, epoch: int, train: TensorDataset, steps: int, advance: Callable[[], None]) -> float:
+        """Train on one shuffled pass over ``train``; returns the mean training loss."""
+        cfg, optimizer = self.cfg, self.optimizer
+        x_train, y_train = train.tensors
+        batch_size = cfg.batch_size_at(epoch)
+        order = torch.randperm(len(x_train), generator=self.generator)
+        total_loss = 0.0
+        for step in range(steps):
+            factor = lr_multiplier(cfg.schedule, epoch, step, steps, cfg.epochs) * self.plateau.factor
+            for group, lr in zip(optimizer.param_groups, self.initial_lrs, strict=True):
+                group["lr"] = lr * factor
+            idx = order[step * batch_size : (step + 1) * batch_size]
+            x = x_train[idx]
+            if cfg.augment is not None:
+                x = augment_batch(x, cfg.augment, self.generator)
+            optimizer.zero_grad(set_to_none=True)
+            loss = self.loss_fn(self.model, x, y_train[idx])
+            if not torch.isfinite(loss):
+                raise UserError(
+                    f"{self.where}: training diverged (loss is {loss.item()} at epoch {epoch + 1}, step {step + 1}); "
+                    f"lower optimizer.lr (now {cfg.optimizer.lr})"
+                )
+            loss.backward()
+            if cfg.grad_clip is not None:
+                nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], cfg.grad_clip)
+            optimizer.step()
+            total_loss += loss.item()
+            advance()
+        return total_loss / steps
+
+
 def fit(
     model: nn.Module,
     train: TensorDataset,
@@ -181,57 +228,32 @@ def fit(
     loss_fn = loss_fn or compose_loss(cfg.loss)
     if cfg.dropout is not None and not is_graph_module(model):
         set_dropout(model, cfg.dropout)
-    x_train, y_train = train.tensors
     groups = build_param_groups(model, cfg.optimizer, lr_scales, cfg.layer_decay, extra_params)
     optimizer = build_optimizer(groups, cfg.optimizer)
-    initial = [g["lr"] for g in optimizer.param_groups]
+    loop = _EpochLoop(model, optimizer, [g["lr"] for g in optimizer.param_groups], loss_fn, cfg, generator, where)
     result = FitResult(best_val_accuracy=-1.0, initial_lrs={g["name"]: g["lr"] for g in optimizer.param_groups})
-    plateau = Plateau(cfg.schedule)
     params = dict(model.named_parameters())
     best_state = None
     since_best = 0
-    steps = [math.ceil(len(x_train) / cfg.batch_size_at(e)) for e in range(cfg.epochs)]
+    steps = [math.ceil(len(train.tensors[0]) / cfg.batch_size_at(e)) for e in range(cfg.epochs)]
     with progress_bar() as bar:
         task = bar.add_task(label, total=sum(steps))
         for epoch in range(cfg.epochs):
-            batch_size = cfg.batch_size_at(epoch)
             frozen = frozen_names(model, cfg, epoch)
             for name, p in params.items():
                 p.requires_grad_(name not in frozen)
             train_mode(model, freeze_bn=epoch >= cfg.epochs - cfg.freeze_bn_last_epochs)
-            order = torch.randperm(len(x_train), generator=generator)
-            total_loss = 0.0
-            for step in range(steps[epoch]):
-                factor = lr_multiplier(cfg.schedule, epoch, step, steps[epoch], cfg.epochs) * plateau.factor
-                for group, lr in zip(optimizer.param_groups, initial, strict=True):
-                    group["lr"] = lr * factor
-                idx = order[step * batch_size : (step + 1) * batch_size]
-                x = x_train[idx]
-                if cfg.augment is not None:
-                    x = augment_batch(x, cfg.augment, generator)
-                optimizer.zero_grad(set_to_none=True)
-                loss = loss_fn(model, x, y_train[idx])
-                if not torch.isfinite(loss):
-                    raise UserError(
-                        f"{where}: training diverged (loss is {loss.item()} at epoch {epoch + 1}, step {step + 1}); "
-                        f"lower optimizer.lr (now {cfg.optimizer.lr})"
-                    )
-                loss.backward()
-                if cfg.grad_clip is not None:
-                    nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], cfg.grad_clip)
-                optimizer.step()
-                total_loss += loss.item()
-                bar.advance(task)
+            train_loss = loop.run_epoch(epoch, train, steps[epoch], lambda: bar.advance(task))
             val_acc, val_loss = evaluate(model, val)
-            plateau.update(val_acc)
+            loop.plateau.update(val_acc)
             result.history.append(
                 {
                     "epoch": epoch + 1,
-                    "train_loss": total_loss / steps[epoch],
+                    "train_loss": train_loss,
                     "val_accuracy": val_acc,
                     "val_loss": val_loss,
                     "lr": optimizer.param_groups[-1]["lr"],
-                    "batch_size": batch_size,
+                    "batch_size": cfg.batch_size_at(epoch),
                     "frozen_tensors": len(frozen),
                 }
             )
