@@ -5,7 +5,7 @@ when up to date); its FP32 baseline is then compressed by each peer, and every m
 
 * ``edgeslim``: the pipeline's final model (50% channel pruning + QAT with distillation -> INT8 ONNX);
 * ``ort-static-ptq``: ONNX Runtime ``quant_pre_process`` + ``quantize_static`` (QDQ, per-channel, MinMax);
-* ``neural-compressor``: Intel Neural Compressor accuracy-aware PTQ (``pipeline.inc_backend``) of the
+* ``neural-compressor``: Intel Neural Compressor accuracy-aware PTQ (``edgeslim.quant.inc``) of the
   baseline PyTorch model, exported to QDQ ONNX;
 * ``ort-dynamic``: ONNX Runtime ``quantize_dynamic`` (slow on convolutions here; reported anyway);
 * ``olive``: Microsoft Olive (olive-ai) ``OnnxStaticQuantization`` workflow from the baseline ONNX, run with
@@ -14,9 +14,9 @@ when up to date); its FP32 baseline is then compressed by each peer, and every m
 * ``baseline-fp32`` (reference, not a peer): the unpruned FP32 ONNX model.
 
 Static peers calibrate on the same 256 training images (the ``quantize`` stage's pick). Size is the ONNX
-file's bytes; accuracy is ONNX Runtime's on the 1,001-image test split (``pipeline.measure.onnx_accuracy``);
+file's bytes; accuracy is ONNX Runtime's on the 1,001-image test split (``edgeslim.engine.evaluate.onnx_accuracy``);
 latency is p50 at batch 1 and 32 with 1 thread, one fresh process per measurement
-(``pipeline.benchmark.measure_latency``, real test images), methods interleaved over several rounds; the table
+(``edgeslim.devices.host.measure_latency``, real test images), methods interleaved over several rounds; the table
 gives the median of the round p50s and their min-max (the noise). Peer models are cached under
 ``artifacts/peers/`` (rebuilt when their inputs change). Writes docs/peers.json and docs/peers.md. Usage::
 
@@ -219,7 +219,7 @@ def build_ort_dynamic(method: Method, baseline: Path) -> Callable[[Path], None]:
 
 
 def import_inc_backend(wait_s: float) -> Any:
-    """``pipeline.inc_backend`` (written by another engineer); polls up to ``wait_s`` for it to appear."""
+    """``edgeslim.quant.inc`` (written by another engineer); polls up to ``wait_s`` for it to appear."""
     deadline = time.monotonic() + wait_s
     while True:
         try:
@@ -227,8 +227,8 @@ def import_inc_backend(wait_s: float) -> Any:
             return importlib.import_module("edgeslim.quant.inc")
         except ImportError as exc:
             if time.monotonic() >= deadline:
-                raise Skipped(f"pipeline.inc_backend is not importable: {exc}") from None
-            log(f"neural-compressor: waiting for pipeline.inc_backend ({exc})")
+                raise Skipped(f"edgeslim.quant.inc is not importable: {exc}") from None
+            log(f"neural-compressor: waiting for edgeslim.quant.inc ({exc})")
             time.sleep(min(30.0, max(1.0, deadline - time.monotonic())))
 
 
@@ -662,14 +662,14 @@ def write_docs(
         "",
         "## Measurement",
         "",
-        f"- Latency: `pipeline.benchmark.measure_latency`, a fresh Python process per measurement, {args.warmup} "
+        f"- Latency: `edgeslim.devices.host.measure_latency`, a fresh Python process per measurement, {args.warmup} "
         f"warm-up + up to {args.runs} timed runs (or {args.max_seconds:.0f} s of timed runs, at least 5: only the "
         "slow models hit this; the runs actually timed are in docs/peers.json), inputs: the first 64 real test "
         f"images tiled to the batch. {args.rounds} rounds; in each round every model is measured at both batch "
         "sizes, the order of models rotates and the batch-size order alternates between rounds, so a noisy "
         "neighbour hits all methods alike. The reported p50 is the median of the round p50s; the brackets give "
         "their min–max.",
-        "- Size: bytes of the ONNX file. Accuracy: `pipeline.measure.onnx_accuracy` on the test split.",
+        "- Size: bytes of the ONNX file. Accuracy: `edgeslim.engine.evaluate.onnx_accuracy` on the test split.",
         "- Calibration: 256 images from the train split, picked as the pipeline's `quantize` stage picks them "
         "(`torch.randperm` with the run seed), saved to `artifacts/peers/calibration_256.npy` and shared by "
         "ort-static-ptq, Neural Compressor and Olive.",
@@ -682,7 +682,7 @@ def write_docs(
         "quant_pre_process(deploy.onnx, pre.onnx); quantize_static(pre.onnx, out, reader, "
         "quant_format=QuantFormat.QDQ, per_channel=True)",
         "quant_pre_process(deploy.onnx, pre.onnx); quantize_dynamic(pre.onnx, out)",
-        "# neural-compressor (project venv): pipeline.inc_backend.autotune_int8(...) -> export_int8_onnx(...)",
+        "# neural-compressor (project venv): edgeslim.quant.inc.autotune_int8(...) -> export_int8_onnx(...)",
         "# olive (its own venv, created by the script when missing):",
         "python3 -m venv artifacts/peers/olive-venv",
         f"artifacts/peers/olive-venv/bin/python -m pip install --no-deps olive-ai=={OLIVE_VERSION}",
@@ -726,7 +726,7 @@ def main() -> int:
     parser.add_argument("--warmup", type=int, default=30)
     parser.add_argument("--max-seconds", type=float, default=10.0, help="time budget per measurement's timed runs")
     parser.add_argument("--force", action="store_true", help="rebuild every peer model")
-    parser.add_argument("--inc-wait", type=float, default=0.0, help="seconds to wait for pipeline.inc_backend")
+    parser.add_argument("--inc-wait", type=float, default=0.0, help="seconds to wait for edgeslim.quant.inc")
     args = parser.parse_args()
     started = time.perf_counter()
     timings: dict[str, float] = {}

@@ -55,10 +55,10 @@ from edgeslim.engine.stage import (
 from edgeslim.engine.store import ONNX, ONNX_INT8, TORCH
 from edgeslim.errors import UserError
 from edgeslim.export.onnx_io import check_onnx_file, load_onnx
+from edgeslim.quant.methods import Recipe, recipe_from
 from edgeslim.quant.ort import (
     ACCURACY_EPS,
     QuantBench,
-    Recipe,
     auto_select,
     ort_optimize,
     quantized_weight_count,
@@ -177,20 +177,8 @@ class QuantizeConfig(StrictModel):
         return self
 
     def recipe(self) -> Recipe:
-        """The concrete settings of a non-auto method (auto starts its candidates from these)."""
-        return Recipe(
-            method="static" if self.method == "auto" else self.method,
-            format=self.format,
-            per_channel=self.per_channel,
-            activation_type=self.activation_type,
-            weight_type=self.weight_type,
-            reduce_range=self.reduce_range,
-            calibration=self.calibration,
-            percentile=self.percentile,
-            block_size=self.block_size,
-            symmetric=self.symmetric,
-            accuracy_level=self.accuracy_level,
-        )
+        """The method's own config (a discriminated union on ``method``) from this flat block."""
+        return recipe_from(self.model_dump(), "static" if self.method == "auto" else self.method)
 
 
 @dataclass
@@ -432,7 +420,7 @@ class Quantize(Stage[QuantizeConfig]):
         mp_cfg = cfg.mixed_precision or MixedPrecisionConfig()
         result = auto_select(
             bench,
-            cfg.recipe(),
+            cfg.model_dump(),
             p50,
             max_accuracy_drop=auto.max_accuracy_drop,
             exclude=cfg.exclude_nodes,

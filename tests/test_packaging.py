@@ -6,6 +6,7 @@ project's environment through a ``.pth`` line, so the test costs seconds, not a 
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import sysconfig
@@ -18,7 +19,10 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def sh(*cmd: str | Path, cwd: Path | None = None, timeout: float = 600) -> subprocess.CompletedProcess[str]:
-    done = subprocess.run([str(c) for c in cmd], cwd=cwd, capture_output=True, text=True, timeout=timeout, check=False)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # only what the venv itself provides
+    done = subprocess.run(
+        [str(c) for c in cmd], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout, check=False
+    )
     assert done.returncode == 0, f"{cmd}: {done.stderr[-3000:]}"
     return done
 

@@ -92,6 +92,11 @@ class HostProfile(StrictModel):
     threads: list[int] = Field(default_factory=lambda: [1], min_length=1)
     batch_sizes: list[int] = Field(default_factory=lambda: [1], min_length=1)
     graph_optimization: GraphOptimization = "all"
+    exact_int8: bool = Field(
+        True,
+        description="exact INT8 arithmetic on x86 CPUs without VNNI, where ONNX Runtime's default U8S8 kernels "
+        "saturate (session.x64quantprecision); false times the default kernels. No effect on VNNI or ARM CPUs",
+    )
 
     @property
     def label(self) -> str:

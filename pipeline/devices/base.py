@@ -117,6 +117,7 @@ class HostDevice:
                             graph_optimization=profile.graph_optimization,
                             inputs=job.latency_inputs,
                             profile_runs=s.op_profile_runs,
+                            exact_int8=profile.exact_int8,
                         )
                     )
                     bar.advance(task)

@@ -31,6 +31,11 @@ SCHEMA = "edgeslim.latency-report/1"
 VERSION = "0.1.0"
 ISA_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "neon", "asimd", "asimddp", "i8mm", "sve")
 GRAPH_LEVELS = ("disable", "basic", "extended", "all")
+# x86 CPUs without VNNI (SSE4.1/AVX2/AVX-512 without VNNI) run ONNX Runtime's U8S8 INT8 kernels with
+# 16-bit intermediate sums that saturate: the same model then answers differently there than on ARM,
+# on VNNI CPUs or in PyTorch (90% top-1 agreement seen on a QAT CNN). This session option makes ONNX
+# Runtime use exact U8U8 kernels there instead; it changes nothing on VNNI or ARM CPUs.
+EXACT_INT8_OPTION = "session.x64quantprecision"
 
 
 def _percentile(sorted_values: list[float], q: float) -> float:
@@ -90,9 +95,12 @@ def device_facts() -> dict[str, object]:
         pass
     import onnxruntime
 
+    x86 = platform.machine().lower() in ("x86_64", "amd64", "i686", "x86")
     return {
         "cpu": cpu,
         "isa_flags": flags,
+        # ONNX Runtime's default U8S8 INT8 kernels saturate on this CPU (x86 without VNNI)
+        "u8s8_saturates": x86 and not {"avx512_vnni", "avx_vnni", "amx_int8"} & set(flags),
         "logical_cores": os.cpu_count(),
         "machine": platform.machine(),
         "os": f"{platform.system()} {platform.release()}",
@@ -103,12 +111,20 @@ def device_facts() -> dict[str, object]:
 
 
 def create_session(
-    model_path: str, threads: int = 1, graph_optimization: str = "all", profile_prefix: str | None = None
+    model_path: str,
+    threads: int = 1,
+    graph_optimization: str = "all",
+    profile_prefix: str | None = None,
+    exact_int8: bool = True,
 ):
-    """A CPU session with explicit threads (ORT's default uses every core) and sequential execution."""
+    """A CPU session with explicit threads (ORT's default uses every core) and sequential execution.
+
+    ``exact_int8``: exact INT8 arithmetic on x86 CPUs without VNNI (see ``EXACT_INT8_OPTION``)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
+    if exact_int8:
+        options.add_session_config_entry(EXACT_INT8_OPTION, "1")
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
@@ -143,10 +159,12 @@ def make_batch(session, batch_size: int, inputs_path: str | None):
     return meta.name, batch.astype(dtype)
 
 
-def op_profile(model_path: str, threads: int, graph_optimization: str, feed: dict, runs: int) -> dict[str, dict]:
+def op_profile(
+    model_path: str, threads: int, graph_optimization: str, feed: dict, runs: int, exact_int8: bool = True
+) -> dict[str, dict]:
     """Per-op-type time from ONNX Runtime's profiler, in a session of its own (profiling slows runs)."""
     with tempfile.TemporaryDirectory() as tmp:
-        session = create_session(model_path, threads, graph_optimization, os.path.join(tmp, "ort"))
+        session = create_session(model_path, threads, graph_optimization, os.path.join(tmp, "ort"), exact_int8)
         for _ in range(runs):
             session.run(None, feed)
         trace_path = session.end_profiling()
@@ -180,13 +198,14 @@ def measure(
     inputs_path: str | None = None,
     profile_runs: int = 0,
     outputs_path: str | None = None,
+    exact_int8: bool = True,
 ) -> dict[str, object]:
     """One (threads, batch size) measurement: the entries of a report's ``results`` list."""
     import numpy as np
 
     rss_before = _rss_mb()
     start = time.perf_counter()
-    session = create_session(model_path, threads, graph_optimization)
+    session = create_session(model_path, threads, graph_optimization, exact_int8=exact_int8)
     init_ms = (time.perf_counter() - start) * 1e3
     name, batch = make_batch(session, batch_size, inputs_path)
     feed = {name: batch}
@@ -216,6 +235,7 @@ def measure(
         "input_shape": list(batch.shape),
         "input_dtype": str(batch.dtype),
         "graph_optimization": graph_optimization,
+        "exact_int8": exact_int8,
         "warmup": warmup,
         "runs": len(samples_ms),
         "latency_ms": latency,
@@ -225,7 +245,11 @@ def measure(
         "first_inference_ms": first_ms,
         "peak_rss_mb": _peak_rss_mb(),
         "session_rss_mb": (rss_after - rss_before) if rss_after and rss_before else None,
-        "op_profile": op_profile(model_path, threads, graph_optimization, feed, profile_runs) if profile_runs else None,
+        "op_profile": (
+            op_profile(model_path, threads, graph_optimization, feed, profile_runs, exact_int8)
+            if profile_runs
+            else None
+        ),
     }
 
 
@@ -278,6 +302,13 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--runs", type=int, default=200, help="timed runs (default 200)")
     parser.add_argument("--max-seconds", type=float, default=None, help="time budget for the timed runs")
     parser.add_argument("--graph-optimization", choices=GRAPH_LEVELS, default="all")
+    parser.add_argument(
+        "--fast-u8s8",
+        dest="exact_int8",
+        action="store_false",
+        help="ONNX Runtime's default U8S8 INT8 kernels, which saturate on x86 CPUs without VNNI "
+        "(default: exact INT8 arithmetic there; no difference on VNNI or ARM CPUs)",
+    )
     parser.add_argument("--inputs", default=None, help=".npy file of real input samples (tiled to the batch)")
     parser.add_argument("--profile", type=int, default=0, metavar="RUNS", help="also profile RUNS runs per op type")
     parser.add_argument("--save-outputs", default=None, metavar="NPY", help="save the outputs of all --inputs")
@@ -312,6 +343,7 @@ def main(argv: list[str] | None = None) -> int:
                     args.inputs,
                     args.profile,
                     args.save_outputs if (threads, batch_size) == (args.threads[0], args.batch_sizes[0]) else None,
+                    args.exact_int8,
                 )
             )
     profile = args.device_profile or platform.node() or "device"

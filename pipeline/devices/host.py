@@ -25,6 +25,7 @@ def measure_latency(
     graph_optimization: str,
     inputs: Path | None = None,
     profile_runs: int = 0,
+    exact_int8: bool = True,
 ) -> dict[str, Any]:
     """One measurement (an entry of a latency report's ``results``) in a fresh Python process."""
     with tempfile.TemporaryDirectory() as tmp:
@@ -38,6 +39,8 @@ def measure_latency(
             cmd += ["--inputs", str(inputs)]
         if profile_runs:
             cmd += ["--profile", str(profile_runs)]
+        if not exact_int8:
+            cmd += ["--fast-u8s8"]
         proc = run_child(cmd, capture_output=True, text=True, check=False)
         if proc.returncode != 0:
             last = (proc.stderr.strip().splitlines() or ["no output"])[-1]

@@ -40,6 +40,7 @@ def host_latency(
         max_seconds=max_seconds,
         graph_optimization=host.graph_optimization,
         inputs=inputs,
+        exact_int8=host.exact_int8,
     )
 
 

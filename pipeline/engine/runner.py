@@ -44,6 +44,7 @@ from edgeslim.engine.store import (
     fresh_temp_dir,
     hash_tree,
     manifest_is_valid,
+    partial_dir,
     read_json,
     stage_label,
     sweep_leftovers,
@@ -210,10 +211,11 @@ class Runner:
                 f"{', '.join(stage.accepts)}"
             )
         final = self.stage_dir(index)
-        tmp = fresh_temp_dir(final)
-        self.console.print(f"[bold cyan]▶ {final.name}[/bold cyan]")
-        started = time.perf_counter()
-        try:
+        tmp = partial_dir(final)
+        try:  # from before the folder exists: a signal landing just after it is made still removes it
+            fresh_temp_dir(final)
+            self.console.print(f"[bold cyan]▶ {final.name}[/bold cyan]")
+            started = time.perf_counter()
             ctx = StageContext(self.config, index, where, data, models, artifact, tmp, dict(earlier))
             result, metrics, guard_record = self._guarded_result(planned, ctx, measured)
             record = {

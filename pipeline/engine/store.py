@@ -121,9 +121,14 @@ def combined_hash(file_hashes: dict[str, str]) -> str:
     return hashlib.sha256(json.dumps(file_hashes, sort_keys=True).encode()).hexdigest()
 
 
+def partial_dir(final: Path) -> Path:
+    """The hidden working folder of a stage folder being made."""
+    return final.with_name(f".{final.name}.partial")
+
+
 def fresh_temp_dir(final: Path) -> Path:
     """An empty hidden working folder beside ``final`` (left-overs of a killed run are removed)."""
-    tmp = final.with_name(f".{final.name}.partial")
+    tmp = partial_dir(final)
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)

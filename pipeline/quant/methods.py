@@ -9,7 +9,7 @@ Adding a method is a config class with a ``method`` literal, a handler decorated
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
@@ -25,7 +25,18 @@ if TYPE_CHECKING:
 
 
 class _MethodConfig(BaseModel):
+    """One concrete way to quantize a model (a "recipe"): what a run records and ``auto`` compares."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
+    method: str
+
+    def settings(self) -> dict[str, Any]:
+        """The settings that matter for this method (for reports and fallback configs)."""
+        return self.model_dump()
+
+    def label(self) -> str:
+        """A short human name, e.g. ``static QDQ per-channel u8s8 minmax``."""
+        raise NotImplementedError
 
 
 class StaticInt8(_MethodConfig):
@@ -40,6 +51,18 @@ class StaticInt8(_MethodConfig):
     calibration: Literal["minmax", "entropy", "percentile"] = "minmax"
     percentile: float = 99.999
 
+    def settings(self) -> dict[str, Any]:
+        out = self.model_dump()
+        if self.calibration != "percentile":
+            out.pop("percentile")
+        return out
+
+    def label(self) -> str:
+        scheme = f"{self.activation_type[0]}8{self.weight_type[0]}8".replace("i", "s")
+        granularity = "per-channel" if self.per_channel else "per-tensor"
+        calibration = f"percentile {self.percentile:g}" if self.calibration == "percentile" else self.calibration
+        return f"static {self.format.upper()} {granularity} {scheme} {calibration}"
+
 
 class DynamicInt8(_MethodConfig):
     """INT8 weights; activations quantized at run time (for Linear-heavy models)."""
@@ -48,6 +71,10 @@ class DynamicInt8(_MethodConfig):
     per_channel: bool = True
     weight_type: Literal["int8", "uint8"] = "int8"
     reduce_range: bool = False
+
+    def label(self) -> str:
+        granularity = "per-channel" if self.per_channel else "per-tensor"
+        return f"dynamic {granularity} u8{self.weight_type[0].replace('i', 's')}8"
 
 
 class Int4Weights(_MethodConfig):
@@ -58,12 +85,26 @@ class Int4Weights(_MethodConfig):
     symmetric: bool = False
     accuracy_level: int = 4  # int8 compute: about 3x faster than fp32 compute on x86 with VNNI
 
+    def label(self) -> str:
+        sym = "symmetric" if self.symmetric else "asymmetric"
+        return f"int4 weight-only block {self.block_size} {sym} accuracy_level {self.accuracy_level}"
 
-MethodConfig = Annotated[StaticInt8 | DynamicInt8 | Int4Weights, Field(discriminator="method")]
+
+Recipe = StaticInt8 | DynamicInt8 | Int4Weights
+MethodConfig = Annotated[Recipe, Field(discriminator="method")]
 METHOD_CONFIG = TypeAdapter(MethodConfig)
 CONFIG_TYPES: dict[str, type[_MethodConfig]] = {
     c.model_fields["method"].default: c for c in (StaticInt8, DynamicInt8, Int4Weights)
 }
+
+
+def recipe_from(settings: Mapping[str, Any], method: str | None = None) -> Recipe:
+    """The recipe of ``method`` (default: ``settings["method"]``) from a flat mapping of settings, such
+    as the YAML's ``quantize:`` block: each method takes its own keys and ignores the others."""
+    config_type = CONFIG_TYPES[method or settings["method"]]
+    picked = {k: settings[k] for k in config_type.model_fields if k in settings and k != "method"}
+    return config_type(**picked)  # type: ignore[return-value]
+
 
 Handler = Callable[["QuantBench", Any, Path, Sequence[str], Sequence[str] | None], None]
 HANDLERS: dict[type[_MethodConfig], Handler] = {}

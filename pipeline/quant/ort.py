@@ -26,8 +26,8 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
@@ -46,50 +46,10 @@ from edgeslim.quant.graph import (
     is_linear_heavy,
     weighted_nodes,
 )
+from edgeslim.quant.methods import Recipe, recipe_from
 
 Method = Literal["static", "dynamic", "int4"]
 ACCURACY_EPS = 1e-9  # drops are fractions of a finite split: compare with a little slack
-
-
-@dataclass(frozen=True)
-class Recipe:
-    """One concrete way to quantize a model: what a run records and what ``auto`` compares."""
-
-    method: Method = "static"
-    format: Literal["qdq", "qoperator"] = "qdq"
-    per_channel: bool = True
-    activation_type: Literal["uint8", "int8"] = "uint8"
-    weight_type: Literal["int8", "uint8"] = "int8"
-    reduce_range: bool = False
-    calibration: Literal["minmax", "entropy", "percentile"] = "minmax"
-    percentile: float = 99.999
-    block_size: int = 32
-    symmetric: bool = False
-    accuracy_level: int = 4  # int8 compute: about 3x faster than fp32 compute on x86 with VNNI
-
-    def config(self) -> methods.MethodConfig:
-        """This recipe as its method's own config (what the method's registered handler takes)."""
-        fields = methods.CONFIG_TYPES[self.method].model_fields
-        return methods.METHOD_CONFIG.validate_python({k: getattr(self, k) for k in fields})
-
-    def settings(self) -> dict[str, Any]:
-        """The settings that matter for this method (for reports and fallback configs)."""
-        out = self.config().model_dump()
-        if self.method == "static" and self.calibration != "percentile":
-            out.pop("percentile")
-        return out
-
-    def label(self) -> str:
-        """A short human name, e.g. ``static QDQ per-channel u8s8 minmax``."""
-        if self.method == "int4":
-            sym = "symmetric" if self.symmetric else "asymmetric"
-            return f"int4 weight-only block {self.block_size} {sym} accuracy_level {self.accuracy_level}"
-        scheme = f"{self.activation_type[0]}8{self.weight_type[0]}8".replace("i", "s")
-        granularity = "per-channel" if self.per_channel else "per-tensor"
-        if self.method == "dynamic":
-            return f"dynamic {granularity} u8{self.weight_type[0].replace('i', 's')}8"
-        calibration = f"percentile {self.percentile:g}" if self.calibration == "percentile" else self.calibration
-        return f"static {self.format.upper()} {granularity} {scheme} {calibration}"
 
 
 @contextlib.contextmanager
@@ -190,7 +150,7 @@ class QuantBench:
     ) -> Path:
         """Quantize with ``recipe``; ``exclude`` stays FP32; ``only`` (if given) is all that is quantized."""
         with quiet_ort():
-            return methods.quantize(self, recipe.config(), out, exclude, only)
+            return methods.quantize(self, recipe, out, exclude, only)
 
     # ------------------------------------------------------------ judging
 
@@ -331,20 +291,25 @@ class Candidate:
         }
 
 
-def auto_recipes(bench: QuantBench, base: Recipe) -> list[tuple[str, Recipe]]:
-    """The candidates that apply to this model (``base`` supplies format, percentile, INT4 settings)."""
-    static = replace(base, method="static", per_channel=True, activation_type="uint8", weight_type="int8")
+def auto_recipes(bench: QuantBench, base: Mapping[str, Any]) -> list[tuple[str, Recipe]]:
+    """The candidates that apply to this model (``base``, the stage's flat settings, supplies format,
+    percentile, reduce_range and the INT4 settings)."""
+    static = recipe_from({**base, "per_channel": True, "activation_type": "uint8", "weight_type": "int8"}, "static")
+
+    def variant(**changes: Any) -> Recipe:
+        return static.model_copy(update=changes)
+
     out = [
-        ("static-u8s8-minmax", replace(static, calibration="minmax")),
-        ("static-per-tensor", replace(static, calibration="minmax", per_channel=False)),
-        ("static-entropy", replace(static, calibration="entropy")),
-        ("static-percentile", replace(static, calibration="percentile")),
-        ("static-s8s8", replace(static, calibration="minmax", activation_type="int8", format="qdq")),
+        ("static-u8s8-minmax", variant(calibration="minmax")),
+        ("static-per-tensor", variant(calibration="minmax", per_channel=False)),
+        ("static-entropy", variant(calibration="entropy")),
+        ("static-percentile", variant(calibration="percentile")),
+        ("static-s8s8", variant(calibration="minmax", activation_type="int8", format="qdq")),
     ]
     if is_linear_heavy(bench.nodes("static")):
-        out.append(("dynamic", replace(base, method="dynamic", per_channel=True, weight_type="int8")))
+        out.append(("dynamic", recipe_from({**base, "per_channel": True, "weight_type": "int8"}, "dynamic")))
     if any(n.weight_elements >= LARGE_MATMUL_WEIGHT for n in bench.nodes("int4")):
-        out.append(("int4", replace(base, method="int4")))
+        out.append(("int4", recipe_from(base, "int4")))
     return out
 
 
@@ -382,7 +347,7 @@ class AutoResult:
 
 def auto_select(
     bench: QuantBench,
-    base: Recipe,
+    base: Mapping[str, Any],
     latency_p50: Callable[[Path], float],
     *,
     max_accuracy_drop: float,

@@ -109,4 +109,6 @@ def test_public_api():
 def test_tests_mirror_the_package():
     """Every subpackage of edgeslim has a test folder of the same name under tests/pipeline."""
     for init in (ROOT / "pipeline").glob("*/__init__.py"):
+        if init.parent.is_symlink():
+            continue
         assert (ROOT / "tests" / "pipeline" / init.parent.name).is_dir(), init.parent.name

@@ -10,6 +10,7 @@ finished run, changes one thing, and runs again in-process.
 from __future__ import annotations
 
 import contextlib
+import json
 import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -195,20 +196,37 @@ def test_editing_report_cli_or_runner_code_retrains_nothing(
     assert rerun(finished, tmp_path, config(finished)) == (["cached"] * ALL, ["cached"] * ALL)
 
 
-def test_editing_the_prune_stage_reruns_prune_and_later(finished: Path, tmp_path: Path, monkeypatch) -> None:
+def output_hashes(run_dir: Path) -> list[str]:
+    return [json.loads((d / "manifest.json").read_text())["output_hash"] for d in sorted(run_dir.glob("0*"))]
+
+
+def test_editing_the_prune_stage_reruns_prune_and_what_its_output_changes(
+    finished: Path, tmp_path: Path, monkeypatch
+) -> None:
+    """Prune is made again by its new code. Later stages are keyed by prune's *output*: an edit that
+    leaves the pruned model byte-identical (here: none of the numerics) reuses them, an edit that
+    changes it re-runs every later stage. train and baseline are never touched."""
     edit_source(monkeypatch, "edgeslim.stages.prune")
     status, measured = rerun(finished, tmp_path, config(finished))
-    assert status == reran_from(NAMES.index("prune"))
+    assert status == ["cached", "cached", "ran", "cached", "cached", "cached", "cached"]
     assert measured[:2] == ["cached", "cached"]
+    assert output_hashes(tmp_path / "out" / "t") == output_hashes(finished / "out" / "t")
+
+    import edgeslim.stages.prune as prune_module
+
+    monkeypatch.setattr(prune_module, "recalibrate_batchnorm", lambda *args: 0)  # an edit that changes results
+    status, _ = rerun(finished, tmp_path / "changed", config(finished))
+    assert status == reran_from(NAMES.index("prune"))
 
 
 def test_editing_a_shared_module_reruns_the_stages_that_import_it(finished: Path, tmp_path: Path, monkeypatch) -> None:
-    """ONNX Runtime quantization code is imported by quantize only: earlier stages are reused."""
+    """ONNX Runtime quantization code is imported by quantize only: earlier stages are reused (and
+    benchmark too, as long as quantize's model comes out byte-identical)."""
     assert "edgeslim.quant.ort" in keys.module_closure("edgeslim.stages.quantize")
     assert "edgeslim.quant.ort" not in keys.module_closure("edgeslim.stages.export")
     edit_source(monkeypatch, "edgeslim.quant.ort")
     status, _ = rerun(finished, tmp_path, config(finished))
-    assert status == reran_from(NAMES.index("quantize"))
+    assert status == ["cached"] * NAMES.index("quantize") + ["ran", "cached"]
 
 
 def test_editing_the_latency_code_re_measures_without_retraining(finished: Path, tmp_path: Path, monkeypatch) -> None:

@@ -8,14 +8,13 @@ import pytest
 from pydantic import ValidationError
 
 from edgeslim.quant import methods
-from edgeslim.quant.ort import Recipe
 
 
 def test_each_method_has_its_own_config_and_a_handler():
     assert set(methods.CONFIG_TYPES) == {"static", "dynamic", "int4"}
     for name, config_type in methods.CONFIG_TYPES.items():
         assert config_type in methods.HANDLERS
-        config = Recipe(method=name).config()
+        config = methods.recipe_from({"method": name})
         assert type(config) is config_type and config.method == name
 
 
@@ -26,15 +25,22 @@ def test_the_union_is_discriminated_on_method_and_refuses_other_methods_keys():
         methods.METHOD_CONFIG.validate_python({"method": "static", "block_size": 64})
 
 
+def test_a_flat_settings_block_gives_each_method_its_own_keys():
+    flat = {"method": "int4", "block_size": 64, "calibration": "entropy", "per_channel": False}
+    assert methods.recipe_from(flat) == methods.Int4Weights(block_size=64)
+    assert methods.recipe_from(flat, "static") == methods.StaticInt8(calibration="entropy", per_channel=False)
+
+
 def test_recipe_settings_are_the_methods_fields():
-    assert Recipe(method="dynamic").settings() == {
+    assert methods.DynamicInt8().settings() == {
         "method": "dynamic",
         "per_channel": True,
         "weight_type": "int8",
         "reduce_range": False,
     }
-    assert "percentile" not in Recipe().settings()  # only with calibration: percentile
-    assert Recipe(calibration="percentile").settings()["percentile"] == 99.999
+    assert "percentile" not in methods.StaticInt8().settings()  # only with calibration: percentile
+    assert methods.StaticInt8(calibration="percentile").settings()["percentile"] == 99.999
+    assert methods.StaticInt8().label() == "static QDQ per-channel u8s8 minmax"
 
 
 def test_quantize_dispatches_on_the_config_type(tmp_path: Path):

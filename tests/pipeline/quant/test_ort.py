@@ -17,10 +17,10 @@ from torch import nn
 
 from edgeslim.data.datasets import DataSplits
 from edgeslim.export.onnx_io import onnx_logits
+from edgeslim.quant.methods import StaticInt8, recipe_from
 from edgeslim.quant.ort import (
     Candidate,
     QuantBench,
-    Recipe,
     choose_candidate,
     gemm_to_matmul,
     is_linear_heavy,
@@ -167,7 +167,7 @@ def test_quantize_one_node_or_all_but_one(tmp_path, data, mlp_layers, method):
     """``only`` and ``exclude`` name the exporter's Gemm nodes for every method (ORT renames them in
     quantize_dynamic and ignores nodes_to_include in MatMulNBitsQuantizer)."""
     bench = make_bench(tmp_path, data, mlp_layers)
-    recipe = Recipe(method=method)
+    recipe = recipe_from({"method": method})
     assert [n.name for n in bench.nodes(method)] == list(NODE_NAMES)
     full = bench.quantize(recipe, tmp_path / "all.onnx")
     only = bench.quantize(recipe, tmp_path / "only.onnx", only=["fc2"])
@@ -184,7 +184,7 @@ def test_quantize_one_node_or_all_but_one(tmp_path, data, mlp_layers, method):
 def test_sensitivity_ranks_the_fragile_layer_first(tmp_path, data, mlp_layers, proxy):
     bench = make_bench(tmp_path, data, make_fragile(mlp_layers, data, ("fc2",)))
     assert bench.float_val_accuracy > 0.8  # the float model still works
-    rows = rank_sensitivity(bench, Recipe(per_channel=False), proxy)
+    rows = rank_sensitivity(bench, StaticInt8(per_channel=False), proxy)
     assert rows[0]["node"] == "fc2"
     assert [r["rank"] for r in rows] == [1, 2, 3]
     if proxy == "accuracy":
@@ -196,7 +196,7 @@ def test_sensitivity_ranks_the_fragile_layer_first(tmp_path, data, mlp_layers, p
 
 def test_mixed_precision_keeps_the_fragile_layer_fp32(tmp_path, data, mlp_layers):
     bench = make_bench(tmp_path, data, make_fragile(mlp_layers, data, ("fc2",)))
-    recipe = Recipe()
+    recipe = StaticInt8()
     ranked = [r["node"] for r in rank_sensitivity(bench, recipe, "output_error")]
     result = search_mixed_precision(bench, recipe, ranked, max_accuracy_drop=0.05, max_fp32_nodes=3)
     assert result.budget_met and result.best.fp32_nodes == ["fc2"]
@@ -206,7 +206,7 @@ def test_mixed_precision_keeps_the_fragile_layer_fp32(tmp_path, data, mlp_layers
 
 def test_mixed_precision_impossible_budget_keeps_the_best(tmp_path, data, mlp_layers):
     bench = make_bench(tmp_path, data, make_fragile(mlp_layers, data, ("fc1", "fc2")))
-    recipe = Recipe()
+    recipe = StaticInt8()
     ranked = [r["node"] for r in rank_sensitivity(bench, recipe, "accuracy")]
     assert set(ranked[:2]) == {"fc1", "fc2"}
     result = search_mixed_precision(bench, recipe, ranked, max_accuracy_drop=0.05, max_fp32_nodes=1)
@@ -219,7 +219,7 @@ def test_mixed_precision_impossible_budget_keeps_the_best(tmp_path, data, mlp_la
 
 
 def _candidate(name: str, drop: float, p50: float) -> Candidate:
-    return Candidate(name, Recipe(), 0.9 - drop, drop, p50, 1000, Path(name))
+    return Candidate(name, StaticInt8(), 0.9 - drop, drop, p50, 1000, Path(name))
 
 
 def test_choose_candidate_rule():
@@ -237,7 +237,7 @@ def test_choose_candidate_rule():
 
 def test_ort_optimize_fuses_qdq_and_keeps_outputs(tmp_path, data, mlp_layers):
     bench = make_bench(tmp_path, data, mlp_layers)
-    qdq = bench.quantize(Recipe(), tmp_path / "qdq.onnx")
+    qdq = bench.quantize(StaticInt8(), tmp_path / "qdq.onnx")
     fused = ort_optimize(qdq, tmp_path / "fused.onnx")
     ops = {n.op_type for n in onnx.load(str(fused)).graph.node}
     assert "QGemm" in ops and "Gemm" not in ops
@@ -251,7 +251,7 @@ def test_excluded_node_stays_fp32_inside_onnx_runtime(tmp_path, data, mlp_layers
     """ORT's WeightBiasQuantization transformer quantizes any float Gemm/Conv fed by a DequantizeLinear
     when the session starts; an excluded node must survive it (here: fc2 is fragile, fc1 quantized)."""
     bench = make_bench(tmp_path, data, make_fragile(mlp_layers, data, ("fc2",)))
-    path = bench.quantize(Recipe(format=fmt), tmp_path / "mixed.onnx", exclude=["fc2"])
+    path = bench.quantize(StaticInt8(format=fmt), tmp_path / "mixed.onnx", exclude=["fc2"])
     accuracy, _ = bench.evaluate(path)  # a default session: every graph optimization on
     assert accuracy >= bench.float_val_accuracy - 0.05
     optimized = onnx.load(str(ort_optimize(path, tmp_path / "optimized.onnx")))
