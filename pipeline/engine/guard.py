@@ -14,8 +14,7 @@ import shutil
 from collections.abc import Callable
 from typing import Any
 
-from edgeslim.config.schema import GuardConfig, RunConfig, RunGuard
-from edgeslim.engine.records import RunGuardOutcome, RunReport
+from edgeslim.config.schema import GuardConfig, RunConfig
 from edgeslim.engine.stage import Role, Stage, StageContext, StageResult
 from edgeslim.engine.store import MANIFEST_FILE, METRICS_FILE, Artifact, stage_label
 from edgeslim.errors import StageFailed, UserError
@@ -137,32 +136,3 @@ def run_guarded(
         return result, metrics, record
     tried = "" if len(record["attempts"]) == 1 else f" after {len(record['attempts']) - 1} fallback setting(s)"
     raise StageFailed(f"{ctx.where}: accuracy guard{tried}: {summary}")
-
-
-def run_guard_check(guard: RunGuard, report: RunReport) -> RunGuardOutcome:
-    """The run-level budget: the final measured model vs the reference stage (validation accuracy)."""
-    stages = report.measured()
-    base = next((s for s in stages if s.role == Role.REFERENCE), None)
-    if base is None or base.metrics is None:
-        raise UserError("guard: the run-level accuracy guard needs a baseline stage")
-    ref = base.metrics.val_accuracy
-    final = stages[-1]
-    assert final.metrics is not None
-
-    def drop(stage: Any) -> float:
-        return ref - stage.metrics.val_accuracy
-
-    outcome = RunGuardOutcome(
-        **guard.model_dump(mode="json"),
-        baseline_val_accuracy=ref,
-        final_stage=final.dir,
-        final_val_accuracy=final.metrics.val_accuracy,
-        drop=drop(final),
-        ok=within_budget(drop(final), guard.max_accuracy_drop),
-        deliverable=final.dir,
-    )
-    if not outcome.ok and guard.on_breach == "keep_best":
-        after = stages[stages.index(base) :]
-        fine = [s for s in after if within_budget(drop(s), guard.max_accuracy_drop)]
-        outcome.deliverable = fine[-1].dir
-    return outcome

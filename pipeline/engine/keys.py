@@ -39,6 +39,9 @@ NUMERIC_PACKAGES = (
 )
 # Engine modules that decide every stage's recorded output, whichever stage it is.
 STAGE_ENGINE_MODULES = ("edgeslim.engine.evaluate", "edgeslim.engine.guard", "edgeslim.engine.store")
+# Plumbing that cannot change what is computed (progress bars; starting helper processes): editing
+# it re-runs nothing. Only modules with no numerics belong here.
+NON_NUMERIC_MODULES = frozenset({"edgeslim.engine.progress", "edgeslim.engine.children"})
 MEASUREMENT_MODULES = ("edgeslim.engine.measure",)
 
 
@@ -113,8 +116,8 @@ def module_closure(*roots: str) -> list[str]:
 
 
 def code_version(*roots: str) -> str:
-    """sha256 over the source of ``roots`` and their transitive edgeslim imports."""
-    files = {name: _module_file(name) for name in module_closure(*roots)}
+    """sha256 over the source of ``roots`` and their transitive edgeslim imports (plumbing excepted)."""
+    files = {name: _module_file(name) for name in module_closure(*roots) if name not in NON_NUMERIC_MODULES}
     return combined_hash({name: sha256_file(path) for name, path in files.items() if path is not None})
 
 

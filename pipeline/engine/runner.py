@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import shutil
 import time
+import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,11 +29,12 @@ from edgeslim.data.datasets import DataSplits, load_data
 from edgeslim.devices.edgeslim_bench import device_facts
 from edgeslim.engine import keys
 from edgeslim.engine.evaluate import evaluate_artifact
-from edgeslim.engine.guard import reference_accuracy, run_guard_check, run_guarded
+from edgeslim.engine.guard import reference_accuracy, run_guarded
 from edgeslim.engine.lock import RunLock
 from edgeslim.engine.measure import measure_model
 from edgeslim.engine.plan import PlannedStage, build_plan, onnx_source
 from edgeslim.engine.records import REPORT_JSON, RunReport, StageRecord
+from edgeslim.engine.run_guard import run_guard_check
 from edgeslim.engine.stage import StageContext, StageResult
 from edgeslim.engine.store import (
     MANIFEST_FILE,
@@ -49,10 +51,12 @@ from edgeslim.engine.store import (
     stage_label,
     sweep_leftovers,
     write_json,
+    write_text,
 )
 from edgeslim.errors import StageFailed, UserError
 from edgeslim.models.loader import ModelLoader
 
+ERROR_LOG = "error.log"  # the traceback of the last unexpected failure
 MEASUREMENTS_FILE = "measurements.json"  # the measurement cache: stage folder -> {key, latency fields}
 Listener = Callable[[Path, RunReport], None]  # told after every change of the run's report
 
@@ -144,10 +148,13 @@ class Runner:
                     status = "ran"
                 latency, how = self._measure(final, made.record["metrics"], data, measurements)
             except Exception as exc:
-                error = " ".join(str(exc).split()) or type(exc).__name__
+                failure = exc if isinstance(exc, UserError | StageFailed) else self._unexpected(planned, exc)
+                error = " ".join(str(failure).split()) or type(exc).__name__
                 report.stages.append(StageRecord(**identity, status="failed", error=error))
                 self._publish(report)
-                raise
+                if failure is exc:
+                    raise
+                raise failure from exc
             record = StageRecord.model_validate(
                 {
                     **identity,
@@ -167,6 +174,15 @@ class Runner:
         if config.guard is not None:
             self._check_run_guard(config.guard, report)
         return report
+
+    def _unexpected(self, planned: PlannedStage, exc: Exception) -> StageFailed:
+        """A failure inside a user's model or a library: one line naming the stage and the cause for
+        the terminal, the whole traceback in the run's ``error.log``."""
+        log = self.run_dir / ERROR_LOG
+        trace = "".join(traceback.format_exception(exc))
+        write_text(log, f"{time.strftime('%Y-%m-%dT%H:%M:%S%z')} {planned.where}\n{trace}")
+        cause = " ".join((str(exc).strip().splitlines() or [""])[0].split())[:300]
+        return StageFailed(f"{planned.where}: {type(exc).__name__}: {cause} (traceback in {log})")
 
     def _stage_key(self, planned: PlannedStage, upstream: list[str], data: DataSplits) -> str:
         entry, plan = self.config.stages[planned.index], planned.plan

@@ -17,6 +17,7 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+import onnx
 import torch
 
 from edgeslim.errors import UserError
@@ -56,8 +57,42 @@ def export_onnx(model: torch.nn.Module, example: torch.Tensor, path: Path, opset
     tmp = path.with_name(f".{path.name}.tmp")
     with _quiet_exporter():
         program.save(str(tmp), external_data=False)
+    proto = load_onnx(tmp, "exported model")
+    if unshare_quantization_params(proto):
+        onnx.save(proto, str(tmp))
     os.replace(tmp, path)
     return path
+
+
+def unshare_quantization_params(model: onnx.ModelProto) -> int:
+    """Give each DequantizeLinear its own integer initializers (zero points, weights).
+
+    The dynamo exporter stores equal constants once, so two per-channel weight quantizers with
+    the same channel count share one zero-point tensor. ONNX Runtime's exact-INT8 mode for x86
+    CPUs without VNNI (``session.x64quantprecision``) rewrites each conv's int8 weight parameters
+    to uint8 and fails on a shared one ("Attempt to replace the existing tensor"). Values and
+    outputs are unchanged; float models have no DequantizeLinear and are left byte-identical.
+    Returns the number of initializers copied.
+    """
+    integer = {onnx.TensorProto.INT8, onnx.TensorProto.UINT8}
+    inits = {i.name: i for i in model.graph.initializer if i.data_type in integer}
+    seen: set[str] = set()
+    copied = 0
+    for node in model.graph.node:
+        if node.op_type != "DequantizeLinear":
+            continue
+        for k, name in enumerate(node.input):
+            if name not in inits:
+                continue
+            if name in seen:
+                twin = onnx.TensorProto()
+                twin.CopyFrom(inits[name])
+                twin.name = f"{name}__{node.name}"
+                model.graph.initializer.append(twin)
+                node.input[k] = twin.name
+                copied += 1
+            seen.add(name)
+    return copied
 
 
 def load_onnx(path: Path, what: str = "model", *, external_data: bool = True):
@@ -158,18 +193,23 @@ def _all_tensors(proto: object):
     return _get_all_tensors(proto)
 
 
-def open_session(path: Path, threads: int = 1, graph_optimization: str = "all"):
-    """An ONNX Runtime CPU session, opened only after the file passed :func:`check_onnx_file`."""
+def open_session(path: Path, threads: int = 1, graph_optimization: str = "all", exact_int8: bool = True):
+    """An ONNX Runtime CPU session, opened only after the file passed :func:`check_onnx_file`.
+
+    ``exact_int8``: see ``edgeslim_bench.EXACT_INT8_OPTION``. An ORT-format file (``.ort``, Fixed
+    style) keeps the kernels chosen when it was converted, so the option cannot act on it."""
     from edgeslim.devices.edgeslim_bench import create_session
 
     if path.suffix != ".ort":  # ORT-format files are flatbuffers without external data
         check_onnx_file(path)
-    return create_session(str(path), threads, graph_optimization)
+    return create_session(str(path), threads, graph_optimization, exact_int8=exact_int8)
 
 
-def onnx_logits(path: Path, inputs: torch.Tensor, batch_size: int = 256, threads: int = 1) -> np.ndarray:
+def onnx_logits(
+    path: Path, inputs: torch.Tensor, batch_size: int = 256, threads: int = 1, exact_int8: bool = True
+) -> np.ndarray:
     """Run a model over ``inputs`` in batches; returns the stacked outputs."""
-    session = open_session(path, threads=threads)
+    session = open_session(path, threads=threads, exact_int8=exact_int8)
     name = session.get_inputs()[0].name
     array = inputs.numpy()
     outs = [session.run(None, {name: array[i : i + batch_size]})[0] for i in range(0, len(array), batch_size)]

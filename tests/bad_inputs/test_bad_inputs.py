@@ -29,7 +29,7 @@ from tests.conftest import small_config, write_config
 
 CASES = sorted((Path(__file__).parent / "cases").glob("*.yaml"))
 BASE_STAGES: list[Any] = ["baseline"]  # the earlier run every case starts from
-REPORT_FILES = {"report.json", "report.md", "report.html"}
+REPORT_FILES = {"report.json", "report.md", "report.html", "measurements.json", "error.log"}
 
 
 def load_case(path: Path) -> dict[str, Any]:

@@ -33,7 +33,7 @@ STAGES: list[Any] = [
     {"benchmark": {"runs": 20, "warmup": 2, "batch_sizes": [1, 4]}},
 ]
 STAGE_DIRS = [f"{i:02d}-{next(iter(s)) if isinstance(s, dict) else s}" for i, s in enumerate(STAGES)]
-REPORT_FILES = {"report.json", "report.md", "report.html", "measurements.json"}  # run-level files
+REPORT_FILES = {"report.json", "report.md", "report.html", "measurements.json", "error.log"}  # run-level files
 
 
 def write_run_config(directory: Path, stages: list[Any] = STAGES) -> Path:

@@ -187,6 +187,8 @@ def test_eval_batch_size_changes_nothing(finished: Path, tmp_path: Path) -> None
         "edgeslim.cli",
         "edgeslim.api",
         "edgeslim.engine.runner",
+        "edgeslim.engine.records",
+        "edgeslim.engine.progress",
     ],
 )
 def test_editing_report_cli_or_runner_code_retrains_nothing(

@@ -15,8 +15,8 @@ from edgeslim.api import parse_config
 from edgeslim.api import run as run_pipeline
 from edgeslim.devices import edgeslim_bench
 from edgeslim.engine.runner import RunLock
-from edgeslim.engine.store import hash_tree
-from edgeslim.errors import UserError
+from edgeslim.engine.store import hash_tree, read_json
+from edgeslim.errors import StageFailed, UserError
 from tests.conftest import TRAIN, small_config
 
 PTQ_STAGES = [
@@ -248,3 +248,20 @@ def test_class_mismatch_without_a_head_is_a_clear_error(tmp_path, trained):
     )
     with pytest.raises(UserError, match=r"must return logits of shape \(batch, 2\); got \(2, 10\) \(to adapt it"):
         run_pipeline(parse_config(cfg), tmp_path).report.to_json()
+
+
+def test_a_failure_inside_a_library_is_one_line_with_the_traceback_in_the_log(tmp_path, monkeypatch):
+    """Not a user mistake and not a check: a crash inside a stage (a user's model, a library)."""
+    import edgeslim.stages.export as export_module
+
+    def crash(self, ctx, cfg):
+        raise RuntimeError("onnxruntime said no\nsecond line of detail")
+
+    monkeypatch.setattr(export_module.Export, "run", crash)
+    with pytest.raises(StageFailed) as info:
+        run(tmp_path, ["export"])
+    log = tmp_path / "t" / "error.log"
+    assert str(info.value) == f"stages[0].export: RuntimeError: onnxruntime said no (traceback in {log})"
+    assert "Traceback" in log.read_text() and "second line of detail" in log.read_text()
+    report = read_json(tmp_path / "t" / "report.json")
+    assert report["stages"][0]["status"] == "failed"
