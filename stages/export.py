@@ -20,16 +20,8 @@ from pydantic import Field
 
 from edgeslim.config.schema import StrictModel
 from edgeslim.engine.evaluate import onnx_accuracy, output_parity
-from edgeslim.engine.stage import (
-    ONNX_MODEL_FILE,
-    PlanRequest,
-    Stage,
-    StageContext,
-    StagePlan,
-    StageResult,
-    onnx_artifact,
-)
-from edgeslim.engine.store import ONNX, ONNX_INT8, TORCH, TORCH_QAT
+from edgeslim.engine.stage import PlanRequest, Stage, StageContext, StagePlan, StageResult, onnx_artifact
+from edgeslim.engine.store import ONNX, ONNX_INT8, ONNX_MODEL_FILE, TORCH, TORCH_QAT
 from edgeslim.errors import StageFailed, UserError
 from edgeslim.export.mobile import build_bundle
 from edgeslim.export.onnx_io import export_onnx, onnx_logits

@@ -43,16 +43,8 @@ from pydantic import Field, model_validator
 
 from edgeslim.config.schema import StrictModel
 from edgeslim.engine.measure import host_latency, latency_inputs
-from edgeslim.engine.stage import (
-    ONNX_MODEL_FILE,
-    PlanRequest,
-    Stage,
-    StageContext,
-    StagePlan,
-    StageResult,
-    onnx_artifact,
-)
-from edgeslim.engine.store import ONNX, ONNX_INT8, TORCH
+from edgeslim.engine.stage import PlanRequest, Stage, StageContext, StagePlan, StageResult, onnx_artifact
+from edgeslim.engine.store import ONNX, ONNX_INT8, ONNX_MODEL_FILE, TORCH
 from edgeslim.errors import UserError
 from edgeslim.export.onnx_io import check_onnx_file, load_onnx
 from edgeslim.quant.methods import Recipe, recipe_from

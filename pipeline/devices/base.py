@@ -89,13 +89,19 @@ def device_for(profile: HostProfile | Arm64EmulatedProfile | RemoteProfile) -> D
     return DEVICE_TYPES[profile.kind](profile)
 
 
+class _ProfileDevice:
+    """A device made from its ``devices:`` entry; its name is the profile's label."""
+
+    def __init__(self, profile: Any):
+        self.profile = profile
+        self.name: str = device_label(profile)
+
+
 @register_device("host")
-class HostDevice:
+class HostDevice(_ProfileDevice):
     """This machine's CPU through ONNX Runtime: every thread count × batch size in a fresh process."""
 
-    def __init__(self, profile: HostProfile):
-        self.profile = profile
-        self.name = device_label(profile)
+    profile: HostProfile
 
     def benchmark(self, job: BenchJob) -> DeviceOutcome:
         s, profile = job.settings, self.profile
@@ -139,14 +145,12 @@ class HostDevice:
 
 
 @register_device("arm64-emulated")
-class Arm64EmulatedDevice:
+class Arm64EmulatedDevice(_ProfileDevice):
     """The runner under qemu with onnxruntime's aarch64 build: output parity with the host on 64-bit
     ARM. Its latency is emulated and never presented as a device latency; skipped, with the reason,
     where emulation cannot be set up."""
 
-    def __init__(self, profile: Arm64EmulatedProfile):
-        self.profile = profile
-        self.name = profile.label
+    profile: Arm64EmulatedProfile
 
     def benchmark(self, job: BenchJob) -> DeviceOutcome:
         from edgeslim.devices import arm64
@@ -196,12 +200,10 @@ class Arm64EmulatedDevice:
 
 
 @register_device("remote")
-class RemoteDevice:
+class RemoteDevice(_ProfileDevice):
     """A report made on a real device with ``edgeslim-bench`` and brought back (checked at plan time)."""
 
-    def __init__(self, profile: RemoteProfile):
-        self.profile = profile
-        self.name = device_label(profile)
+    profile: RemoteProfile
 
     def benchmark(self, job: BenchJob) -> DeviceOutcome:
         report = load_report(self.profile.report).model_dump(mode="json", by_alias=True)
