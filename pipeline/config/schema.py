@@ -234,7 +234,7 @@ class RunConfig(StrictModel):
     @field_validator("devices")
     @classmethod
     def _unique_device_names(cls, devices: list[Any]) -> list[Any]:
-        names = [device_label(d) for d in devices if not isinstance(d, RemoteProfile) or d.name]
+        names = [d.label for d in devices if not isinstance(d, RemoteProfile) or d.name]
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
             raise ValueError(f"profile names must be unique; give each a name (repeated: {', '.join(duplicates)})")
@@ -263,11 +263,6 @@ class RunConfig(StrictModel):
         data = self.model_dump(mode="json", exclude={"stages"})
         data["stages"] = [{e.type: e.settings_with_guard()} for e in self.stages]
         return data
-
-
-def device_label(profile: HostProfile | Arm64EmulatedProfile | RemoteProfile) -> str:
-    """The name a profile's reports carry (every profile kind has a ``label``)."""
-    return profile.label
 
 
 def canonical_hash(obj: Any) -> str:

@@ -14,7 +14,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from edgeslim.config.schema import Arm64EmulatedProfile, HostProfile, RemoteProfile, device_label
+from edgeslim.config.schema import Arm64EmulatedProfile, HostProfile, RemoteProfile
 from edgeslim.devices.edgeslim_bench import make_report, sha256_file
 from edgeslim.devices.host import measure_latency
 from edgeslim.devices.latency_report import load_report
@@ -94,7 +94,7 @@ class _ProfileDevice:
 
     def __init__(self, profile: Any):
         self.profile = profile
-        self.name: str = device_label(profile)
+        self.name: str = profile.label  # the name its reports carry
 
 
 @register_device("host")

@@ -87,6 +87,8 @@ class Runner:
         self.planned = build_plan(config)
         self.first_forced = 0 if force else (config.stage_index(from_stage) if from_stage else None)
         self.versions = keys.package_versions()
+        # each stage's code version, hashed once: its key and its manifest both record it
+        self.code_versions = {p.index: keys.stage_code_version(type(p.stage)) for p in self.planned}
         self.listeners = list(listeners)
 
     def stage_dir(self, index: int) -> Path:
@@ -199,7 +201,7 @@ class Runner:
             seed=self.config.seed,
             index=planned.index,
             versions=self.versions,
-            code=keys.stage_code_version(type(planned.stage)),
+            code=self.code_versions[planned.index],
         )
 
     def _reuse(self, final: Path) -> _Made:
@@ -291,7 +293,7 @@ class Runner:
                 "upstream": upstream,
                 "data_fingerprint": data.fingerprint,
                 "versions": self.versions,
-                "code_version": keys.stage_code_version(type(planned.stage)),
+                "code_version": self.code_versions[planned.index],
                 "files": files,
                 "output_hash": output_hash,
                 "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
