@@ -21,22 +21,24 @@ from rich.table import Table
 
 from edgeslim.devices.latency_report import LatencyReport, Measurement, load_report, validate_report
 from edgeslim.engine.records import REPORT_JSON
+from edgeslim.engine.stats import (  # the statistics live with the engine, which times stages side by side
+    DEFAULT_CONFIDENCE,
+    DEFAULT_MIN_EFFECT,
+    FASTER,
+    MIN_SAMPLES,
+    RESAMPLES,
+    SLOWER,
+    TOO_FEW_SAMPLES,
+    WITHIN_NOISE,
+    noise_verdict,
+    speedup_interval,
+)
 from edgeslim.engine.store import stage_label
 from edgeslim.errors import UserError
 
 EMULATED_NOTE = "emulated — latency not representative"
-DEFAULT_MIN_EFFECT = 0.02
-DEFAULT_CONFIDENCE = 0.95
-RESAMPLES = 2000
-BOOTSTRAP_SEED = 0
-MIN_SAMPLES = 5  # a bootstrap of fewer timings gives an interval that means nothing
-
 BASELINE = "baseline"
-FASTER = "faster"
-SLOWER = "slower (regression)"
-WITHIN_NOISE = "within noise"
 NO_SAMPLES = "no samples"
-TOO_FEW_SAMPLES = "too few samples"
 NO_BASELINE = "no baseline here"
 
 NOISE_RULE = (
@@ -366,46 +368,6 @@ def load_entries(paths: Iterable[Path], problems: list[str] | None = None) -> li
 
 
 # --------------------------------------------------------------------------------------------- statistics
-
-
-def bootstrap_medians(samples: np.ndarray, resamples: int, rng: np.random.Generator) -> np.ndarray:
-    """Medians of ``resamples`` resamples with replacement, vectorised in chunks of a few million values."""
-    samples = np.asarray(samples, dtype=np.float64)
-    n = samples.size
-    rows_per_chunk = max(1, 4_000_000 // n)
-    medians = np.empty(resamples)
-    for start in range(0, resamples, rows_per_chunk):
-        stop = min(resamples, start + rows_per_chunk)
-        idx = rng.integers(0, n, size=(stop - start, n))
-        medians[start:stop] = np.median(samples[idx], axis=1)
-    return medians
-
-
-def speedup_interval(
-    baseline: np.ndarray,
-    candidate: np.ndarray,
-    confidence: float = DEFAULT_CONFIDENCE,
-    resamples: int = RESAMPLES,
-    seed: int = BOOTSTRAP_SEED,
-) -> tuple[float, float]:
-    """Percentile bootstrap interval of median(baseline) / median(candidate); > 1 means faster."""
-    rng = np.random.default_rng(seed)
-    base = bootstrap_medians(baseline, resamples, rng)
-    cand = bootstrap_medians(candidate, resamples, rng)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        ratios = base / cand
-    tail = (1.0 - confidence) / 2.0
-    low, high = np.quantile(ratios, [tail, 1.0 - tail])
-    return float(low), float(high)
-
-
-def noise_verdict(ci: tuple[float, float], min_effect: float) -> str:
-    low, high = ci
-    if low > 1.0 + min_effect:
-        return FASTER
-    if high < 1.0 - min_effect:
-        return SLOWER
-    return WITHIN_NOISE
 
 
 def pareto_front(points: Sequence[tuple[float, float]]) -> list[bool]:
