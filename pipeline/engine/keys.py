@@ -8,8 +8,9 @@ a hash of its module and every edgeslim module it imports, transitively, plus th
 that judge every stage's output (evaluation, accuracy guard, artifact store). Editing the report,
 the CLI, ``compare`` or the latency code changes no stage key.
 
-Measurement key = the deployable file's sha256 + ``measure:`` settings + host profile + the code
-version of the measurement modules. Changing any of these re-measures; nothing is retrained.
+Measurement key = the sha256 of every file timed side by side (the stage's deployable, the
+previous stage's, the baseline's) + ``measure:`` settings + host profile + the code version of the
+measurement modules. Changing any of these re-measures; nothing is retrained.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 import ast
 import importlib.util
 import platform
+from collections.abc import Mapping
 from functools import cache
 from importlib import metadata
 from pathlib import Path
@@ -164,13 +166,15 @@ def stage_key(
     )
 
 
-def measurement_key(model_sha256: str, spec: MeasureSpec, host: HostProfile, code: str) -> str:
+def measurement_key(models: Mapping[str, str], spec: MeasureSpec, host: HostProfile, code: str) -> str:
     """When this changes, a made model is timed again; nothing is retrained.
 
+    ``models``: the sha256 of every file timed side by side, by role (``stage``, ``previous``,
+    ``reference``): a stage is re-measured when its own model or one it is compared with changes.
     ``eval_batch_size`` is left out: it only sets how many samples an evaluation runs at once."""
     return canonical_hash(
         {
-            "model_sha256": model_sha256,
+            "models": dict(models),
             "measure": spec.model_dump(mode="json", exclude={"eval_batch_size"}),
             "host": host.model_dump(mode="json"),
             "code": code,

@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from edgeslim.engine.stats import SLOWER
 from edgeslim.engine.store import read_json, stage_label
 
 REPORT_JSON = "report.json"
@@ -30,9 +31,33 @@ class LatencyStats(_Open):
     std: float
 
 
+class Speedup(_Open):
+    """This stage's model against another stage's, timed side by side in the same interleaved rounds
+    (one worker process): ratio = median(other) / median(this), > 1 = this stage is faster. The
+    interval is a seeded percentile bootstrap of the ratio of medians; the verdict is
+    ``edgeslim compare``'s noise rule: faster / slower only when the whole interval clears
+    1 ± ``min_effect``, else within noise."""
+
+    against: str  # the other stage's folder label, e.g. "01-baseline"
+    ratio: float
+    ci_low: float | None = None  # None: too few samples for an interval
+    ci_high: float | None = None
+    confidence: float
+    min_effect: float
+    verdict: str
+    against_p50_ms: float  # the other model's p50 in these rounds (not its own row's measurement)
+
+    @property
+    def slower(self) -> bool:
+        """Slower beyond the noise: the whole interval below 1 - min_effect."""
+        return self.verdict == SLOWER
+
+
 class StageMetrics(_Open):
     """How a stage's deployable model did: accuracy and size (made with the stage) and latency
-    (measured separately, see ``edgeslim.engine.measure``)."""
+    (measured separately, side by side with the previous stage's and the baseline's models, see
+    ``edgeslim.engine.measure``). Reports written before side-by-side timing lack the interval and
+    speed-up fields."""
 
     accuracy: float
     val_accuracy: float
@@ -43,7 +68,12 @@ class StageMetrics(_Open):
     deployable: str
     latency_ms: LatencyStats | None = None
     latency_runs: int | None = None
+    latency_rounds: int | None = None  # interleaved rounds the runs were spread over
     latency_samples_ms: list[float] = Field(default_factory=list)
+    latency_p50_ci_ms: tuple[float, float] | None = None  # bootstrap interval of the median
+    latency_confidence: float | None = None  # of latency_p50_ci_ms and the speed-up intervals
+    speedup_vs_previous: Speedup | None = None  # the previous measured stage (None for the first)
+    speedup_vs_reference: Speedup | None = None  # the reference stage (None for it and stages before it)
     input_shape: list[int] | None = None
     session_init_ms: float | None = None
     peak_rss_mb: float | None = None

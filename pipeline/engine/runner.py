@@ -3,8 +3,10 @@
 1. compute its stage key (``keys.stage_key``);
 2. reuse its folder when the manifest matches the key and its files still hash the same, else
    run it (under its accuracy guard) into a hidden folder, evaluate the model, and commit;
-3. time the model unless the measurement cache already has it under the same measurement key
-   (``keys.measurement_key``);
+3. time the model side by side with the previous measured stage's and the reference stage's
+   models (interleaved rounds, one worker process) unless the measurement cache already has it
+   under the same measurement key (``keys.measurement_key``: every timed file's sha256), and derive
+   its p50 interval and both speed-ups with their bootstrap intervals from the samples;
 4. emit a ``StageRecord``: ``report.json`` is rewritten and every listener is told.
 
 The runner writes ``report.json`` only; people-facing reports (report.md, HTML) are written by
@@ -22,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from rich.console import Console
 
 from edgeslim.config.schema import RunConfig, RunGuard, canonical_hash
@@ -31,11 +34,12 @@ from edgeslim.engine import keys
 from edgeslim.engine.evaluate import evaluate_artifact
 from edgeslim.engine.guard import reference_accuracy, run_guarded
 from edgeslim.engine.lock import RunLock
-from edgeslim.engine.measure import measure_model
+from edgeslim.engine.measure import measure_side_by_side
 from edgeslim.engine.plan import PlannedStage, build_plan, onnx_source
 from edgeslim.engine.records import REPORT_JSON, RunReport, StageRecord
 from edgeslim.engine.run_guard import run_guard_check
-from edgeslim.engine.stage import StageContext, StageResult
+from edgeslim.engine.stage import Role, StageContext, StageResult
+from edgeslim.engine.stats import DEFAULT_CONFIDENCE, DEFAULT_MIN_EFFECT, MIN_SAMPLES, median_interval, ratio_of_medians
 from edgeslim.engine.store import (
     MANIFEST_FILE,
     METRICS_FILE,
@@ -57,7 +61,8 @@ from edgeslim.errors import StageFailed, UserError
 from edgeslim.models.loader import ModelLoader
 
 ERROR_LOG = "error.log"  # the traceback of the last unexpected failure
-MEASUREMENTS_FILE = "measurements.json"  # the measurement cache: stage folder -> {key, latency fields}
+# the measurement cache: stage folder -> {key, latency fields, samples of the models timed beside it}
+MEASUREMENTS_FILE = "measurements.json"
 Listener = Callable[[Path, RunReport], None]  # told after every change of the run's report
 
 
@@ -68,6 +73,20 @@ class _Made:
     artifact: Artifact
     output_hash: str
     record: dict[str, Any]  # metrics.json: duration, evaluation, details, notes, guard
+
+
+@dataclass(frozen=True)
+class _Timed:
+    """A measured stage's deployable model, for the stages timed beside it later."""
+
+    label: str
+    path: Path
+    sha256: str
+    reference: bool
+
+
+# who a stage is timed beside -> the metrics field of its speed-up against them
+PARTNERS = {"previous": "speedup_vs_previous", "reference": "speedup_vs_reference"}
 
 
 class Runner:
@@ -90,6 +109,7 @@ class Runner:
         # each stage's code version, hashed once: its key and its manifest both record it
         self.code_versions = {p.index: keys.stage_code_version(type(p.stage)) for p in self.planned}
         self.listeners = list(listeners)
+        self.has_reference = any(p.stage.role == Role.REFERENCE for p in self.planned)
 
     def stage_dir(self, index: int) -> Path:
         return self.run_dir / stage_label(index, self.config.stages[index].type)
@@ -134,6 +154,7 @@ class Runner:
         report = self._new_report(data)
         earlier: dict[int, Artifact] = {}
         measured: dict[int, dict[str, Any]] = {}
+        timed: list[_Timed] = []
         upstream: list[str] = [source_hash]
         measurements = self._load_measurements()
         for planned in self.planned:
@@ -148,7 +169,8 @@ class Runner:
                 else:
                     made = self._make(planned, key, upstream, data, models, artifact, earlier, measured)
                     status = "ran"
-                latency, how = self._measure(final, made.record["metrics"], data, measurements)
+                partners = self._partners(timed)
+                latency, how = self._measure(final, made.record["metrics"], data, measurements, partners)
             except Exception as exc:
                 failure = exc if isinstance(exc, UserError | StageFailed) else self._unexpected(planned, exc)
                 error = " ".join(str(failure).split()) or type(exc).__name__
@@ -170,6 +192,9 @@ class Runner:
             upstream = [*upstream, made.output_hash]
             earlier[index] = artifact
             measured[index] = made.record["metrics"]
+            deployable = final / made.record["metrics"]["deployable"]
+            sha = made.record["metrics"]["model_sha256"]
+            timed.append(_Timed(final.name, deployable, sha, planned.stage.role == Role.REFERENCE))
             report.stages.append(record)
             self._publish(report)
         self._save_measurements(measurements)
@@ -315,22 +340,52 @@ class Runner:
         current = {self.stage_dir(p.index).name for p in self.planned}
         write_json(self.run_dir / MEASUREMENTS_FILE, {k: v for k, v in cache.items() if k in current})
 
+    def _partners(self, timed: list[_Timed]) -> dict[str, _Timed]:
+        """Who the next stage is timed beside: the previous measured stage, and the reference stage
+        (the baseline; the first measured stage in a run without one). Stages before the reference
+        have no reference partner; the reference has none but its previous stage."""
+        partners = {"previous": timed[-1]} if timed else {}
+        reference = next((t for t in timed if t.reference), None)
+        if reference is None and not self.has_reference and timed:
+            reference = timed[0]
+        if reference is not None:
+            partners["reference"] = reference
+        return partners
+
     def _measure(
-        self, final: Path, evaluation: dict[str, Any], data: DataSplits, cache: dict[str, Any]
+        self,
+        final: Path,
+        evaluation: dict[str, Any],
+        data: DataSplits,
+        cache: dict[str, Any],
+        partners: dict[str, _Timed],
     ) -> tuple[dict[str, Any], str]:
-        """Latency of the stage's deployable file, from the measurement cache when its key matches."""
+        """Latency of the stage's deployable file timed side by side with its partners' files, from the
+        measurement cache when its key (every timed file's sha256, ``measure:``, host, code) matches."""
         config = self.config
-        key = keys.measurement_key(
-            evaluation["model_sha256"], config.measure, config.host, keys.measurement_code_version()
-        )
+        shas = {"stage": evaluation["model_sha256"], **{role: t.sha256 for role, t in partners.items()}}
+        key = keys.measurement_key(shas, config.measure, config.host, keys.measurement_code_version())
         cached = cache.get(final.name)
-        if isinstance(cached, dict) and cached.get("key") == key:
-            return cached["latency"], "cached"
-        latency = measure_model(final / evaluation["deployable"], config.host, config.measure, data)
-        cache[final.name] = {"key": key, "latency": latency}
-        self._save_measurements(cache)
-        self.console.print(f"[dim]  {final.name}: p50 {latency['latency_ms']['p50']:.3f} ms[/dim]")
-        return latency, "fresh"
+        if isinstance(cached, dict) and cached.get("key") == key and isinstance(cached.get("beside"), dict):
+            entry, how = cached, "cached"
+        else:
+            others = list(dict.fromkeys(partners.values()))  # previous and reference may be one stage
+            fields = measure_side_by_side(
+                [final / evaluation["deployable"], *(t.path for t in others)], config.host, config.measure, data
+            )
+            entry = {
+                "key": key,
+                "latency": fields[0],  # the stage's own model goes first (see measure_side_by_side)
+                "beside": {role: fields[1 + others.index(t)]["latency_samples_ms"] for role, t in partners.items()},
+            }
+            cache[final.name] = entry
+            self._save_measurements(cache)
+            how = "fresh"
+        labels = {role: t.label for role, t in partners.items()}
+        own = entry["latency"]["latency_samples_ms"]
+        latency = {**entry["latency"], **side_by_side_fields(own, entry["beside"], labels)}
+        self.console.print(f"[dim]  {final.name}: {latency_line(latency)}[/dim]")
+        return latency, how
 
     # ------------------------------------------------------------------ reporting
 
@@ -367,3 +422,40 @@ class Runner:
             data_fingerprint=data.fingerprint,
             test_samples=len(data.test),
         )
+
+
+def side_by_side_fields(samples: list[float], beside: dict[str, list[float]], labels: dict[str, str]) -> dict[str, Any]:
+    """A stage's p50 interval and its speed-ups against the models timed beside it, from per-run
+    samples taken in the same rounds: ``beside`` and ``labels`` map a role (``previous``,
+    ``reference``) to that model's samples and stage label. Computed from the cached samples on
+    every run (editing this re-measures nothing)."""
+    own = np.asarray(samples, dtype=np.float64)
+    fields: dict[str, Any] = {"latency_confidence": DEFAULT_CONFIDENCE}
+    if own.size >= MIN_SAMPLES:
+        fields["latency_p50_ci_ms"] = median_interval(own, DEFAULT_CONFIDENCE)
+    for role, label in labels.items():
+        other = np.asarray(beside[role], dtype=np.float64)
+        ratio, ci, verdict = ratio_of_medians(other, own, DEFAULT_CONFIDENCE, DEFAULT_MIN_EFFECT)
+        fields[PARTNERS[role]] = {
+            "against": label,
+            "ratio": ratio,
+            "ci_low": ci[0] if ci else None,
+            "ci_high": ci[1] if ci else None,
+            "confidence": DEFAULT_CONFIDENCE,
+            "min_effect": DEFAULT_MIN_EFFECT,
+            "verdict": verdict,
+            "against_p50_ms": float(np.median(other)),
+        }
+    return fields
+
+
+def latency_line(latency: dict[str, Any]) -> str:
+    """'p50 0.0213 ms [0.0211–0.0215] · 0.84x [0.80–0.88] vs 04-export (slower (regression)) · …' for the log."""
+    p50, ci = latency["latency_ms"]["p50"], latency.get("latency_p50_ci_ms")
+    parts = [f"p50 {p50:.4g} ms" + (f" [{ci[0]:.4g}–{ci[1]:.4g}]" if ci else "")]
+    for field in PARTNERS.values():
+        s = latency.get(field)
+        if s:
+            interval = f" [{s['ci_low']:.2f}–{s['ci_high']:.2f}]" if s["ci_low"] is not None else ""
+            parts.append(f"{s['ratio']:.2f}x{interval} vs {s['against']} ({s['verdict']})")
+    return " · ".join(parts)

@@ -77,11 +77,32 @@ def test_full_pipeline_report(first_run):
     assert on_disk["versions"]["torch"].startswith("2.13.0")
 
 
+def test_every_stage_is_timed_beside_the_previous_stage_and_the_baseline(first_run):
+    """Both speed-ups with their intervals in every record, from samples taken in the same rounds."""
+    out, report = first_run
+    stages = report["stages"]
+    for i, stage in enumerate(stages):
+        m = stage["metrics"]
+        low, high = m["latency_p50_ci_ms"]  # 10 real timings: no tighter claim than this is safe here
+        assert min(m["latency_samples_ms"]) <= low <= high <= max(m["latency_samples_ms"])
+        assert m["latency_rounds"] == 10 and m["latency_runs"] == 10
+        prev, ref = m.get("speedup_vs_previous"), m.get("speedup_vs_reference")
+        assert (prev is None) == (i == 0) and (ref is None) == (i <= 1)  # train precedes the baseline
+        for s, against in ((prev, stages[i - 1]["dir"]), (ref, "01-baseline")):
+            if s is not None:
+                assert s["against"] == against and 0 < s["ci_low"] <= s["ci_high"] and s["ratio"] > 0
+                assert s["confidence"] == 0.95 and s["verdict"] in ("faster", "slower (regression)", "within noise")
+    cache = read_json(out / "t" / "measurements.json")
+    assert set(cache["02-prune"]["beside"]) == {"previous", "reference"}
+    assert set(cache["01-baseline"]["beside"]) == {"previous"} and cache["00-train"]["beside"] == {}
+
+
 def test_rerun_reuses_everything_and_changes_nothing(first_run):
     out, _ = first_run
     before = hash_tree(out / "t", exclude=("report.json", "report.md"))
     report = run(out)
     assert statuses(report) == ["cached"] * 7
+    assert [s["measured"] for s in report["stages"]] == ["cached"] * 7  # nothing timed again
     assert hash_tree(out / "t", exclude=("report.json", "report.md")) == before
 
 
