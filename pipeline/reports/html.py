@@ -17,6 +17,7 @@ import textwrap
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from edgeslim.engine.records import read_report
 from edgeslim.engine.store import write_text
 from edgeslim.reports.compare import (
     EMULATED_NOTE,
@@ -32,6 +33,7 @@ from edgeslim.reports.compare import (
     pareto_front,
     row_cells,
 )
+from edgeslim.reports.stage_table import FASTER_MARK, REFERENCE_MARK, SLOWER_MARK, StageTable, stage_table
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -51,7 +53,7 @@ table { border-collapse: collapse; font-size: 0.85rem; }
 th, td { border: 1px solid #ccc; padding: 0.25rem 0.5rem; text-align: right; white-space: nowrap; }
 td.device { white-space: normal; }
 th:first-child, td:first-child, td.device, td.verdict { text-align: left; }
-tr.baseline td { background: #eef5ff; }
+tr.baseline td, td.reference { background: #eef5ff; }
 tr.emulated td { color: #666; font-style: italic; }
 td.faster { color: #0a7a2f; font-weight: 600; } td.slower { color: #b00020; font-weight: 600; }
 .warning { background: #fff4e5; border-left: 4px solid #f0a000; padding: 0.3rem 0.6rem; margin: 0.3rem 0; }
@@ -338,11 +340,30 @@ def _json_block(data: dict[str, Any]) -> str:
     return f'<script type="application/json" id="{DATA_ID}">{text}</script>'
 
 
-def render(comparison: Comparison, title: str = "edgeslim compare") -> str:
-    """The whole page as one string: table, warnings, plots, per-op table, noise rule and the data block."""
+_MARK_CLASS = {FASTER_MARK: "faster", SLOWER_MARK: "slower", REFERENCE_MARK: "reference"}
+
+
+def _td(text: str, css: str = "") -> str:
+    return f'<td class="{css}">{html.escape(text)}</td>' if css else f"<td>{html.escape(text)}</td>"
+
+
+def stage_section(table: StageTable) -> str:
+    """A run's main table (every stage timed side by side with the previous one and the baseline),
+    its caption, and a warning per stage that got slower than the one before it."""
+    rows = [[_td(c.text, _MARK_CLASS.get(c.mark, "")) for c in row] for row in table.rows]
+    parts = ["<h2>Stages</h2>", _table(table.headers, rows)]
+    if table.caption:
+        parts.append(f'<p class="note">{html.escape(table.caption)}</p>')
+    parts += [f'<p class="warning">⚠ {html.escape(w)}</p>' for w in table.warnings]
+    return "\n".join(parts)
+
+
+def render(comparison: Comparison, title: str = "edgeslim compare", intro: str = "") -> str:
+    """The whole page as one string: table, warnings, plots, per-op table, noise rule and the data block.
+    ``intro``: HTML placed under the title (a run's stage table)."""
     fronts = pareto_by_device(comparison)
     data = comparison_data(comparison)
-    parts = [f"<h1>{html.escape(title)}</h1>"]
+    parts = [f"<h1>{html.escape(title)}</h1>", *([intro] if intro else [])]
     parts.append(
         f"<p>Baseline: <code>{html.escape(comparison.baseline)}</code>. Speed-up = baseline p50 / p50 on the "
         f"same device, thread count and batch size.</p>"
@@ -408,15 +429,16 @@ def _page(title: str, body: str) -> str:
     )
 
 
-def write_html(comparison: Comparison, path: Path, title: str = "edgeslim compare") -> Path:
+def write_html(comparison: Comparison, path: Path, title: str = "edgeslim compare", intro: str = "") -> Path:
     """Render and write atomically (a reader never sees half a page)."""
     path = Path(path)
-    write_text(path, render(comparison, title))
+    write_text(path, render(comparison, title, intro))
     return path
 
 
 def write_run_html(run_dir: Path) -> Path:
-    """``run_dir/report.html`` for one run, baseline = its ``baseline`` stage.
+    """``run_dir/report.html`` for one run: the stage table (as in report.md), then every measured
+    model and device profile compared with the ``baseline`` stage.
 
     Called by the runner after every run, so it never fails on failed or unmeasured stages (they are
     skipped) nor on a broken benchmark report (named in the page's warnings).
@@ -425,11 +447,21 @@ def write_run_html(run_dir: Path) -> Path:
     problems: list[str] = []
     entries = load_entries([run_dir], problems)
     title = f"edgeslim run '{entries[0].context.get('run') if entries else run_dir.name}'"
+    try:
+        intro = stage_section(stage_table(read_report(run_dir)))
+    except (OSError, ValueError):  # a report.json this edgeslim cannot read as a run: the comparison still shows
+        intro = ""
     if not entries:
         notes = "".join(f'<p class="warning">⚠ {html.escape(p)}</p>' for p in problems)
         body = f"<h1>{html.escape(title)}</h1><p>No measured stages yet.</p>{notes}"
         return _write(run_dir / RUN_HTML, _page(title, body))
-    return write_html(compare(entries, extra_warnings=problems), run_dir / RUN_HTML, title)
+    if intro:
+        intro += (
+            "\n<p class=\"note\">The comparison below pairs each model's own measurement with the baseline's own "
+            "measurement (timed at different moments, and per device profile); the stage table above times every "
+            "stage side by side with the previous stage and the baseline, so a busy moment slows them alike.</p>"
+        )
+    return write_html(compare(entries, extra_warnings=problems), run_dir / RUN_HTML, title, intro)
 
 
 def _write(path: Path, text: str) -> Path:

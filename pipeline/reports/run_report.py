@@ -2,7 +2,9 @@
 the ``RunReport`` the engine writes to ``report.json``.
 
 Ratios are taken against the run's reference stage (the baseline) when it has one, else the
-first measured stage: "x smaller" = reference size / stage size, "x faster" = reference p50 / stage p50.
+first measured stage: "x smaller" = reference size / stage size. Latency comes as the runner timed
+it, each stage side by side with the previous stage and the baseline: p50 with its interval,
+"x faster vs baseline" and "x faster vs previous" with theirs (``edgeslim.reports.stage_table``).
 """
 
 from __future__ import annotations
@@ -11,106 +13,71 @@ from pathlib import Path
 
 import yaml
 from rich.table import Table
+from rich.text import Text
 
-from edgeslim.engine.records import REPORT_JSON, RunReport, StageRecord
+from edgeslim.engine.records import REPORT_JSON, RunReport
 from edgeslim.engine.store import read_json, write_text
 from edgeslim.reports.html import write_run_html
+from edgeslim.reports.stage_table import (
+    FASTER_MARK,
+    REFERENCE_MARK,
+    SLOWER_MARK,
+    Cell,
+    stage_table,
+)
 
 REPORT_MD = "report.md"
 
 
-def _fmt_size(n: int | None) -> str:
-    if n is None:
-        return "-"
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1024 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return str(n)
-
-
-def _status(stage: StageRecord) -> str:
-    """'ran' / 'cached', and 're-measured' when a reused model was timed again."""
-    if stage.status == "cached" and stage.measured == "fresh":
-        return "cached, re-measured"
-    return stage.status
-
-
 def table_rows(report: RunReport) -> list[list[str]]:
-    """Rows: stage, status, accuracy, Δ accuracy, size, x smaller, params, p50, p99, x faster."""
-    ref = report.reference()
-    rm = ref.metrics if ref else None
-    rows = []
-    for stage in report.stages:
-        m = stage.metrics
-        if m is None or m.latency_ms is None:
-            rows.append([stage.label, _status(stage)] + ["-"] * 8)
-            continue
-        acc, size, p50 = m.accuracy, m.size_bytes, m.latency_ms.p50
-        ref_p50 = rm.latency_ms.p50 if rm is not None and rm.latency_ms is not None else None
-        rows.append(
-            [
-                stage.label,
-                _status(stage),
-                f"{acc * 100:.2f}%",
-                f"{(acc - rm.accuracy) * 100:+.2f}" if rm else "-",
-                _fmt_size(size),
-                f"{rm.size_bytes / size:.1f}x" if rm else "-",
-                f"{m.params:,}" if m.params is not None else "-",
-                f"{p50:.3f}",
-                f"{m.latency_ms.p99:.3f}",
-                f"{ref_p50 / p50:.1f}x" if ref_p50 is not None else "-",
-            ]
-        )
-    return rows
+    """Rows of the main table as text (see ``edgeslim.reports.stage_table``)."""
+    return stage_table(report).text_rows()
 
 
-HEADERS = [
-    "stage",
-    "status",
-    "accuracy",
-    "Δ acc (pt)",
-    "size",
-    "x smaller",
-    "params",
-    "p50 ms",
-    "p99 ms",
-    "x faster",
-]
+_STYLE = {FASTER_MARK: "green", SLOWER_MARK: "bold red", REFERENCE_MARK: "cyan"}
 
 
 def rich_table(report: RunReport) -> Table:
-    ref = report.reference()
-    caption = (
-        f"latency: ONNX Runtime, {ref.metrics.threads} thread(s), batch {ref.metrics.batch_size}; ratios vs {ref.label}"
-        if ref and ref.metrics
-        else None
-    )
-    table = Table(title=f"edgeslim run '{report.run}'", caption=caption)
-    for i, header in enumerate(HEADERS):
-        table.add_column(header, justify="left" if i < 2 else "right")
-    for row in table_rows(report):
-        table.add_row(*row)
+    """The terminal table; the caption says how latency was measured and names slower stages."""
+    table_data = stage_table(report)
+    caption = Text()
+    if table_data.caption:
+        caption.append(table_data.caption, style="dim")
+    for warning in table_data.warnings:
+        caption.append(f"\n⚠ {warning}", style="bold red")
+    table = Table(title=f"edgeslim run '{report.run}'", caption=caption or None, caption_justify="left")
+    for i, header in enumerate(table_data.headers):  # a narrow console wraps a 'slower' before a p50 interval
+        table.add_column(header, justify="left" if i < 2 else "right", no_wrap=header == "p50 ms")
+    for row in table_data.rows:
+        table.add_row(*(Text(c.text, style=_STYLE.get(c.mark, "")) for c in row))
     return table
+
+
+def _md_cell(cell: Cell) -> str:
+    return f"**{cell.text}**" if cell.mark == SLOWER_MARK else cell.text
 
 
 def render_markdown(report: RunReport) -> str:
     ref = report.reference()
+    table_data = stage_table(report)
     lines = [f"# edgeslim run `{report.run}`", ""]
     lines.append(
         f"Created {report.created} on {report.device.get('cpu', '?')} "
         f"({report.device.get('logical_cores', '?')} logical cores)."
     )
     if ref and ref.metrics:
-        m = ref.metrics
         lines.append(
             f"Every stage is measured the same way: accuracy with ONNX Runtime on the test split "
-            f"({report.test_samples} samples); size = bytes of the deployable ONNX file; latency = "
-            f"ONNX Runtime CPU, {m.threads} thread(s), batch {m.batch_size}, median over "
-            f"{m.latency_runs or '?'} runs after warm-up. Ratios are against `{ref.label}`."
+            f"({report.test_samples} samples); size = bytes of the deployable ONNX file; Δ acc and x smaller "
+            f"are against `{ref.label}`."
         )
-    lines += ["", "| " + " | ".join(HEADERS) + " |", "|" + "---|" * len(HEADERS)]
-    lines += ["| " + " | ".join(row) + " |" for row in table_rows(report)]
+        if table_data.caption:
+            lines += ["", table_data.caption[0].upper() + table_data.caption[1:]]
+    lines += ["", "| " + " | ".join(table_data.headers) + " |", "|" + "---|" * len(table_data.headers)]
+    lines += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in table_data.rows]
+    if table_data.warnings:
+        lines.append("")
+        lines += [f"> ⚠ {warning}  " for warning in table_data.warnings]
     for stage in report.stages:
         if stage.notes or stage.error:
             lines += ["", f"**{stage.label}**"]
