@@ -453,9 +453,11 @@ def latency_line(latency: dict[str, Any]) -> str:
     """'p50 0.0213 ms [0.0211–0.0215] · 0.84x [0.80–0.88] vs 04-export (slower (regression)) · …' for the log."""
     p50, ci = latency["latency_ms"]["p50"], latency.get("latency_p50_ci_ms")
     parts = [f"p50 {p50:.4g} ms" + (f" [{ci[0]:.4g}–{ci[1]:.4g}]" if ci else "")]
+    shown = set()
     for field in PARTNERS.values():
         s = latency.get(field)
-        if s:
+        if s and s["against"] not in shown:  # the previous stage may be the baseline
+            shown.add(s["against"])
             interval = f" [{s['ci_low']:.2f}–{s['ci_high']:.2f}]" if s["ci_low"] is not None else ""
             parts.append(f"{s['ratio']:.2f}x{interval} vs {s['against']} ({s['verdict']})")
     return " · ".join(parts)
