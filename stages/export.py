@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
+import onnx
 from pydantic import Field
 
 from edgeslim.config.schema import StrictModel
@@ -24,7 +25,10 @@ from edgeslim.engine.stage import PlanRequest, Stage, StageContext, StagePlan, S
 from edgeslim.engine.store import ONNX, ONNX_INT8, ONNX_MODEL_FILE, TORCH, TORCH_QAT
 from edgeslim.errors import StageFailed, UserError
 from edgeslim.export.mobile import build_bundle
-from edgeslim.export.onnx_io import export_onnx, onnx_logits
+from edgeslim.export.onnx_io import export_onnx, load_onnx, onnx_logits
+from edgeslim.quant.coverage import runtime_coverage
+from edgeslim.quant.graph import mean_to_global_pool
+from edgeslim.quant.parity import quantized_hops
 from edgeslim.train.loop import predict
 
 
@@ -68,24 +72,56 @@ class Export(Stage[ExportConfig]):
         model = ctx.models.load_deployable(ctx.input)
         quantized = ctx.input.kind == TORCH_QAT
         path = export_onnx(model, ctx.example(), ctx.out_dir / ONNX_MODEL_FILE, opset=cfg.opset)
+        pools = _fusable_means(path) if quantized else 0
         x, _ = ctx.data.test.tensors
+        host = ctx.config.host
+        reference = predict(model, x).numpy()
         exported = onnx_logits(path, x, batch_size=ctx.config.measure.eval_batch_size)
-        parity = output_parity(predict(model, x).numpy(), exported)
+        parity = output_parity(reference, exported)
         agreement = parity["top1_agreement"]
+        hops = []
+        if quantized:  # where does an INT8 export part from PyTorch: the export, or ONNX Runtime's fusion?
+            hops = quantized_hops(
+                None, path, x, host.graph_optimization, host.exact_int8, cfg.min_top1_agreement, reference, "PyTorch"
+            )
         if agreement < cfg.min_top1_agreement:
+            where = next((h for h in hops if not h.passed), None)
+            blame = (
+                f"; the {where.name} hop fails (first diverging node: {where.first_divergent_node}), "
+                "so ONNX Runtime's fusion of the Q/DQ graph changes the results, not the export"
+                if where is not None
+                else (f"; {hops[0].line()}" if hops else "")
+            )
             raise StageFailed(
                 f"{ctx.where}: ONNX and PyTorch agree on top-1 for only {agreement:.2%} of {len(x)} test samples "
-                f"(min_top1_agreement: {cfg.min_top1_agreement}); max abs diff {parity['max_abs_diff']:.3g}"
+                f"(min_top1_agreement: {cfg.min_top1_agreement}); max abs diff {parity['max_abs_diff']:.3g}{blame}"
             )
+        details: dict[str, Any] = {"parity": parity, "opset": cfg.opset}
+        if hops:
+            details["parity_ledger"] = [h.row() for h in hops]
+        label = "FP32"
+        notes = []
+        if quantized:  # INT8 only if ONNX Runtime really runs its convs/linears in integer kernels
+            host = ctx.config.host
+            coverage = runtime_coverage(path, host.graph_optimization, host.exact_int8)
+            details["int8_coverage"] = coverage.to_dict()
+            label = "INT8 (from QAT)" if coverage.is_int8 else "QAT"
+            notes.append(coverage.summary() + " (the graph ONNX Runtime executes on the host profile)")
+            notes += [f"parity: {h.line()}" for h in hops]
+            if pools:
+                notes.append(f"{pools} spatial mean(s) written as GlobalAveragePool (an integer kernel in ORT)")
+            if not coverage.is_int8:
+                notes.append(
+                    "warning: most convolutions/linears of this QAT model still run in float in ONNX Runtime: "
+                    "it is not an INT8 model in practice"
+                )
         artifact = onnx_artifact(ctx, output_kind(ctx.input.kind), {"quantized": quantized, "opset": cfg.opset})
-        result = StageResult(
-            artifact,
-            details={"parity": parity, "opset": cfg.opset},
-            notes=[
-                f"{'INT8 (from QAT)' if quantized else 'FP32'} ONNX, opset {cfg.opset}: top-1 agreement with "
-                f"PyTorch {agreement:.2%}, max abs diff {parity['max_abs_diff']:.2e}"
-            ],
+        notes.insert(
+            0,
+            f"{label} ONNX, opset {cfg.opset}: top-1 agreement with PyTorch {agreement:.2%}, "
+            f"max abs diff {parity['max_abs_diff']:.2e}",
         )
+        result = StageResult(artifact, details=details, notes=notes)
         return self._mobile(ctx, path, result)
 
     def _mobile(self, ctx: StageContext, path: Path, result: StageResult) -> StageResult:
@@ -120,3 +156,12 @@ class Export(Stage[ExportConfig]):
             f"(ONNX {onnx_acc:.2%}, both with ONNX Runtime's default INT8 kernels, which an .ort file keeps)"
         )
         return result
+
+
+def _fusable_means(path: Path) -> int:
+    """Spatial means as GlobalAveragePool in a quantized export (same arithmetic; an integer kernel)."""
+    model = load_onnx(path)
+    count = mean_to_global_pool(model)
+    if count:
+        onnx.save(model, str(path))
+    return count

@@ -35,28 +35,39 @@ from __future__ import annotations
 import dataclasses
 import os
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
+import onnx
 from pydantic import Field, model_validator
 
 from edgeslim.config.schema import StrictModel
-from edgeslim.engine.measure import host_latency, latency_inputs
+from edgeslim.devices.host import measure_interleaved
+from edgeslim.engine.measure import latency_inputs
 from edgeslim.engine.stage import PlanRequest, Stage, StageContext, StagePlan, StageResult, onnx_artifact
 from edgeslim.engine.store import ONNX, ONNX_INT8, ONNX_MODEL_FILE, TORCH
 from edgeslim.errors import UserError
 from edgeslim.export.onnx_io import check_onnx_file, load_onnx
+from edgeslim.quant.coverage import Coverage, runtime_coverage
 from edgeslim.quant.methods import Recipe, recipe_from
 from edgeslim.quant.ort import (
     ACCURACY_EPS,
+    KEEP_FLOAT,
     QuantBench,
+    Timer,
     auto_select,
+    keep_float_candidate,
+    layer_sqnr,
     ort_optimize,
     quantized_weight_count,
     rank_sensitivity,
     search_mixed_precision,
+    time_candidates,
+    try_candidate,
 )
+from edgeslim.quant.parity import quantized_hops
 
 SCHEMES = {"u8s8": ("uint8", "int8"), "s8s8": ("int8", "int8")}
 
@@ -67,20 +78,29 @@ class MixedPrecisionConfig(StrictModel):
     max_accuracy_drop: float = Field(
         0.01, ge=0, le=1, description="vs the float input on the validation split, as a fraction (0.01 = 1 point)"
     )
-    proxy: Literal["accuracy", "output_error"] = Field(
+    proxy: Literal["accuracy", "output_error", "sqnr"] = Field(
         "accuracy",
-        description="rank nodes by validation accuracy drop, or by logits MSE vs float on calibration data (cheaper)",
+        description="rank nodes by validation accuracy drop or logits MSE vs float on calibration data, each node "
+        "quantized alone; or by each node's output SQNR with everything quantized (one quantization: cheapest)",
     )
     max_fp32_nodes: int = Field(8, ge=0, le=10_000, description="at most this many nodes kept FP32 by the search")
 
 
+class TimingConfig(StrictModel):
+    """Side-by-side timing on the run's host profile (first thread count and batch size): every
+    model timed in turn, ``runs_per_round`` runs each, for ``rounds`` rounds, in one fresh process."""
+
+    warmup: int = Field(10, ge=0, description="untimed runs per model first")
+    rounds: int = Field(10, ge=3, le=1000)
+    runs_per_round: int = Field(10, ge=1, le=1000)
+    max_seconds: float = Field(10.0, gt=0, description="stop after the round that passes this (at least 3 rounds)")
+
+
 class AutoConfig(StrictModel):
-    """``method: auto``: the fastest candidate within the accuracy budget wins."""
+    """``method: auto``: the fastest candidate within the accuracy budget wins; keeping the float
+    model is always a candidate."""
 
     max_accuracy_drop: float = Field(0.01, ge=0, le=1, description="vs the float input on the validation split")
-    warmup: int = Field(10, ge=0, description="latency runs per candidate (host profile, fresh process)")
-    runs: int = Field(100, ge=5)
-    max_seconds: float = Field(3.0, gt=0)
     mixed_precision: bool = Field(
         True,
         description="when no candidate meets the budget, keep sensitive nodes FP32 in the most accurate one "
@@ -127,15 +147,32 @@ class QuantizeConfig(StrictModel):
     )
     mixed_precision: MixedPrecisionConfig | None = None
     auto: AutoConfig = Field(default_factory=AutoConfig)
+    never_slower: bool = Field(
+        True,
+        description="time the quantized model side by side with its float input and ship the float model "
+        "when INT8 is slower beyond the noise (auto always does: keeping float is one of its candidates)",
+    )
+    timing: TimingConfig = Field(default_factory=TimingConfig, description="never_slower's and auto's timing")
     fallback_nodes_per_attempt: int = Field(2, ge=1, description="accuracy guard fallback: more FP32 nodes per try")
 
     @model_validator(mode="before")
     @classmethod
     def _migrate(cls, data: Any) -> Any:
-        """``preprocess: true|false`` (old key) -> ``optimize``; ``scheme`` -> activation/weight types."""
+        """``preprocess: true|false`` (old key) -> ``optimize``; ``scheme`` -> activation/weight types;
+        ``auto.warmup/runs/max_seconds`` (old keys) -> ``timing``."""
         if not isinstance(data, dict):
             return data
         data = dict(data)
+        auto = data.get("auto")
+        if isinstance(auto, dict) and any(k in auto for k in ("warmup", "runs", "max_seconds")):
+            auto, timing = dict(auto), dict(data.get("timing") or {})
+            if "warmup" in auto:
+                timing.setdefault("warmup", auto.pop("warmup"))
+            if "runs" in auto:
+                timing.setdefault("runs_per_round", max(1, -(-int(auto.pop("runs")) // 10)))
+            if "max_seconds" in auto:
+                timing.setdefault("max_seconds", auto.pop("max_seconds"))
+            data["auto"], data["timing"] = auto, timing
         if "preprocess" in data:
             if "optimize" in data:
                 raise ValueError("preprocess is the old name of optimize (true = before, false = none); set only one")
@@ -178,7 +215,7 @@ class _Outcome:
     """What a method produced: the model file (in the work folder), its recipe and its report lines."""
 
     path: Path
-    recipe: Recipe
+    recipe: Recipe | None  # None: the float input ships unchanged
     fp32_nodes: list[str]
     val_accuracy: float
     details: dict[str, Any] = field(default_factory=dict)
@@ -188,6 +225,14 @@ class _Outcome:
 class Quantize(Stage[QuantizeConfig]):
     name = "quantize"
     accepts = (ONNX, ONNX_INT8, TORCH)
+    # Never silently worse: at most 1 point below the float input on validation; else keep more
+    # nodes FP32, and if nothing meets it, pass the float model on (the report says so).
+    default_guard: ClassVar[dict[str, Any] | None] = {
+        "max_accuracy_drop": 0.01,
+        "reference": "previous",
+        "on_breach": "fallback",
+        "on_exhausted": "keep_previous",
+    }
 
     def __init__(self, config: QuantizeConfig, ranking: list[dict[str, Any]] | None = None):
         super().__init__(config)
@@ -208,7 +253,7 @@ class Quantize(Stage[QuantizeConfig]):
                 "remove this stage or set finetune.qat: false"
             )
         key_parts = {}
-        if self.config.method == "auto":  # auto's choice depends on where latency is measured
+        if self.config.method == "auto" or self.config.never_slower:  # the choice depends on where it is timed
             host = request.config.host
             key_parts["host"] = {
                 "threads": host.threads[0],
@@ -263,6 +308,7 @@ class Quantize(Stage[QuantizeConfig]):
         check_onnx_file(source)
         samples = ctx.calibration_samples(cfg.calibration_samples)[0].numpy()
         out = ctx.out_dir / ONNX_MODEL_FILE
+        host = ctx.config.host
         with tempfile.TemporaryDirectory(prefix=".quantize-", dir=ctx.out_dir) as tmp:
             bench = QuantBench(
                 source,
@@ -273,42 +319,146 @@ class Quantize(Stage[QuantizeConfig]):
                 eval_batch_size=ctx.config.measure.eval_batch_size,
             )
             self._check_exclude_nodes(ctx, bench)
-            outcome = self._auto(ctx, bench) if cfg.method == "auto" else self._fixed(ctx, bench, cfg.recipe())
-            quantizable = bench.nodes(outcome.recipe.method)
+            timer = self._timer(ctx, bench.work_dir)
+            outcome = self._auto(bench, timer) if cfg.method == "auto" else self._fixed(ctx, bench, cfg.recipe())
+            outcome.notes[:0] = bench.notes
             float_val_accuracy = bench.float_val_accuracy
-            if cfg.optimize in ("after", "both"):
+            quantizable = bench.nodes(outcome.recipe.method if outcome.recipe else cfg.recipe().method)
+            if outcome.recipe is not None and outcome.recipe.method == "static":
+                sqnr = layer_sqnr(bench, outcome.path)  # per-layer diagnosis of the INT8 model
+                outcome.details["layer_sqnr"] = sqnr
+                if sqnr:
+                    worst = ", ".join(f"{r['node']} ({r['op_type']}) {r['sqnr_db']:.1f} dB" for r in sqnr[:3])
+                    outcome.notes.append(f"lowest output SQNR vs float (calibration samples): {worst}")
+            if outcome.recipe is not None and cfg.optimize in ("after", "both"):
                 optimized = ort_optimize(outcome.path, bench.work_dir / "optimized.onnx")
                 outcome.val_accuracy, _ = bench.evaluate(optimized)  # judge the file that ships
                 outcome.notes.append(
                     "saved ONNX Runtime's optimized graph (extended level: quantized ops fused into contrib ops "
                     "such as QLinearConv/QGemm, so the file needs ONNX Runtime)"
                 )
-                os.replace(optimized, out)
+                outcome.path = optimized
+            # structure only (deterministic): the time spent in Q/DQ is the benchmark stage's op profile
+            coverage = runtime_coverage(
+                bench.float_model if outcome.recipe is None else outcome.path, host.graph_optimization, host.exact_int8
+            )
+            if outcome.recipe is not None and outcome.recipe.method == "static":
+                hops = quantized_hops(
+                    bench.float_model, outcome.path, bench.val_x, host.graph_optimization, host.exact_int8, 0.99
+                )
+                outcome.details["parity_ledger"] = [h.row() for h in hops]
+                outcome.notes += [f"parity (validation split): {h.line()}" for h in hops]
+                outcome.notes += [
+                    f"warning: ONNX Runtime's fusion changes {1 - h.parity['top1_agreement']:.2%} of top-1 answers "
+                    f"(first diverging node: {h.first_divergent_node})"
+                    for h in hops
+                    if not h.passed
+                ]
+            if outcome.recipe is not None and cfg.method != "auto" and cfg.never_slower:
+                self._never_slower(bench, outcome, timer, coverage)
+            if outcome.recipe is None:  # the float input ships unchanged
+                onnx.save(load_onnx(source), str(out))
             else:
                 os.replace(outcome.path, out)
-        artifact = onnx_artifact(ctx, ONNX_INT8, {"quantized": True, "method": outcome.recipe.method})
+        quantized = outcome.recipe is not None
+        meta = {"quantized": quantized, "method": outcome.recipe.method if quantized else "float"}
+        artifact = onnx_artifact(ctx, ONNX_INT8 if quantized else ONNX, meta)
         drop = float_val_accuracy - outcome.val_accuracy
-        quantized = quantized_weight_count(load_onnx(out))
+        n_quantized = quantized_weight_count(load_onnx(out))
         details = {
             "method": cfg.method,
-            "recipe": outcome.recipe.settings(),
+            "recipe": outcome.recipe.settings() if quantized else None,
+            "deliverable": "int8" if quantized else "float",
             "settings": cfg.model_dump(mode="json"),
             "calibration_samples": len(samples),
             "quantizable_nodes": [{"node": n.name, "op_type": n.op_type} for n in quantizable],
             "fp32_nodes": outcome.fp32_nodes,
-            "quantized_weights": quantized,
+            "quantized_weights": n_quantized,
             "float_val_accuracy": float_val_accuracy,
             "val_accuracy": outcome.val_accuracy,
             "val_accuracy_drop": drop,
+            "int8_coverage": coverage.to_dict(),
             **outcome.details,
         }
         notes = [
             *outcome.notes,
+            ("" if quantized else "the rejected INT8 model's ")
+            + coverage.summary()
+            + " (the graph ONNX Runtime executes on the host profile)",
             f"validation accuracy {outcome.val_accuracy:.2%} vs {float_val_accuracy:.2%} for the float input "
-            f"({-drop * 100:+.2f} pt); {quantized} weight tensors quantized, "
+            f"({-drop * 100:+.2f} pt); {n_quantized} weight tensors quantized, "
             f"{len(outcome.fp32_nodes)} node(s) kept FP32",
         ]
+        if quantized and not coverage.is_int8:
+            notes.append(
+                "warning: most convolutions/linears of this model still run in float in ONNX Runtime: "
+                "it is not an INT8 model in practice"
+            )
         return StageResult(artifact, details=details, notes=notes)
+
+    # ------------------------------------------------------------ timing
+
+    def _timer(self, ctx: StageContext, work_dir: Path) -> Timer:
+        """Times model files side by side on the run's host profile (real test inputs)."""
+        host, timing = ctx.config.host, self.config.timing
+        inputs = latency_inputs(ctx.data, work_dir)
+
+        def timer(paths: Sequence[Path]) -> list[list[float]]:
+            result = measure_interleaved(
+                list(paths),
+                threads=host.threads[0],
+                batch_size=host.batch_sizes[0],
+                graph_optimization=host.graph_optimization,
+                exact_int8=host.exact_int8,
+                inputs=inputs,
+                rounds=timing.rounds,
+                runs_per_round=timing.runs_per_round,
+                warmup=timing.warmup,
+                max_seconds=timing.max_seconds,
+            )
+            return result["samples_ms"]
+
+        return timer
+
+    def _never_slower(self, bench: QuantBench, outcome: _Outcome, timer: Timer, coverage: Coverage) -> None:
+        """Time INT8 against its float input; ship float when INT8 is slower beyond the noise."""
+        from edgeslim.engine.stats import FASTER, SLOWER, noise_verdict
+
+        keep = keep_float_candidate(bench)
+        assert outcome.recipe is not None
+        int8 = try_candidate(bench, "int8", outcome.recipe, outcome.fp32_nodes, path=outcome.path)
+        int8.val_accuracy = outcome.val_accuracy
+        time_candidates([keep, int8], timer)
+        ci = int8.speedup_vs_float
+        assert ci is not None
+        verdict = {FASTER: "faster", SLOWER: "slower"}.get(noise_verdict(ci, 0.0), "within noise")
+        outcome.details["latency_check"] = {
+            "float_p50_ms": keep.p50_ms,
+            "int8_p50_ms": int8.p50_ms,
+            "speedup": keep.p50_ms / int8.p50_ms,
+            "speedup_interval": list(ci),
+            "verdict": verdict,
+        }
+        ratio = f"{keep.p50_ms / int8.p50_ms:.2f}x [{ci[0]:.2f}-{ci[1]:.2f}]"
+        if verdict != "slower":
+            outcome.notes.append(
+                f"INT8 p50 {int8.p50_ms:.3f} ms vs {keep.p50_ms:.3f} ms for the float input: {ratio} "
+                f"({verdict}; side by side, interleaved rounds)"
+            )
+            return
+        blockers = coverage.float_islands or {}
+        why = (
+            "ops without integer kernels between Q/DQ: " + ", ".join(f"{op} x{n}" for op, n in sorted(blockers.items()))
+            if blockers
+            else f"{coverage.qdq_nodes} Q/DQ conversions cost more than the integer kernels save on a model this small"
+        )
+        outcome.notes.append(
+            f"kept the float model: INT8 ran {ratio} vs its float input (slower beyond the noise; p50 "
+            f"{int8.p50_ms:.3f} vs {keep.p50_ms:.3f} ms); {why}"
+        )
+        outcome.details["rejected_int8"] = {"recipe": outcome.recipe.settings(), "val_accuracy": outcome.val_accuracy}
+        outcome.path, outcome.recipe, outcome.val_accuracy = keep.path, None, keep.val_accuracy
+        outcome.fp32_nodes = []
 
     # ------------------------------------------------------------ methods
 
@@ -347,7 +497,7 @@ class Quantize(Stage[QuantizeConfig]):
         details: dict[str, Any] = {}
         ranking = self._ranking
         if ranking is None and (cfg.mixed_precision is not None or cfg.exclude_most_sensitive):
-            proxy = cfg.mixed_precision.proxy if cfg.mixed_precision is not None else "output_error"
+            proxy = cfg.mixed_precision.proxy if cfg.mixed_precision is not None else "sqnr"
             ranking = rank_sensitivity(bench, recipe, proxy, exclude=exclude)
         if cfg.exclude_most_sensitive and ranking:
             extra = [r["node"] for r in ranking if r["node"] not in exclude][: cfg.exclude_most_sensitive]
@@ -397,55 +547,60 @@ class Quantize(Stage[QuantizeConfig]):
                 notes.append(f"sensitivity (each node quantized alone), most sensitive first: {top}")
         return _Outcome(path, recipe, exclude, accuracy, details, notes)
 
-    def _auto(self, ctx: StageContext, bench: QuantBench) -> _Outcome:
-        """Measure every candidate that applies; keep the fastest within the budget (else the most accurate)."""
+    def _auto(self, bench: QuantBench, timer: Timer) -> _Outcome:
+        """Try every candidate that applies and keeping float; ship the fastest within the budget."""
         cfg = self.config
-        auto, host = cfg.auto, ctx.config.host
-        inputs = latency_inputs(ctx.data, bench.work_dir)
-
-        def p50(path: Path) -> float:
-            latency = host_latency(
-                path, host, warmup=auto.warmup, runs=auto.runs, max_seconds=auto.max_seconds, inputs=inputs
-            )
-            return float(latency["latency_ms"]["p50"])
-
+        auto = cfg.auto
         mp_cfg = cfg.mixed_precision or MixedPrecisionConfig()
         result = auto_select(
             bench,
             cfg.model_dump(),
-            p50,
+            timer,
             max_accuracy_drop=auto.max_accuracy_drop,
             exclude=cfg.exclude_nodes,
             fp32_search=(mp_cfg.proxy, mp_cfg.max_fp32_nodes) if auto.mixed_precision else None,
         )
         best, candidates = result.best, result.candidates
-        float_p50 = p50(bench.float_model)
+        float_row = next(c for c in candidates if c.name == KEEP_FLOAT)
         budget = f"{auto.max_accuracy_drop * 100:.2f} pt"
-        n_within = sum(c.accuracy_drop <= auto.max_accuracy_drop + ACCURACY_EPS for c in candidates)
-        why = (
-            f"fastest of {n_within} candidates within the {budget} budget"
-            if result.budget_met
-            else f"no candidate was within the {budget} budget: kept the most accurate"
-        )
+        quantized = [c for c in candidates if c.usable and c.recipe is not None]
+        within = [c for c in quantized if c.accuracy_drop <= auto.max_accuracy_drop + ACCURACY_EPS]
+        failed = [c for c in candidates if not c.usable]
+        if best.recipe is not None:
+            why = f"fastest of {len(within)} quantized candidate(s) within the {budget} budget, faster than float"
+        elif not quantized:
+            why = "every quantized candidate failed"
+        elif not within:
+            why = f"no quantized candidate was within the {budget} budget"
+        else:
+            fastest = min(within, key=lambda c: c.p50_ms)
+            why = (
+                f"no quantized candidate within the {budget} budget was faster than float "
+                f"(fastest: {fastest.name}, p50 {fastest.p50_ms:.3f} ms)"
+            )
         details: dict[str, Any] = {
             "candidates": [c.row() for c in candidates],
             "chosen": best.name,
-            "budget_met": result.budget_met,
+            "budget_met": bool(within),
             "float": {
                 "val_accuracy": bench.float_val_accuracy,
-                "p50_ms": float_p50,
-                "size_bytes": bench.float_model.stat().st_size,
+                "p50_ms": float_row.p50_ms,
+                "size_bytes": float_row.size_bytes,
             },
         }
         if result.ranking is not None:
             details["sensitivity"] = _sensitivity_table(result.ranking, best.fp32_nodes)
+        label = best.recipe.label() if best.recipe else "float model"
+        ci = best.speedup_vs_float
         notes = [
-            f"auto: {best.name} ({best.recipe.label()}"
+            f"auto: {best.name} ({label}"
             + (f"; FP32: {', '.join(best.fp32_nodes)}" if best.fp32_nodes else "")
             + f"), {why}: validation accuracy {best.val_accuracy:.2%} "
-            f"({-best.accuracy_drop * 100:+.2f} pt), p50 {best.p50_ms:.3f} ms vs {float_p50:.3f} ms float "
-            f"({host.threads[0]} thread(s), batch {host.batch_sizes[0]}), {len(candidates)} candidates measured"
+            f"({-best.accuracy_drop * 100:+.2f} pt), p50 {best.p50_ms:.3f} ms vs {float_row.p50_ms:.3f} ms float"
+            + (f" ({float_row.p50_ms / best.p50_ms:.2f}x [{ci[0]:.2f}-{ci[1]:.2f}])" if ci and best.recipe else "")
+            + f"; {len(candidates)} candidates timed side by side"
         ]
+        notes += [f"auto: candidate {c.name} failed and was skipped: {c.error}" for c in failed]
         return _Outcome(best.path, best.recipe, list(best.fp32_nodes), best.val_accuracy, details, notes)
 
     # ------------------------------------------------------------ accuracy guard
@@ -459,6 +614,8 @@ class Quantize(Stage[QuantizeConfig]):
         """
         cfg = self.config
         details = previous.details
+        if details.get("deliverable") == "float":  # it already passes its float input on
+            return None
         table: list[dict[str, Any]] = details.get("sensitivity") or []
         quantizable = [n["node"] for n in details.get("quantizable_nodes", [])] or [r["node"] for r in table]
         fp32 = list(details.get("fp32_nodes", cfg.exclude_nodes))
@@ -484,6 +641,8 @@ class Quantize(Stage[QuantizeConfig]):
 
 
 def _score(row: dict[str, Any]) -> str:
+    if "sqnr_db" in row:
+        return f"SQNR {row['sqnr_db']:.1f} dB"
     if "accuracy_drop" in row:
         return f"-{row['accuracy_drop'] * 100:.2f} pt"
     return f"logits MSE {row['output_mse']:.3g}"

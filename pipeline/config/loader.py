@@ -34,7 +34,11 @@ def _parse_stages(raw: Any, registry: Mapping[str, Any]) -> list[StageEntry]:
         if not isinstance(settings, dict):
             raise UserError(f"stages[{i}].{kind}: settings must be a mapping (got {settings!r})")
         settings = dict(settings)
-        guard = settings.pop("guard", None)
+        stage_cls = registry[kind]
+        if "guard" in settings:
+            guard = settings.pop("guard") or None  # ``guard: null`` / ``false`` turns a default guard off
+        else:  # a stage may bring its own guard (quantize: 1 point); the first stage has nothing to compare with
+            guard = getattr(stage_cls, "default_guard", None) if i > 0 else None
         config_cls = registry[kind].Config
         try:
             validated = config_cls.model_validate(settings)

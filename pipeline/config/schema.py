@@ -210,7 +210,11 @@ class StageEntry(StrictModel):
     def settings_with_guard(self) -> dict[str, Any]:
         """The stage's settings as written in YAML (its guard included): what its cache key hashes."""
         plain = self.settings.model_dump(mode="json")
-        return {**plain, "guard": self.guard.model_dump(mode="json")} if self.guard else plain
+        if self.guard:
+            return {**plain, "guard": self.guard.model_dump(mode="json")}
+        if getattr(self.stage_class, "default_guard", None):  # turned off by hand: keep it off on a re-read
+            return {**plain, "guard": None}
+        return plain
 
 
 class RunConfig(StrictModel):

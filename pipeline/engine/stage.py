@@ -159,6 +159,8 @@ class Stage(ABC, Generic[C]):
     Config: ClassVar[type[BaseModel]]
     accepts: ClassVar[tuple[str, ...]]  # artifact kinds this stage can take as input
     role: ClassVar[Role] = Role.TRANSFORM
+    # The accuracy guard a stage gets when its entry names none (``guard: null`` turns it off).
+    default_guard: ClassVar[dict[str, Any] | None] = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

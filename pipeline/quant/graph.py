@@ -155,3 +155,57 @@ def is_linear_heavy(nodes: Sequence[QuantNode]) -> bool:
     total = sum(n.weight_elements for n in nodes)
     linear = sum(n.weight_elements for n in nodes if n.op_type in LINEAR_OPS)
     return total > 0 and linear * 2 >= total
+
+
+def mean_to_global_pool(model: onnx.ModelProto) -> int:
+    """Rewrite ``ReduceMean`` over the spatial axes of a 4-D tensor as ``GlobalAveragePool``, in place.
+
+    The dynamo exporter writes ``AdaptiveAvgPool2d(1)`` and ``x.mean((2, 3))`` as ``ReduceMean``,
+    which has no integer kernel in ONNX Runtime: a quantized model runs it in float between a
+    DequantizeLinear and a QuantizeLinear. ``GlobalAveragePool`` fuses into
+    ``QLinearGlobalAveragePool``. Without ``keepdims`` a ``Squeeze`` follows (which ONNX Runtime
+    runs on the quantized tensor directly). Same arithmetic; returns how many nodes were rewritten.
+    """
+    graph = model.graph
+    inits = _initializers(graph)
+    ranks = _tensor_ranks(model)
+    new_nodes: list[onnx.NodeProto] = []
+    rewritten = 0
+    for node in graph.node:
+        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+        axes = attrs.get("axes")
+        if axes is None and len(node.input) > 1 and node.input[1] in inits:
+            axes = numpy_helper.to_array(inits[node.input[1]]).tolist()
+        rank = ranks.get(node.input[0]) if node.input else None
+        if node.op_type != "ReduceMean" or rank != 4 or axes is None or sorted(a % 4 for a in axes) != [2, 3]:
+            new_nodes.append(node)
+            continue
+        keep = bool(attrs.get("keepdims", 1))
+        pooled = node.output[0] if keep else f"{node.output[0]}_pooled"
+        new_nodes.append(onnx.helper.make_node("GlobalAveragePool", [node.input[0]], [pooled], name=node.name))
+        if not keep:
+            axes_name = f"{node.name}_squeeze_axes"
+            graph.initializer.append(numpy_helper.from_array(np.array([2, 3], dtype=np.int64), axes_name))
+            new_nodes.append(
+                onnx.helper.make_node("Squeeze", [pooled, axes_name], node.output, name=f"{node.name}_squeeze")
+            )
+        rewritten += 1
+    if rewritten:
+        graph.ClearField("node")
+        graph.node.extend(new_nodes)
+        _drop_unused_initializers(graph)
+    return rewritten
+
+
+def _tensor_ranks(model: onnx.ModelProto) -> dict[str, int]:
+    """Known ranks of the graph's tensors (after ONNX shape inference)."""
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model)
+    except Exception:  # a graph shape inference cannot follow: rewrite nothing that needs ranks
+        return {}
+    values = [*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output]
+    return {
+        v.name: len(v.type.tensor_type.shape.dim)
+        for v in values
+        if v.type.HasField("tensor_type") and v.type.tensor_type.HasField("shape")
+    }

@@ -162,7 +162,7 @@ def _static(
         str(out),
         _Reader(bench.input_name, bench.calibration),
         quant_format=QuantFormat.QDQ if config.format == "qdq" else QuantFormat.QOperator,
-        per_channel=config.per_channel,
+        per_channel=config.per_channel and bench.per_channel_allowed,
         reduce_range=config.reduce_range,
         activation_type=_quant_type(config.activation_type),
         weight_type=_quant_type(config.weight_type),

@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import tempfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from functools import cached_property
@@ -44,12 +45,26 @@ from edgeslim.quant.graph import (
     QuantNode,
     gemm_to_matmul,
     is_linear_heavy,
+    mean_to_global_pool,
     weighted_nodes,
 )
 from edgeslim.quant.methods import Recipe, recipe_from
 
 Method = Literal["static", "dynamic", "int4"]
 ACCURACY_EPS = 1e-9  # drops are fractions of a finite split: compare with a little slack
+PER_CHANNEL_OPSET = 13  # DequantizeLinear's ``axis`` (per-channel weights) exists from opset 13
+
+
+def upgrade_opset(model: onnx.ModelProto, opset: int) -> onnx.ModelProto | None:
+    """``onnx.version_converter`` to ``opset``; None when the converter cannot do it."""
+    from onnx import version_converter
+
+    try:
+        upgraded = version_converter.convert_version(model, opset)
+        onnx.checker.check_model(upgraded)
+    except Exception:  # the converter raises many types for ops it has no adapter for
+        return None
+    return upgraded
 
 
 @contextlib.contextmanager
@@ -116,9 +131,54 @@ class QuantBench:
         self.calibration = calibration
         self.val_x, self.val_y = val
         self.eval_batch_size = eval_batch_size
-        self.prepared = preprocess(float_model, work_dir / "prepared.onnx") if preprocess_first else float_model
         self.input_name = load_onnx(float_model, external_data=False).graph.input[0].name
         self._trials = 0
+        self.notes: list[str] = []  # what preparing the graph changed, for the stage's report
+        self.per_channel_allowed = True
+        source = self._fusable_source(float_model)
+        self.prepared = preprocess(source, work_dir / "prepared.onnx") if preprocess_first else source
+
+    def _fusable_source(self, float_model: Path) -> Path:
+        """The float graph the quantizers start from: at an opset with per-channel Q/DQ (>= 13) and
+        with spatial means written as GlobalAveragePool, which ONNX Runtime runs in integer kernels."""
+        model = load_onnx(float_model)
+        changed = False
+        opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
+        if opset is not None and opset < PER_CHANNEL_OPSET:
+            upgraded = upgrade_opset(model, PER_CHANNEL_OPSET)
+            if upgraded is not None and self._same_logits(model, upgraded):
+                model, changed = upgraded, True
+                self.notes.append(
+                    f"upgraded the model from opset {opset} to {PER_CHANNEL_OPSET} for per-channel quantization "
+                    "(float outputs unchanged on calibration samples)"
+                )
+            else:
+                self.per_channel_allowed = False
+                self.notes.append(
+                    f"opset {opset} has no per-channel DequantizeLinear and the upgrade to {PER_CHANNEL_OPSET} "
+                    f"{'failed' if upgraded is None else 'changed the float outputs'}: weights quantized per-tensor"
+                )
+        pools = mean_to_global_pool(model)
+        if pools:
+            changed = True
+            self.notes.append(
+                f"{pools} spatial mean(s) (ReduceMean) written as GlobalAveragePool, which ONNX Runtime runs in "
+                "an integer kernel"
+            )
+        if not changed:
+            return float_model
+        path = self.work_dir / "fusable.onnx"
+        onnx.save(model, str(path))
+        return path
+
+    def _same_logits(self, before: onnx.ModelProto, after: onnx.ModelProto) -> bool:
+        x = torch.from_numpy(self.calibration[:32])
+        with tempfile.TemporaryDirectory(dir=self.work_dir) as tmp:
+            paths = [Path(tmp) / "before.onnx", Path(tmp) / "after.onnx"]
+            for model, path in zip((before, after), paths, strict=True):
+                onnx.save(model, str(path))
+            a, b = (self._logits(path, x) for path in paths)
+        return bool(np.allclose(a, b, rtol=1e-4, atol=1e-5))
 
     # ------------------------------------------------------------ graphs and nodes
 
@@ -184,14 +244,110 @@ class QuantBench:
 # ---------------------------------------------------------------- sensitivity and mixed precision
 
 
-def rank_sensitivity(
-    bench: QuantBench, recipe: Recipe, proxy: Literal["accuracy", "output_error"], exclude: Sequence[str] = ()
-) -> list[dict[str, Any]]:
-    """Quantize each node alone and rank by the damage done, most sensitive first.
+def _tensor_values(path: Path, names: Sequence[str], x: np.ndarray, work_dir: Path) -> dict[str, np.ndarray]:
+    """Values of the named intermediate tensors of ``path`` on ``x`` (Q/DQ run as written: no fusion)."""
+    from edgeslim.export.onnx_io import open_session
 
-    ``accuracy``: validation accuracy drop vs the float model (ties broken by validation logits
-    MSE); ``output_error``: logits MSE on the calibration samples (no labels, fewer samples).
+    model = load_onnx(path)
+    present = {o for node in model.graph.node for o in node.output}
+    wanted = [n for n in dict.fromkeys(names) if n in present]
+    if not wanted:  # ``run([])`` would return every graph output
+        return {}
+    known = {o.name for o in model.graph.output}
+    model.graph.output.extend(onnx.ValueInfoProto(name=n) for n in wanted if n not in known)
+    with tempfile.TemporaryDirectory(dir=work_dir) as tmp:
+        probe = Path(tmp) / "probe.onnx"
+        onnx.save(model, str(probe))
+        session = open_session(probe, graph_optimization="disable")
+        values = session.run(wanted, {session.get_inputs()[0].name: x})
+    return dict(zip(wanted, values, strict=True))
+
+
+def _sqnr_db(reference: np.ndarray, noisy: np.ndarray) -> float:
+    noise = float(np.mean((noisy.astype(np.float64) - reference) ** 2))
+    signal = float(np.mean(reference.astype(np.float64) ** 2))
+    return 10 * float(np.log10(signal / noise)) if noise > 0 and signal > 0 else float("inf")
+
+
+def layer_sqnr(bench: QuantBench, quantized: Path, samples: int = 64) -> list[dict[str, Any]]:
+    """Per weighted node: the signal-to-quantization-noise ratio (dB) of its output in the quantized
+    model vs the float model on calibration samples, and how much of it the node itself lost
+    (``sqnr_drop_db``: SQNR of its float-named input minus that of its output, i.e. the noise of
+    quantizing its input and weights); the nodes that lose most come first.
+
+    One run of each model (Q/DQ evaluated as written, so the noise is the quantization's, not a
+    kernel's) ranks every node at once, where ``rank_sensitivity``'s other proxies quantize each
+    node alone.
     """
+    prepared = load_onnx(bench.prepared)
+    names = {q.name for q in bench.nodes("static")}
+    float_tensors = {t for node in prepared.graph.node for t in node.output} | {i.name for i in prepared.graph.input}
+    qgraph = load_onnx(quantized).graph
+    qnodes = {n.name: n for n in qgraph.node}
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for n in qgraph.node:
+        for t in n.input:
+            consumers.setdefault(t, []).append(n)
+
+    def after_qdq(tensor: str) -> str:
+        """What the next layers see: the tensor after its QuantizeLinear -> DequantizeLinear, if any."""
+        q = next((c for c in consumers.get(tensor, []) if c.op_type == "QuantizeLinear"), None)
+        dq = q and next((c for c in consumers.get(q.output[0], []) if c.op_type == "DequantizeLinear"), None)
+        return dq.output[0] if dq else tensor
+
+    # (node, op, float input, quantized input, float output, quantized output); the quantizer may fold a
+    # Relu into the node (its output then carries the Relu's tensor name, which the float graph also has)
+    pairs = []
+    for node in (n for n in prepared.graph.node if n.name in names):
+        qn = qnodes.get(node.name)
+        if qn is None or qn.op_type != node.op_type:
+            continue  # not a QDQ node (QOperator, dynamic): nothing to compare by name
+        out = qn.output[0] if qn.output[0] in float_tensors else node.output[0]
+        pairs.append((node.name, node.op_type, node.input[0], qn.input[0], out, after_qdq(qn.output[0])))
+    x = bench.calibration[:samples]
+    reference = _tensor_values(bench.prepared, sorted({t for p in pairs for t in (p[2], p[4])}), x, bench.work_dir)
+    noisy = _tensor_values(quantized, sorted({t for p in pairs for t in (p[3], p[5])}), x, bench.work_dir)
+    rows = []
+    for name, op_type, f_in, q_in, f_out, q_out in pairs:
+        if f_out not in reference or q_out not in noisy:
+            continue
+        sqnr = _sqnr_db(reference[f_out], noisy[q_out])
+        before = _sqnr_db(reference[f_in], noisy[q_in]) if f_in in reference and q_in in noisy else float("inf")
+        drop = before - sqnr if before != float("inf") else None
+        rows.append(
+            {
+                "node": name,
+                "op_type": op_type,
+                "sqnr_db": round(sqnr, 2),
+                "sqnr_drop_db": round(drop, 2) if drop is not None else None,
+            }
+        )
+    # the model's input arrives exact: a first layer's drop is its own SQNR's shortfall from "no noise"
+    rows.sort(key=lambda r: -(r["sqnr_drop_db"] if r["sqnr_drop_db"] is not None else 100 - r["sqnr_db"]))
+    for rank, row in enumerate(rows, 1):
+        row["rank"] = rank
+    return rows
+
+
+def rank_sensitivity(
+    bench: QuantBench, recipe: Recipe, proxy: Literal["accuracy", "output_error", "sqnr"], exclude: Sequence[str] = ()
+) -> list[dict[str, Any]]:
+    """Rank the quantizable nodes by the damage quantizing them does, most sensitive first.
+
+    ``accuracy``: each node quantized alone, validation accuracy drop vs the float model (ties
+    broken by validation logits MSE); ``output_error``: each node alone, logits MSE on the
+    calibration samples (no labels, fewer samples); ``sqnr``: everything quantized once, each
+    node's output SQNR (:func:`layer_sqnr`; one quantization instead of one per node).
+    """
+    if proxy == "sqnr" and recipe.method == "static":
+        path = bench.quantize(recipe, bench.trial_path("sqnr"), exclude=exclude)
+        ranked = [{**r, "fp32": False} for r in layer_sqnr(bench, path) if r["node"] not in exclude]
+        path.unlink()
+        for rank, row in enumerate(ranked, 1):
+            row["rank"] = rank
+        return ranked
+    if proxy == "sqnr":  # dynamic/int4 graphs do not keep the float tensor names: rank by output error
+        proxy = "output_error"
     rows = []
     for node in bench.nodes(recipe.method):
         if node.name in exclude:
@@ -262,13 +418,19 @@ def search_mixed_precision(
 
 # ---------------------------------------------------------------- auto
 
+KEEP_FLOAT = "keep-float"
+
+# Times several model files side by side (interleaved rounds): per-run latency samples per file.
+Timer = Callable[[Sequence[Path]], list[list[float]]]
+
 
 @dataclass
 class Candidate:
-    """One configuration ``auto`` measured."""
+    """One configuration ``auto`` tried. ``recipe`` is None for keeping the float model; ``error`` is
+    set when quantizing or evaluating it failed (it is listed, never chosen, and ends nothing)."""
 
     name: str
-    recipe: Recipe
+    recipe: Recipe | None
     val_accuracy: float
     accuracy_drop: float
     p50_ms: float
@@ -276,18 +438,29 @@ class Candidate:
     path: Path
     fp32_nodes: list[str] = field(default_factory=list)
     chosen: bool = False
+    speedup_vs_float: tuple[float, float] | None = None  # bootstrap interval of float p50 / this p50
+    error: str | None = None
+
+    @property
+    def usable(self) -> bool:
+        return self.error is None
 
     def row(self) -> dict[str, Any]:
+        def number(x: float) -> float | None:  # NaN (not measured, failed) is not JSON
+            return None if x != x else x
+
         return {
             "name": self.name,
-            "settings": self.recipe.settings(),
-            "label": self.recipe.label(),
+            "settings": self.recipe.settings() if self.recipe else {"method": "float"},
+            "label": self.recipe.label() if self.recipe else "float model (not quantized)",
             "fp32_nodes": list(self.fp32_nodes),
-            "val_accuracy": self.val_accuracy,
-            "accuracy_drop": self.accuracy_drop,
-            "p50_ms": self.p50_ms,
+            "val_accuracy": number(self.val_accuracy),
+            "accuracy_drop": number(self.accuracy_drop),
+            "p50_ms": number(self.p50_ms),
+            "speedup_vs_float": list(self.speedup_vs_float) if self.speedup_vs_float else None,
             "size_bytes": self.size_bytes,
             "chosen": self.chosen,
+            "error": self.error,
         }
 
 
@@ -313,28 +486,53 @@ def auto_recipes(bench: QuantBench, base: Mapping[str, Any]) -> list[tuple[str, 
     return out
 
 
-def measure_candidate(
-    bench: QuantBench,
-    name: str,
-    recipe: Recipe,
-    latency_p50: Callable[[Path], float],
-    exclude: Sequence[str] = (),
-    path: Path | None = None,
+def keep_float_candidate(bench: QuantBench) -> Candidate:
+    """Shipping the float input unchanged: always a candidate, so INT8 must earn its place."""
+    return Candidate(
+        KEEP_FLOAT,
+        None,
+        bench.float_val_accuracy,
+        0.0,
+        float("nan"),
+        bench.float_model.stat().st_size,
+        bench.float_model,
+    )
+
+
+def try_candidate(
+    bench: QuantBench, name: str, recipe: Recipe, exclude: Sequence[str] = (), path: Path | None = None
 ) -> Candidate:
-    """Quantize (unless ``path`` is given), then validation accuracy, median latency and size."""
-    if path is None:
-        path = bench.quantize(recipe, bench.trial_path(name), exclude=exclude)
-    accuracy, _ = bench.evaluate(path)
+    """Quantize (unless ``path`` is given) and score on validation; a failure becomes a listed row."""
+    try:
+        if path is None:
+            path = bench.quantize(recipe, bench.trial_path(name), exclude=exclude)
+        accuracy, _ = bench.evaluate(path)
+    except Exception as exc:  # a third-party quantizer failing on one setting must not end the stage
+        reason = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"[:300]
+        return Candidate(name, recipe, float("nan"), float("nan"), float("nan"), 0, Path(), list(exclude), error=reason)
     return Candidate(
         name=name,
         recipe=recipe,
         val_accuracy=accuracy,
         accuracy_drop=bench.float_val_accuracy - accuracy,
-        p50_ms=latency_p50(path),
+        p50_ms=float("nan"),
         size_bytes=path.stat().st_size,
         path=path,
         fp32_nodes=list(exclude),
     )
+
+
+def time_candidates(candidates: Sequence[Candidate], timer: Timer) -> None:
+    """Time every usable candidate side by side with the float model (the keep-float candidate,
+    which must be among them); sets each p50 and its speed-up interval vs float."""
+    from edgeslim.engine.stats import speedup_interval
+
+    usable = [c for c in candidates if c.usable]
+    float_index = next(i for i, c in enumerate(usable) if c.name == KEEP_FLOAT)
+    samples = [np.asarray(s) for s in timer([c.path for c in usable])]
+    for c, s in zip(usable, samples, strict=True):
+        c.p50_ms = float(np.median(s))
+        c.speedup_vs_float = speedup_interval(samples[float_index], s)
 
 
 @dataclass
@@ -348,47 +546,57 @@ class AutoResult:
 def auto_select(
     bench: QuantBench,
     base: Mapping[str, Any],
-    latency_p50: Callable[[Path], float],
+    timer: Timer,
     *,
     max_accuracy_drop: float,
     exclude: Sequence[str] = (),
     fp32_search: tuple[Literal["accuracy", "output_error"], int] | None = None,
 ) -> AutoResult:
-    """Measure every candidate that applies and keep the fastest within the budget.
+    """Try every candidate that applies, time them side by side with the float model, and keep the
+    fastest within the budget. Keeping the float model is always a candidate.
 
-    When none is within it and ``fp32_search`` = (proxy, max FP32 nodes) is given, the most
-    accurate candidate gets a mixed-precision search and the result joins the table as
-    ``<name>+fp32``; the choice is then made again over all of them.
+    When no quantized candidate is within the budget and ``fp32_search`` = (proxy, max FP32
+    nodes) is given, the most accurate one gets a mixed-precision search and the result joins
+    the table as ``<name>+fp32`` before timing.
     """
-    candidates = [
-        measure_candidate(bench, name, recipe, latency_p50, exclude=exclude)
-        for name, recipe in auto_recipes(bench, base)
-    ]
-    best, within = choose_candidate(candidates, max_accuracy_drop)
-    if within or fp32_search is None:
-        return AutoResult(best, within, candidates)
-    proxy, max_fp32_nodes = fp32_search
-    ranking = rank_sensitivity(bench, best.recipe, proxy, exclude=exclude)
-    search = search_mixed_precision(
-        bench,
-        best.recipe,
-        [r["node"] for r in ranking],
-        max_accuracy_drop=max_accuracy_drop,
-        max_fp32_nodes=max_fp32_nodes,
-        exclude=exclude,
-    )
-    fp32 = [*exclude, *search.best.fp32_nodes]
-    mixed = measure_candidate(bench, f"{best.name}+fp32", best.recipe, latency_p50, exclude=fp32, path=search.best.path)
-    candidates.append(mixed)
+    candidates = [keep_float_candidate(bench)]
+    candidates += [try_candidate(bench, name, recipe, exclude=exclude) for name, recipe in auto_recipes(bench, base)]
+    quantized = [c for c in candidates if c.usable and c.recipe is not None]
+    ranking = None
+    if fp32_search is not None and quantized and not any(_within(c, max_accuracy_drop) for c in quantized):
+        proxy, max_fp32_nodes = fp32_search
+        seed = max(quantized, key=lambda c: c.val_accuracy)
+        assert seed.recipe is not None
+        ranking = rank_sensitivity(bench, seed.recipe, proxy, exclude=exclude)
+        search = search_mixed_precision(
+            bench,
+            seed.recipe,
+            [r["node"] for r in ranking],
+            max_accuracy_drop=max_accuracy_drop,
+            max_fp32_nodes=max_fp32_nodes,
+            exclude=exclude,
+        )
+        fp32 = [*exclude, *search.best.fp32_nodes]
+        candidates.append(try_candidate(bench, f"{seed.name}+fp32", seed.recipe, exclude=fp32, path=search.best.path))
+    time_candidates(candidates, timer)
     best, within = choose_candidate(candidates, max_accuracy_drop)
     return AutoResult(best, within, candidates, ranking)
 
 
+def _within(c: Candidate, max_accuracy_drop: float) -> bool:
+    return c.usable and c.accuracy_drop <= max_accuracy_drop + ACCURACY_EPS
+
+
 def choose_candidate(candidates: Sequence[Candidate], max_accuracy_drop: float) -> tuple[Candidate, bool]:
-    """The fastest candidate within the budget; else the most accurate (then fastest). Marks it chosen."""
-    within = [c for c in candidates if c.accuracy_drop <= max_accuracy_drop + ACCURACY_EPS]
+    """The fastest candidate within the budget; else the most accurate (then fastest). Marks it chosen.
+
+    With the keep-float candidate in the list (drop 0) the budget is always met; without it (a
+    caller's own list), ``within`` says whether any candidate met it.
+    """
+    usable = [c for c in candidates if c.usable]
+    within = [c for c in usable if _within(c, max_accuracy_drop)]
     fastest_within = min(within, key=lambda c: c.p50_ms) if within else None
-    best = fastest_within or max(candidates, key=lambda c: (c.val_accuracy, -c.p50_ms))
+    best = fastest_within or max(usable, key=lambda c: (c.val_accuracy, -c.p50_ms))
     for c in candidates:
         c.chosen = c is best
     return best, bool(within)

@@ -34,7 +34,7 @@ STAGES: list[Any] = [
     {"prune": {"importance": "l1", "pruning_ratio": 0.3}},
     {"finetune": {"epochs": 1, "batch_size": 32}},
     "export",
-    {"quantize": {"calibration_samples": 32}},
+    {"quantize": {"calibration_samples": 32, "never_slower": False}},  # no timing-driven choice here
     {"benchmark": {"runs": 5, "warmup": 1, "batch_sizes": [1], "op_profile_runs": 0}},
 ]
 # One setting per stage that has any (baseline has none: it measures the model as it is).

@@ -31,6 +31,9 @@ FAST_AUTO = {"warmup": 2, "runs": 10, "max_seconds": 0.5}
 
 
 def run_quantize(tmp_path: Path, data, loader, artifact: Artifact, **settings) -> StageResult:
+    """Run the stage; INT8 mechanics are tested with ``never_slower`` off, because on these tiny
+    models INT8 is slower than float and the stage (rightly) ships float (tested on its own below)."""
+    settings.setdefault("never_slower", False)
     stages = [{"quantize": settings}]
     return stage_for(stages).execute(make_context(tmp_path, data, loader, artifact, stages))
 
@@ -278,13 +281,14 @@ def test_auto_picks_the_fastest_within_budget(tmp_path, data, loader, mlp_onnx):
     chosen = [c for c in table if c["chosen"]]
     assert len(chosen) == 1 and chosen[0]["name"] == result.details["chosen"]
     within = [c for c in table if c["accuracy_drop"] <= 0.05 + 1e-9]
-    # The rule, not a particular winner (latencies are noisy): the fastest within budget, else the most accurate.
-    if within:
-        assert chosen[0]["p50_ms"] == min(c["p50_ms"] for c in within)
-        assert result.details["budget_met"] is True
+    # The rule, not a particular winner (latencies are noisy): the fastest within budget, keeping
+    # float (drop 0) included, so the budget is always met by something.
+    assert chosen[0]["p50_ms"] == min(c["p50_ms"] for c in within)
+    assert result.details["budget_met"] is any(c["name"] != "keep-float" for c in within)
+    if chosen[0]["name"] == "keep-float":
+        assert result.details["recipe"] is None and result.details["deliverable"] == "float"
     else:
-        assert chosen[0]["val_accuracy"] == max(c["val_accuracy"] for c in table)
-    assert result.details["recipe"] == chosen[0]["settings"]
+        assert result.details["recipe"] == chosen[0]["settings"] and result.details["deliverable"] == "int8"
     assert result.details["float"]["p50_ms"] > 0
     assert any(n.startswith(f"auto: {chosen[0]['name']} ") for n in result.notes)
     assert accuracy_on_test_split(result.artifact.file("model"), data) > 0.7
@@ -303,12 +307,17 @@ def test_auto_keeps_sensitive_nodes_fp32_when_no_candidate_is_within_budget(tmp_
         mixed_precision={"proxy": "output_error", "max_fp32_nodes": 2},
     )
     table = result.details["candidates"]
-    plain = [c for c in table if not c["name"].endswith("+fp32")]
+    plain = [c for c in table if not c["name"].endswith("+fp32") and c["name"] != "keep-float"]
     assert all(c["accuracy_drop"] > 0.05 for c in plain)  # every plain candidate breaks the fragile layer
     mixed = next(c for c in table if c["name"].endswith("+fp32"))
     assert mixed["fp32_nodes"] == [fc2] and mixed["accuracy_drop"] <= 0.05
-    assert result.details["chosen"] == mixed["name"] and result.details["budget_met"] is True
-    assert result.details["sensitivity"][0] == {**result.details["sensitivity"][0], "node": fc2, "fp32": True}
+    assert result.details["budget_met"] is True
+    # keeping float (drop 0) is a candidate too: the faster of the two within budget ships
+    within = [c for c in table if c["error"] is None and c["accuracy_drop"] <= 0.05]
+    assert {c["name"] for c in within} == {mixed["name"], "keep-float"}
+    assert result.details["chosen"] == min(within, key=lambda c: c["p50_ms"])["name"]
+    top = result.details["sensitivity"][0]
+    assert top["node"] == fc2 and top["fp32"] is (result.details["chosen"] == mixed["name"])
 
 
 def test_auto_on_conv_model_skips_dynamic_and_int4(tmp_path, data, loader, exported):
@@ -324,6 +333,7 @@ def test_auto_on_conv_model_skips_dynamic_and_int4(tmp_path, data, loader, expor
 def test_fallback_keeps_the_most_sensitive_nodes_fp32(tmp_path, data, loader, fragile_onnx):
     fc1, fc2, fc3 = gemm_names(fragile_onnx)
     settings = {
+        "never_slower": False,
         "fallback_nodes_per_attempt": 1,
         "mixed_precision": {"max_accuracy_drop": 0.05, "proxy": "output_error", "max_fp32_nodes": 0},
     }
@@ -348,7 +358,7 @@ def test_fallback_keeps_the_most_sensitive_nodes_fp32(tmp_path, data, loader, fr
 
 def test_fallback_without_a_sensitivity_table_ranks_in_the_new_run(tmp_path, data, loader, fragile_onnx):
     fc2 = gemm_names(fragile_onnx)[1]
-    stages = [{"quantize": {"calibration_samples": 64}}]
+    stages = [{"quantize": {"calibration_samples": 64, "never_slower": False}}]
     stage = stage_for(stages)
     plain = stage.execute(make_context(tmp_path / "0", data, loader, fragile_onnx, stages))
     assert "sensitivity" not in plain.details
@@ -423,6 +433,149 @@ def test_unknown_exclude_node_is_refused(tmp_path, data, loader, exported):
         run_quantize(tmp_path, data, loader, exported, exclude_nodes=["conv9"])
 
 
+def test_timing_driven_choices_are_keyed_by_the_host_profile():
+    """never_slower and auto decide by timing on the host profile: another profile is another result."""
+    assert "host" in plan_for(["quantize"], ONNX).key_parts
+    assert "host" in plan_for([{"quantize": {"method": "auto", "never_slower": False}}], ONNX).key_parts
+    assert "host" not in plan_for([{"quantize": {"never_slower": False}}], ONNX).key_parts
+
+
 def test_refuses_an_int8_input():
     with pytest.raises(UserError, match="already INT8"):
         plan_for(["quantize"], ONNX_INT8)
+
+
+# ---------------------------------------------------------------- never slower, never silently worse
+
+
+def test_keeps_the_float_model_when_int8_is_slower(tmp_path, data, loader, exported):
+    """tiny_cnn on 8x8 digits: two small convs, where converting to and from INT8 costs more than
+    the integer kernels save (measured 0.68x [0.67-0.68] here). The float input ships, and says why."""
+    result = run_quantize(tmp_path, data, loader, exported, calibration_samples=64, never_slower=True)
+    check = result.details["latency_check"]
+    assert check["verdict"] == "slower" and check["speedup_interval"][1] < 1
+    assert result.artifact.kind == ONNX and result.details["deliverable"] == "float"
+    assert result.details["rejected_int8"]["recipe"]["method"] == "static"
+    assert any(n.startswith("kept the float model: INT8 ran") for n in result.notes)
+    shipped = onnx.load(str(result.artifact.file("model")))
+    assert (
+        hashlib.sha256(shipped.SerializeToString()).digest()
+        == hashlib.sha256(onnx.load(str(exported.file("model"))).SerializeToString()).digest()
+    )  # the input, unchanged
+    assert result.details["int8_coverage"]["is_int8"]  # the rejected INT8 model did run integer kernels
+    only_model_left(result)
+
+
+class WideCNN(nn.Module):
+    """Wide enough that INT8 kernels pay on 8x8 inputs (random weights: only timing matters here)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        layers, c_in = [], 1
+        for c in (64, 128, 128):
+            layers += [nn.Conv2d(c_in, c, 3, padding=1), nn.ReLU()]
+            c_in = c
+        self.features = nn.Sequential(*layers)
+        self.head = nn.Linear(c_in, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x).mean((2, 3)))
+
+
+def test_ships_int8_when_it_is_faster(tmp_path, data, loader):
+    torch.manual_seed(0)
+    artifact = onnx_artifact_of(WideCNN(), data, tmp_path / "wide")
+    result = run_quantize(tmp_path / "q", data, loader, artifact, calibration_samples=64, never_slower=True)
+    check = result.details["latency_check"]
+    assert check["verdict"] == "faster" and check["speedup_interval"][0] > 1
+    assert result.artifact.kind == ONNX_INT8 and result.details["deliverable"] == "int8"
+    assert result.details["int8_coverage"]["integer"] == {"conv": 3, "linear": 1}
+    assert any("INT8 coverage: 3/3 convs, 1/1 linears" in n for n in result.notes)
+
+
+def test_auto_always_considers_keeping_float_and_skips_a_failing_candidate(
+    tmp_path, data, loader, exported, monkeypatch
+):
+    from edgeslim.quant.ort import QuantBench
+
+    original = QuantBench.quantize
+
+    def entropy_fails(self, recipe, out, exclude=(), only=None):
+        if getattr(recipe, "calibration", None) == "entropy":
+            raise ValueError("Too many bins for data range")  # what ORT's entropy calibrator raised on a transformer
+        return original(self, recipe, out, exclude, only)
+
+    monkeypatch.setattr(QuantBench, "quantize", entropy_fails)
+    result = run_quantize(tmp_path, data, loader, exported, method="auto", calibration_samples=64, auto=FAST_AUTO)
+    table = {c["name"]: c for c in result.details["candidates"]}
+    assert table["static-entropy"]["error"] == "ValueError: Too many bins for data range"
+    assert table["static-entropy"]["chosen"] is False and table["static-entropy"]["p50_ms"] is None
+    assert table["keep-float"]["accuracy_drop"] == 0 and table["keep-float"]["p50_ms"] > 0
+    timed = [c for c in table.values() if c["error"] is None]
+    assert all(c["p50_ms"] > 0 and c["speedup_vs_float"] for c in timed)
+    within = [c for c in timed if c["accuracy_drop"] <= 0.01 + 1e-9]
+    assert result.details["chosen"] == min(within, key=lambda c: c["p50_ms"])["name"]
+    assert any("candidate static-entropy failed and was skipped: ValueError" in n for n in result.notes)
+    assert result.artifact.kind == (ONNX if result.details["chosen"] == "keep-float" else ONNX_INT8)
+
+
+def opset11_artifact(tmp_path: Path, data, loader) -> Artifact:
+    """tiny_cnn written by the legacy TorchScript exporter at opset 11, as older toolchains ship models."""
+    import warnings
+
+    torch.manual_seed(0)
+    model = loader.build().eval()
+    fit(model, data.train, data.val, TrainLoopConfig(epochs=4, batch_size=32, optimizer={"lr": 0.01}), seed=0)
+    directory = tmp_path / "opset11"
+    directory.mkdir()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            model.eval(),
+            (data.example_batch(2),),
+            str(directory / "model.onnx"),
+            dynamo=False,
+            opset_version=11,
+            input_names=["x"],
+            dynamic_axes={"x": {0: "batch"}},
+        )
+    assert onnx.load(str(directory / "model.onnx")).opset_import[0].version == 11
+    artifact = Artifact(ONNX, directory, {"files": {"model": "model.onnx"}, "params": None, "macs": None})
+    artifact.save()
+    return artifact
+
+
+def test_an_opset_11_model_is_upgraded_then_quantized_per_channel(tmp_path, data, loader):
+    artifact = opset11_artifact(tmp_path, data, loader)
+    result = run_quantize(tmp_path / "q", data, loader, artifact, calibration_samples=64)
+    assert any("upgraded the model from opset 11 to 13" in n for n in result.notes)
+    model = onnx.load(str(result.artifact.file("model")))
+    axes = [a.i for n in model.graph.node if n.op_type == "DequantizeLinear" for a in n.attribute if a.name == "axis"]
+    assert axes  # per-channel weights
+    assert result.details["val_accuracy_drop"] < 0.05
+
+
+def test_an_opset_11_model_that_cannot_be_upgraded_is_quantized_per_tensor(tmp_path, data, loader, monkeypatch):
+    from edgeslim.quant import ort as ort_module
+
+    monkeypatch.setattr(ort_module, "upgrade_opset", lambda model, opset: None)
+    artifact = opset11_artifact(tmp_path, data, loader)
+    result = run_quantize(tmp_path / "q", data, loader, artifact, calibration_samples=64)
+    assert any("weights quantized per-tensor" in n for n in result.notes)
+    model = onnx.load(str(result.artifact.file("model")))
+    assert model.opset_import[0].version == 11 or all(o.version <= 11 for o in model.opset_import if o.domain == "")
+    assert not [
+        n for n in model.graph.node if n.op_type == "DequantizeLinear" and any(a.name == "axis" for a in n.attribute)
+    ]
+
+
+def test_the_default_guard_is_one_point_vs_the_float_input():
+    cfg = parse_config(small_config(["baseline", "export", "quantize"]))
+    guard = cfg.stages[2].guard
+    assert guard is not None and guard.max_accuracy_drop == 0.01 and guard.reference == "previous"
+    assert (guard.on_breach, guard.on_exhausted) == ("fallback", "keep_previous")
+    off = parse_config(small_config(["baseline", "export", {"quantize": {"guard": None}}]))
+    assert off.stages[2].guard is None
+    assert parse_config(off.to_plain()).stages[2].guard is None  # stays off when the config is written back
+    own = parse_config(small_config(["baseline", "export", {"quantize": {"guard": {"max_accuracy_drop": 0.05}}}]))
+    assert own.stages[2].guard.max_accuracy_drop == 0.05 and own.stages[2].guard.on_breach == "fail"

@@ -24,6 +24,7 @@ from edgeslim.quant.ort import (
     choose_candidate,
     gemm_to_matmul,
     is_linear_heavy,
+    layer_sqnr,
     ort_optimize,
     quantized_weight_count,
     rank_sensitivity,
@@ -192,6 +193,17 @@ def test_sensitivity_ranks_the_fragile_layer_first(tmp_path, data, mlp_layers, p
     else:
         assert rows[0]["output_mse"] > 10 * rows[1]["output_mse"]
     assert sorted(p.name for p in bench.work_dir.glob("trial*")) == []  # per-node trials are deleted
+
+
+def test_layer_sqnr_finds_the_fragile_layer_in_one_pass(tmp_path, data, mlp_layers):
+    bench = make_bench(tmp_path, data, make_fragile(mlp_layers, data, ("fc2",)))
+    quantized = bench.quantize(StaticInt8(per_channel=False), tmp_path / "q.onnx")
+    rows = layer_sqnr(bench, quantized)
+    assert rows[0]["node"] == "fc2" and [r["rank"] for r in rows] == [1, 2, 3]
+    fc2 = rows[0]
+    assert fc2["sqnr_drop_db"] > 10 and fc2["sqnr_db"] < min(r["sqnr_db"] for r in rows if r["node"] == "fc1")
+    ranked = rank_sensitivity(bench, StaticInt8(per_channel=False), "sqnr")
+    assert ranked[0]["node"] == "fc2" and ranked[0]["fp32"] is False
 
 
 def test_mixed_precision_keeps_the_fragile_layer_fp32(tmp_path, data, mlp_layers):
