@@ -147,6 +147,16 @@ def cached_build(
     log(f"{method.name}: built in {method.build_seconds:.1f} s")
 
 
+def pick_calibration(data: DataSplits, seed: int, n: int = CALIBRATION_SAMPLES) -> np.ndarray:
+    """``n`` training images drawn as the pipeline draws calibration samples (``torch.randperm`` seeded with ``seed``;
+    a stage uses the run seed + its index)."""
+    import torch
+
+    x_train = data.train.tensors[0]
+    pick = torch.randperm(len(x_train), generator=torch.Generator().manual_seed(seed))
+    return x_train[pick[:n]].numpy().astype(np.float32)
+
+
 class NpyReader:
     """ONNX Runtime calibration reader: one image per batch."""
 
@@ -757,11 +767,7 @@ def main() -> int:
     base_metrics, final_metrics = stages["baseline"]["metrics"], last["metrics"]
 
     data = load_data(config.data)
-    import torch
-
-    x_train = data.train.tensors[0]
-    pick = torch.randperm(len(x_train), generator=torch.Generator().manual_seed(config.seed))
-    calibration = x_train[pick[:CALIBRATION_SAMPLES]].numpy().astype(np.float32)
+    calibration = pick_calibration(data, config.seed)
     peers_dir = args.peers_dir
     peers_dir.mkdir(parents=True, exist_ok=True)
     calibration_npy = peers_dir / f"calibration_{CALIBRATION_SAMPLES}.npy"
