@@ -61,6 +61,7 @@ ONNX_LOAD_FILE = "pipeline/export/onnx_io.py"  # load_onnx / check_onnx_file: th
 SESSION_ALLOWED = {
     ("pipeline/devices/edgeslim_bench.py", "create_session"): False,
     ("pipeline/quant/ort.py", "ort_optimize"): True,
+    ("pipeline/quant/coverage.py", "executed_graph"): True,  # saves the optimized graph ORT would run
 }
 
 

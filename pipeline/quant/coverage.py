@@ -112,7 +112,7 @@ def executed_graph(model: Path, graph_optimization: str = "all", exact_int8: boo
     import onnxruntime as ort
 
     from edgeslim.devices.edgeslim_bench import EXACT_INT8_OPTION
-    from edgeslim.export.onnx_io import check_onnx_file
+    from edgeslim.export.onnx_io import check_onnx_file, load_onnx
 
     check_onnx_file(model)
     with tempfile.TemporaryDirectory(prefix="edgeslim-executed-") as tmp:
@@ -129,8 +129,8 @@ def executed_graph(model: Path, graph_optimization: str = "all", exact_int8: boo
         }[graph_optimization]
         out = Path(tmp) / "executed.onnx"
         options.optimized_model_filepath = str(out)
-        ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
-        return onnx.load(str(out), load_external_data=False)
+        ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])  # checked just above
+        return load_onnx(out, "the executed graph", external_data=False)
 
 
 def graph_coverage(graph: onnx.GraphProto) -> Coverage:
