@@ -16,7 +16,6 @@ import shutil
 from pathlib import Path
 from typing import Any, Literal
 
-import onnx
 from pydantic import Field
 
 from edgeslim.config.schema import StrictModel
@@ -25,9 +24,8 @@ from edgeslim.engine.stage import PlanRequest, Stage, StageContext, StagePlan, S
 from edgeslim.engine.store import ONNX, ONNX_INT8, ONNX_MODEL_FILE, TORCH, TORCH_QAT
 from edgeslim.errors import StageFailed, UserError
 from edgeslim.export.mobile import build_bundle
-from edgeslim.export.onnx_io import export_onnx, load_onnx, onnx_logits
+from edgeslim.export.onnx_io import export_onnx, onnx_logits
 from edgeslim.quant.coverage import runtime_coverage
-from edgeslim.quant.graph import mean_to_global_pool
 from edgeslim.quant.parity import quantized_hops
 from edgeslim.train.loop import predict
 
@@ -72,7 +70,6 @@ class Export(Stage[ExportConfig]):
         model = ctx.models.load_deployable(ctx.input)
         quantized = ctx.input.kind == TORCH_QAT
         path = export_onnx(model, ctx.example(), ctx.out_dir / ONNX_MODEL_FILE, opset=cfg.opset)
-        pools = _fusable_means(path) if quantized else 0
         x, _ = ctx.data.test.tensors
         host = ctx.config.host
         reference = predict(model, x).numpy()
@@ -108,8 +105,6 @@ class Export(Stage[ExportConfig]):
             label = "INT8 (from QAT)" if coverage.is_int8 else "QAT"
             notes.append(coverage.summary() + " (the graph ONNX Runtime executes on the host profile)")
             notes += [f"parity: {h.line()}" for h in hops]
-            if pools:
-                notes.append(f"{pools} spatial mean(s) written as GlobalAveragePool (an integer kernel in ORT)")
             if not coverage.is_int8:
                 notes.append(
                     "warning: most convolutions/linears of this QAT model still run in float in ONNX Runtime: "
@@ -156,12 +151,3 @@ class Export(Stage[ExportConfig]):
             f"(ONNX {onnx_acc:.2%}, both with ONNX Runtime's default INT8 kernels, which an .ort file keeps)"
         )
         return result
-
-
-def _fusable_means(path: Path) -> int:
-    """Spatial means as GlobalAveragePool in a quantized export (same arithmetic; an integer kernel)."""
-    model = load_onnx(path)
-    count = mean_to_global_pool(model)
-    if count:
-        onnx.save(model, str(path))
-    return count

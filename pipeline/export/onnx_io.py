@@ -58,7 +58,11 @@ def export_onnx(model: torch.nn.Module, example: torch.Tensor, path: Path, opset
     with _quiet_exporter():
         program.save(str(tmp), external_data=False)
     proto = load_onnx(tmp, "exported model")
-    if unshare_quantization_params(proto):
+    if any(n.op_type == "DequantizeLinear" for n in proto.graph.node):  # a quantized (QAT) graph
+        from edgeslim.quant.graph import mean_to_global_pool
+
+        unshare_quantization_params(proto)
+        mean_to_global_pool(proto)  # spatial means -> GlobalAveragePool: an integer kernel in ORT
         onnx.save(proto, str(tmp))
     os.replace(tmp, path)
     return path
