@@ -76,6 +76,12 @@ class DataSpec(StrictModel):
     test_fraction: float = Field(0.2, gt=0, lt=0.5)
     split_seed: int = Field(0, ge=0, description="seed of the fixed train/val/test split")
     max_samples: int | None = Field(None, ge=30, description="use a stratified subset (tests, quick trials)")
+    image_size: int | None = Field(
+        None,
+        ge=1,
+        description="resize image inputs to this square size (bilinear), "
+        "e.g. to train standard architectures at 32–64 px",
+    )
     labels: list[str] | None = Field(None, description="class names, in class-id order (phone bundle)")
     preprocessing: Preprocessing | None = Field(None, description="for factories; built-in datasets know theirs")
 

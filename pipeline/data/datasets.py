@@ -2,6 +2,8 @@
 
 Everything becomes normalised float tensors ``(N, C, H, W)`` with integer labels, split once
 with a fixed, stratified seed so every stage and every rerun sees the same test set.
+``data.image_size`` resizes image inputs once, at load (bilinear), e.g. 28 px MNIST to the
+32 px standard architectures expect.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch.utils.data import Dataset, TensorDataset
 
 from edgeslim.config.schema import DataSpec, Preprocessing
@@ -159,10 +162,19 @@ def load_data(spec: DataSpec) -> DataSplits:
         raw = {name: _as_tensors(ds, name, what) for name, ds in zip(("train", "val", "test"), result, strict=True)}
     num_classes = _validate(raw, what)
     raw = {k: (x.float().contiguous(), y.long().contiguous()) for k, (x, y) in raw.items()}
+    preprocessing = spec.preprocessing or BUILTIN_PREPROCESSING.get(spec.name)
+    if spec.image_size is not None:
+        raw = {k: (_resize(x, spec.image_size), y) for k, (x, y) in raw.items()}
+        if preprocessing is not None:  # the phone bundle tells app code to resize too
+            size = f"{spec.image_size}x{spec.image_size}"
+            note = f"resized to {size} (bilinear)"
+            raw_input = f"{preprocessing.raw_input}, {note}" if preprocessing.raw_input else note
+            preprocessing = preprocessing.model_copy(update={"raw_input": raw_input})
     tensors = [t for pair in raw.values() for t in pair]
     labels = _labels(spec, num_classes)
-    preprocessing = spec.preprocessing or BUILTIN_PREPROCESSING.get(spec.name)
-    meta = {"labels": labels, "preprocessing": preprocessing.model_dump() if preprocessing else None}
+    meta: dict[str, object] = {"labels": labels, "preprocessing": preprocessing.model_dump() if preprocessing else None}
+    if spec.image_size is not None:  # only when set: unchanged fingerprints (and caches) for every other run
+        meta["image_size"] = spec.image_size
     return DataSplits(
         train=TensorDataset(*raw["train"]),
         val=TensorDataset(*raw["val"]),
@@ -172,6 +184,17 @@ def load_data(spec: DataSpec) -> DataSplits:
         preprocessing=preprocessing,
         labels=labels,
     )
+
+
+def _resize(x: torch.Tensor, size: int) -> torch.Tensor:
+    """Bilinear resize of ``(N, C, H, W)`` images to ``size`` x ``size`` (no-op when already that size)."""
+    if x.dim() != 4:
+        raise UserError(
+            f"data.image_size: inputs of shape {tuple(x.shape[1:])} are not images (N, C, H, W); remove image_size"
+        )
+    if tuple(x.shape[-2:]) == (size, size):
+        return x
+    return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False).contiguous()
 
 
 def _labels(spec: DataSpec, num_classes: int) -> list[str]:
