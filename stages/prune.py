@@ -3,6 +3,12 @@
 The classifier (every layer producing the class logits) is protected. The target is a
 per-layer channel ratio, or a fraction of the parameters / MACs to keep (the ratio is then
 found by bisection). After pruning, BatchNorm statistics are re-estimated on training data.
+
+Attention is found generically (:func:`attention_settings`): a module with an integer
+``num_heads`` and a ``qkv`` Linear (timm's layout, as in the built-in ``vit_tiny``) gives
+torch-pruning ``num_heads`` for that Linear, so head dimensions are removed evenly across heads;
+an ``nn.MultiheadAttention`` gets ``num_heads`` channel groups, so its embedding stays divisible
+by its head count.
 """
 
 from __future__ import annotations
@@ -24,6 +30,27 @@ from edgeslim.prune.criteria import CRITERIA, build_importance, prepare_importan
 from edgeslim.train.loop import evaluate, recalibrate_batchnorm
 
 FALLBACK_FACTOR = 0.7  # accuracy-guard fallback: each retry prunes 30% less
+
+
+def attention_settings(model: nn.Module) -> dict[str, dict[nn.Module, int]]:
+    """torch-pruning arguments for the model's attention layers (fresh dicts on every call:
+    ``BasePruner`` fills its ``*_channel_groups`` arguments in place, and their defaults are shared).
+
+    * ``num_heads`` — ``{m.qkv: m.num_heads}`` for each module with an integer ``num_heads`` and a
+      ``qkv`` Linear whose forward reshapes to heads (timm's ``Attention``): without it the pruned
+      ``qkv`` output no longer splits into heads;
+    * ``out_channel_groups`` — ``{mha: mha.num_heads}`` for each ``nn.MultiheadAttention``, whose
+      pruned ``embed_dim`` must stay divisible by its head count.
+    """
+    num_heads: dict[nn.Module, int] = {}
+    groups: dict[nn.Module, int] = {}
+    for module in model.modules():
+        heads = getattr(module, "num_heads", None)
+        if isinstance(module, nn.MultiheadAttention):
+            groups[module] = module.num_heads
+        elif isinstance(heads, int) and heads > 0 and isinstance(getattr(module, "qkv", None), nn.Linear):
+            num_heads[module.qkv] = heads
+    return {"num_heads": num_heads, "out_channel_groups": groups, "in_channel_groups": {}}
 
 
 class PruneConfig(StrictModel):
@@ -93,6 +120,7 @@ class Prune(Stage[PruneConfig]):
             global_pruning=cfg.global_pruning,
             ignored_layers=ignored,
             round_to=cfg.round_to,
+            **attention_settings(model),
         )
         steps: list[dict[str, Any]] = []
         for step in range(cfg.iterative_steps):
@@ -182,6 +210,7 @@ class Prune(Stage[PruneConfig]):
                 global_pruning=cfg.global_pruning,
                 ignored_layers=[modules[n] for n in ignored_names],
                 round_to=cfg.round_to,
+                **attention_settings(trial),
             )
             prepare_importance(importance, trial, calib_x, calib_y)
             pruner.step()

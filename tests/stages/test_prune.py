@@ -2,8 +2,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch import nn
 
+from edgeslim.config.schema import ModelSpec
+from edgeslim.engine.store import TORCH, Artifact
 from edgeslim.errors import UserError
+from edgeslim.models.loader import ModelLoader
+from edgeslim.stages.prune import attention_settings
 from tests.conftest import make_context, stage_for
 
 
@@ -46,3 +51,43 @@ def test_prune_ignore_names_must_exist(tmp_path, data, loader, trained):
     stages = [{"prune": {"ignore": ["no.such.layer"]}}]
     with pytest.raises(UserError, match=r"stages\[0\]\.prune\.ignore: no module named no.such.layer"):
         stage_for(stages).execute(make_context(tmp_path, data, loader, trained, stages))
+
+
+class MhaNet(nn.Module):
+    """2x2 patches of an 8x8 digit -> 16 tokens of width 24 -> nn.MultiheadAttention (4 heads) -> classes."""
+
+    def __init__(self, num_classes: int = 10) -> None:
+        super().__init__()
+        self.embed = nn.Conv2d(1, 24, 2, 2)
+        self.norm = nn.LayerNorm(24)
+        self.attn = nn.MultiheadAttention(24, 4, batch_first=True)
+        self.head = nn.Linear(24, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.embed(x).flatten(2).transpose(1, 2)
+        y = self.norm(x)
+        x = x + self.attn(y, y, y, need_weights=False)[0]
+        return self.head(x.mean(1))
+
+
+def test_multihead_attention_keeps_its_embedding_divisible_by_its_heads(tmp_path, data):
+    """Ratio 0.3 of 24 channels would leave 17, which 4 heads cannot split: the stage prunes in head groups."""
+    loader = ModelLoader(ModelSpec(name=f"{__name__}:MhaNet"), 1, data.num_classes, data.example_batch(2))
+    stages = [{"prune": {"importance": "l2", "pruning_ratio": 0.3}}]
+    source = Artifact(kind=TORCH, directory=None)
+    result = stage_for(stages).execute(make_context(tmp_path, data, loader, source, stages))
+    model = loader.load(result.artifact)  # rebuilt from its pruning history
+    assert model.attn.embed_dim < 24 and model.attn.embed_dim % 4 == 0
+    assert model.attn.head_dim * 4 == model.attn.embed_dim
+    with torch.no_grad():
+        assert model(data.test.tensors[0][:4]).shape == (4, data.num_classes)
+
+
+def test_attention_settings_find_timm_style_and_torch_attention():
+    from edgeslim.models.zoo import build_model
+
+    vit = build_model("vit_tiny", {"image_size": 8, "patch_size": 2, "dim": 24, "depth": 2}, 1, 10)
+    settings = attention_settings(vit)
+    assert settings["num_heads"] == {block.attn.qkv: 3 for block in vit.blocks}
+    mha = MhaNet()
+    assert attention_settings(mha)["out_channel_groups"] == {mha.attn: 4}
