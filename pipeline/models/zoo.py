@@ -1,8 +1,16 @@
 """Built-in models and resolution of user model factories.
 
-A model spec names either a built-in (``edge_cnn``, ``tiny_cnn``) or a user factory
-``package.module:function``. Built-ins receive the dataset's channel and class counts;
-user factories receive only the ``kwargs`` from the config.
+A model spec names either a built-in or a user factory ``package.module:function``. Built-ins
+receive the dataset's channel and class counts (plus the config's ``kwargs``); user factories
+receive only the ``kwargs`` from the config.
+
+Built-ins: ``edge_cnn`` and ``tiny_cnn`` (defined here), and the standard edge architectures of
+:mod:`edgeslim.models.architectures`, written from their papers: ``resnet18``,
+``mobilenet_v3_small`` and ``efficientnet_b0`` (kwargs ``width_mult``, ``small_input``,
+``dropout``, ``zero_init_residual``; EfficientNet also ``depth_mult``) and ``vit_tiny``
+(``image_size``, ``patch_size``, ``dim``, ``depth``, ``num_heads``, ``mlp_ratio``, ``pool``,
+``dropout``). ``small_input`` (default true) is the stem for 8–64 px images; on the 28 px and
+8 px built-in datasets give them ``data.image_size`` (32 in ``configs/zoo/``).
 """
 
 from __future__ import annotations
@@ -16,6 +24,7 @@ import torch
 from torch import nn
 
 from edgeslim.errors import UserError
+from edgeslim.models.architectures import EfficientNetB0, MobileNetV3Small, ResNet18, ViTTiny
 
 
 def _conv_block(c_in: int, c_out: int) -> nn.Sequential:
@@ -64,7 +73,14 @@ class TinyCNN(nn.Module):
         return self.classifier(self.pool(self.features(x)).flatten(1))
 
 
-BUILTIN_MODELS: dict[str, Callable[..., nn.Module]] = {"edge_cnn": EdgeCNN, "tiny_cnn": TinyCNN}
+BUILTIN_MODELS: dict[str, Callable[..., nn.Module]] = {
+    "edge_cnn": EdgeCNN,
+    "tiny_cnn": TinyCNN,
+    "resnet18": ResNet18,
+    "mobilenet_v3_small": MobileNetV3Small,
+    "efficientnet_b0": EfficientNetB0,
+    "vit_tiny": ViTTiny,
+}
 
 
 def import_object(ref: str, what: str) -> object:
