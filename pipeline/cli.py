@@ -166,6 +166,9 @@ def main(argv: list[str] | None = None) -> int:
     console = Console(stderr=True)
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _raise_terminated)
+        # a shell starts background jobs with SIGINT ignored, and Python keeps that: an explicit
+        # interrupt (kill -INT) must still stop a run cleanly
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         if args.command == "run":
             return _cmd_run(args, console)
