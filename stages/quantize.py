@@ -236,6 +236,7 @@ class Quantize(Stage[QuantizeConfig]):
 
     def __init__(self, config: QuantizeConfig, ranking: list[dict[str, Any]] | None = None):
         super().__init__(config)
+        self._exact_int8 = True  # the run's host profile setting, for the report's wording
         self._ranking = ranking  # a sensitivity table handed over by fallback(), so it is not recomputed
 
     def plan(self, request: PlanRequest) -> StagePlan:
@@ -354,6 +355,7 @@ class Quantize(Stage[QuantizeConfig]):
                     for h in hops
                     if not h.passed
                 ]
+            self._exact_int8 = host.exact_int8
             if outcome.recipe is not None and cfg.method != "auto" and cfg.never_slower:
                 self._never_slower(bench, outcome, timer, coverage)
             if outcome.recipe is None:  # the float input ships unchanged
@@ -447,11 +449,18 @@ class Quantize(Stage[QuantizeConfig]):
             )
             return
         blockers = coverage.float_islands or {}
-        why = (
-            "ops without integer kernels between Q/DQ: " + ", ".join(f"{op} x{n}" for op, n in sorted(blockers.items()))
-            if blockers
-            else f"{coverage.qdq_nodes} Q/DQ conversions cost more than the integer kernels save on a model this small"
-        )
+        if blockers:
+            why = "ops without integer kernels between Q/DQ: " + ", ".join(
+                f"{op} x{n}" for op, n in sorted(blockers.items())
+            )
+        elif coverage.integer_fraction < 1:
+            why = f"only {coverage.integer_fraction:.0%} of convs/linears run in integer kernels"
+        else:  # nothing left in float: the integer kernels themselves lose on this CPU and model
+            why = (
+                f"all convs/linears run in integer kernels with {coverage.qdq_nodes} Q/DQ node(s), yet ONNX Runtime's "
+                "INT8 kernels are slower than its float ones for this model on this CPU"
+                + (" (exact INT8 mode, needed on x86 without VNNI)" if self._exact_int8 else "")
+            )
         outcome.notes.append(
             f"kept the float model: INT8 ran {ratio} vs its float input (slower beyond the noise; p50 "
             f"{int8.p50_ms:.3f} vs {keep.p50_ms:.3f} ms); {why}"
