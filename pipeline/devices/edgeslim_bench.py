@@ -122,6 +122,17 @@ def create_session(
     ``exact_int8``: exact INT8 arithmetic on x86 CPUs without VNNI (see ``EXACT_INT8_OPTION``)."""
     import onnxruntime as ort
 
+    options = session_options(threads, graph_optimization, exact_int8)
+    if profile_prefix:
+        options.enable_profiling = True
+        options.profile_file_prefix = profile_prefix
+    return ort.InferenceSession(model_path, options, providers=["CPUExecutionProvider"])
+
+
+def session_options(threads: int = 1, graph_optimization: str = "all", exact_int8: bool = True):
+    """The session options every edgeslim measurement uses (also for saving the executed graph)."""
+    import onnxruntime as ort
+
     options = ort.SessionOptions()
     if exact_int8:
         options.add_session_config_entry(EXACT_INT8_OPTION, "1")
@@ -135,10 +146,7 @@ def create_session(
         "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
         "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
     }[graph_optimization]
-    if profile_prefix:
-        options.enable_profiling = True
-        options.profile_file_prefix = profile_prefix
-    return ort.InferenceSession(model_path, options, providers=["CPUExecutionProvider"])
+    return options
 
 
 def make_batch(session, batch_size: int, inputs_path: str | None):

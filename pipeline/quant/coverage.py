@@ -111,22 +111,12 @@ def executed_graph(model: Path, graph_optimization: str = "all", exact_int8: boo
     """The graph ONNX Runtime executes for ``model`` at ``graph_optimization`` (CPU provider)."""
     import onnxruntime as ort
 
-    from edgeslim.devices.edgeslim_bench import EXACT_INT8_OPTION
+    from edgeslim.devices.edgeslim_bench import session_options
     from edgeslim.export.onnx_io import check_onnx_file, load_onnx
 
     check_onnx_file(model)
     with tempfile.TemporaryDirectory(prefix="edgeslim-executed-") as tmp:
-        options = ort.SessionOptions()
-        if exact_int8:
-            options.add_session_config_entry(EXACT_INT8_OPTION, "1")
-        options.log_severity_level = 3
-        options.intra_op_num_threads = 1
-        options.graph_optimization_level = {
-            "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
-            "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-            "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-            "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
-        }[graph_optimization]
+        options = session_options(1, graph_optimization, exact_int8)
         out = Path(tmp) / "executed.onnx"
         options.optimized_model_filepath = str(out)
         ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])  # checked just above
