@@ -101,7 +101,7 @@ def test_the_prune_stage_shrinks_it_and_rebuilds_it(tmp_path, digits16, name):
 
 
 @pytest.mark.parametrize("name", ["resnet18", "mobilenet_v3_small", "efficientnet_b0"])
-def test_residual_branches_start_at_zero_unless_turned_off(name):
+def test_residual_branches_start_at_zero_when_asked(name):
     def last_bn_weights(zero: bool) -> list[torch.Tensor]:
         model = build_model(name, {**TINY[name], "zero_init_residual": zero}, in_channels=1, num_classes=10)
         return [m.last_bn.weight for m in model.modules() if getattr(m, "use_residual", False)]
