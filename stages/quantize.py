@@ -55,6 +55,7 @@ from edgeslim.quant.methods import Recipe, recipe_from
 from edgeslim.quant.ort import (
     ACCURACY_EPS,
     KEEP_FLOAT,
+    Candidate,
     QuantBench,
     Timer,
     auto_select,
@@ -65,7 +66,6 @@ from edgeslim.quant.ort import (
     rank_sensitivity,
     search_mixed_precision,
     time_candidates,
-    try_candidate,
 )
 from edgeslim.quant.parity import quantized_hops
 
@@ -428,8 +428,16 @@ class Quantize(Stage[QuantizeConfig]):
 
         keep = keep_float_candidate(bench)
         assert outcome.recipe is not None
-        int8 = try_candidate(bench, "int8", outcome.recipe, outcome.fp32_nodes, path=outcome.path)
-        int8.val_accuracy = outcome.val_accuracy
+        int8 = Candidate(  # already quantized and scored: only its timing is new
+            "int8",
+            outcome.recipe,
+            outcome.val_accuracy,
+            bench.float_val_accuracy - outcome.val_accuracy,
+            float("nan"),
+            outcome.path.stat().st_size,
+            outcome.path,
+            list(outcome.fp32_nodes),
+        )
         time_candidates([keep, int8], timer)
         ci = int8.speedup_vs_float
         assert ci is not None
