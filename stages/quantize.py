@@ -49,9 +49,9 @@ from edgeslim.engine.measure import latency_inputs
 from edgeslim.engine.stage import PlanRequest, Stage, StageContext, StagePlan, StageResult, onnx_artifact
 from edgeslim.engine.store import ONNX, ONNX_INT8, ONNX_MODEL_FILE, TORCH
 from edgeslim.errors import UserError
-from edgeslim.export.onnx_io import check_onnx_file, load_onnx
+from edgeslim.export.onnx_io import check_onnx_file, load_onnx, needs_exact_int8
 from edgeslim.quant.coverage import Coverage, runtime_coverage
-from edgeslim.quant.methods import Recipe, recipe_from
+from edgeslim.quant.methods import Recipe, host_u8s8_saturates, recipe_from
 from edgeslim.quant.ort import (
     ACCURACY_EPS,
     KEEP_FLOAT,
@@ -125,7 +125,11 @@ class QuantizeConfig(StrictModel):
     scheme: Literal["u8s8", "s8s8"] | None = Field(None, description="shorthand for activation_type + weight_type")
     activation_type: Literal["uint8", "int8"] = "uint8"
     weight_type: Literal["int8", "uint8"] = "int8"
-    reduce_range: bool = Field(False, description="7-bit weights, for x86 CPUs without VNNI")
+    reduce_range: bool | Literal["auto"] = Field(
+        "auto",
+        description="7-bit weights; auto: on x86 CPUs without VNNI, where ONNX Runtime's fast U8S8 kernels are "
+        "then exact (8-bit weights need its slower exact mode there)",
+    )
     calibration: Literal["minmax", "entropy", "percentile"] = "minmax"
     percentile: float = Field(99.999, gt=0, le=100, description="calibration: percentile only")
     calibration_samples: int = Field(256, ge=1, le=100_000, description="training images")
@@ -236,7 +240,6 @@ class Quantize(Stage[QuantizeConfig]):
 
     def __init__(self, config: QuantizeConfig, ranking: list[dict[str, Any]] | None = None):
         super().__init__(config)
-        self._exact_int8 = True  # the run's host profile setting, for the report's wording
         self._ranking = ranking  # a sensitivity table handed over by fallback(), so it is not recomputed
 
     def plan(self, request: PlanRequest) -> StagePlan:
@@ -261,6 +264,8 @@ class Quantize(Stage[QuantizeConfig]):
                 "batch_size": host.batch_sizes[0],
                 "opt": host.graph_optimization,
             }
+        if self.config.reduce_range == "auto" or self.config.method == "auto":  # 7-bit weights where needed
+            key_parts["u8s8_saturates"] = host_u8s8_saturates()
         return StagePlan(output_kind=ONNX_INT8, key_parts=key_parts)
 
     def _neural_compressor(self, ctx: StageContext) -> StageResult:
@@ -323,6 +328,12 @@ class Quantize(Stage[QuantizeConfig]):
             timer = self._timer(ctx, bench.work_dir)
             outcome = self._auto(bench, timer) if cfg.method == "auto" else self._fixed(ctx, bench, cfg.recipe())
             outcome.notes[:0] = bench.notes
+            if cfg.reduce_range == "auto" and getattr(outcome.recipe, "reduce_range", False):
+                outcome.notes.append(
+                    "7-bit weights (reduce_range: auto): on this CPU (x86 without VNNI) ONNX Runtime's default "
+                    "U8S8 kernels saturate with 8-bit weights; with 7-bit weights they are exact, and faster than "
+                    "its exact INT8 mode"
+                )
             float_val_accuracy = bench.float_val_accuracy
             quantizable = bench.nodes(outcome.recipe.method if outcome.recipe else cfg.recipe().method)
             if outcome.recipe is not None and outcome.recipe.method == "static":
@@ -355,9 +366,9 @@ class Quantize(Stage[QuantizeConfig]):
                     for h in hops
                     if not h.passed
                 ]
-            self._exact_int8 = host.exact_int8
             if outcome.recipe is not None and cfg.method != "auto" and cfg.never_slower:
-                self._never_slower(bench, outcome, timer, coverage)
+                exact = host.exact_int8 and needs_exact_int8(outcome.path)
+                self._never_slower(bench, outcome, timer, coverage, exact)
             if outcome.recipe is None:  # the float input ships unchanged
                 onnx.save(load_onnx(source), str(out))
             else:
@@ -422,8 +433,11 @@ class Quantize(Stage[QuantizeConfig]):
 
         return timer
 
-    def _never_slower(self, bench: QuantBench, outcome: _Outcome, timer: Timer, coverage: Coverage) -> None:
-        """Time INT8 against its float input; ship float when INT8 is slower beyond the noise."""
+    def _never_slower(
+        self, bench: QuantBench, outcome: _Outcome, timer: Timer, coverage: Coverage, exact_int8: bool
+    ) -> None:
+        """Time INT8 against its float input; ship float when INT8 is slower beyond the noise.
+        ``exact_int8``: whether the INT8 model was timed in ONNX Runtime's exact INT8 mode."""
         from edgeslim.engine.stats import FASTER, SLOWER, noise_verdict
 
         keep = keep_float_candidate(bench)
@@ -467,7 +481,7 @@ class Quantize(Stage[QuantizeConfig]):
             why = (
                 f"all convs/linears run in integer kernels with {coverage.qdq_nodes} Q/DQ node(s), yet ONNX Runtime's "
                 "INT8 kernels are slower than its float ones for this model on this CPU"
-                + (" (exact INT8 mode, needed on x86 without VNNI)" if self._exact_int8 else "")
+                + (" (exact INT8 mode, needed on x86 without VNNI for 8-bit weights)" if exact_int8 else "")
             )
         outcome.notes.append(
             f"kept the float model: INT8 ran {ratio} vs its float input (slower beyond the noise; p50 "

@@ -42,6 +42,8 @@ def measure_latency(
     exact_int8: bool = True,
 ) -> dict[str, Any]:
     """One measurement (an entry of a latency report's ``results``) in a fresh Python process."""
+    from edgeslim.export.onnx_io import needs_exact_int8  # parent side only: the worker stays light
+
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "report.json"
         cmd = [sys.executable, str(RUNNER), str(model), "--kind", "host", "--output", str(out)]
@@ -53,7 +55,7 @@ def measure_latency(
             cmd += ["--inputs", str(inputs)]
         if profile_runs:
             cmd += ["--profile", str(profile_runs)]
-        if not exact_int8:
+        if not (exact_int8 and needs_exact_int8(model)):
             cmd += ["--fast-u8s8"]
         proc = run_child(cmd, capture_output=True, text=True, check=False)
         if proc.returncode != 0:
@@ -86,13 +88,16 @@ def measure_interleaved(
     Returns ``samples_ms`` (per model, in the order given, in time order), ``rounds`` (done),
     ``runs_per_round``, and ``models``: per model its input shape, session-init and first-inference
     time; the first model also gets ``peak_rss_mb``, the process's peak while only it was loaded.
+    ``exact_int8`` applies to the models that need it (``onnx_io.needs_exact_int8``).
     """
+    from edgeslim.export.onnx_io import needs_exact_int8  # parent side only: the worker stays light
+
     spec = {
         "models": [str(m) for m in models],
         "threads": threads,
         "batch_size": batch_size,
         "graph_optimization": graph_optimization,
-        "exact_int8": exact_int8,
+        "exact_int8": [exact_int8 and needs_exact_int8(Path(m)) for m in models],
         "inputs": str(inputs) if inputs is not None else None,
         "rounds": rounds,
         "runs_per_round": runs_per_round,
@@ -115,11 +120,11 @@ def measure_interleaved(
 def run_rounds(spec: dict[str, Any]) -> dict[str, Any]:
     """The worker's loop (see :func:`measure_interleaved`); runs in the worker process."""
     sessions, feeds, facts = [], [], []
+    exact = spec["exact_int8"]  # per model (or one flag for all)
+    exact = exact if isinstance(exact, list) else [exact] * len(spec["models"])
     for i, path in enumerate(spec["models"]):
         start = time.perf_counter()
-        session = edgeslim_bench.create_session(
-            path, spec["threads"], spec["graph_optimization"], exact_int8=spec["exact_int8"]
-        )
+        session = edgeslim_bench.create_session(path, spec["threads"], spec["graph_optimization"], exact_int8=exact[i])
         init_ms = (time.perf_counter() - start) * 1e3
         name, batch = edgeslim_bench.make_batch(session, spec["batch_size"], spec["inputs"])
         feed = {name: batch}

@@ -10,6 +10,7 @@ checks that no other code calls ``onnx.load`` or opens sessions directly.
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import logging
 import os
@@ -19,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import torch
+from onnx import numpy_helper
 
 from edgeslim.errors import UserError
 
@@ -197,15 +199,67 @@ def _all_tensors(proto: object):
     return _get_all_tensors(proto)
 
 
+# Two u8 x s8 products summed in int16 (what U8S8 kernels do on x86 without VNNI) stay exact
+# while |weight| <= 64: 2 * 255 * 64 = 32640 <= 32767. ONNX Runtime's reduce_range gives such weights.
+SATURATION_FREE_WEIGHT = 64
+# the weight input of each integer op (QDQ weights enter through DequantizeLinear's input 0)
+_WEIGHT_INPUT = {
+    "DequantizeLinear": 0,
+    "QLinearConv": 3,
+    "QLinearMatMul": 3,
+    "QGemm": 3,
+    "ConvInteger": 1,
+    "MatMulInteger": 1,
+    "DynamicQuantizeMatMul": 1,
+    "MatMulIntegerToFloat": 1,
+}
+
+
+@functools.lru_cache(maxsize=256)
+def _needs_exact_int8(path: str, _mtime_ns: int, _size: int) -> bool:
+    model = load_onnx(Path(path), external_data=False)
+    inits = {i.name: i for i in model.graph.initializer}
+    for node in model.graph.node:
+        zero_point = inits.get(node.input[2]) if node.op_type == "QuantizeLinear" and len(node.input) > 2 else None
+        if zero_point is not None and zero_point.data_type == onnx.TensorProto.INT8:  # int8 activations: S8S8
+            return True
+        k = _WEIGHT_INPUT.get(node.op_type)
+        if k is None or len(node.input) <= k or node.input[k] not in inits:
+            continue
+        weight = inits[node.input[k]]
+        if weight.data_type != onnx.TensorProto.INT8:
+            continue
+        if weight.data_location == onnx.TensorProto.EXTERNAL:
+            return True  # not read here: assume the worst
+        if np.abs(numpy_helper.to_array(weight).astype(np.int16)).max(initial=0) > SATURATION_FREE_WEIGHT:
+            return True
+    return False
+
+
+def needs_exact_int8(path: Path) -> bool:
+    """Whether ``path`` needs ONNX Runtime's exact INT8 mode on x86 CPUs without VNNI: it has int8
+    weights beyond 7 bits (or int8 activations), where the default U8S8 kernels can saturate.
+
+    A float model, or one quantized with 7-bit weights (``reduce_range``), gets the same outputs from
+    the default kernels, which are faster than the exact mode: measuring it in exact mode would
+    understate the speed its users get. ORT-format files cannot be read here: True."""
+    if path.suffix == ".ort":
+        return True
+    stat = path.stat()
+    return _needs_exact_int8(str(path), stat.st_mtime_ns, stat.st_size)
+
+
 def open_session(path: Path, threads: int = 1, graph_optimization: str = "all", exact_int8: bool = True):
     """An ONNX Runtime CPU session, opened only after the file passed :func:`check_onnx_file`.
 
-    ``exact_int8``: see ``edgeslim_bench.EXACT_INT8_OPTION``. An ORT-format file (``.ort``, Fixed
-    style) keeps the kernels chosen when it was converted, so the option cannot act on it."""
+    ``exact_int8``: see ``edgeslim_bench.EXACT_INT8_OPTION``; asked only where the model needs it
+    (:func:`needs_exact_int8`). An ORT-format file (``.ort``, Fixed style) keeps the kernels chosen
+    when it was converted, so the option cannot act on it."""
     from edgeslim.devices.edgeslim_bench import create_session
 
     if path.suffix != ".ort":  # ORT-format files are flatbuffers without external data
         check_onnx_file(path)
+    exact_int8 = exact_int8 and needs_exact_int8(path)
     return create_session(str(path), threads, graph_optimization, exact_int8=exact_int8)
 
 

@@ -112,11 +112,11 @@ def executed_graph(model: Path, graph_optimization: str = "all", exact_int8: boo
     import onnxruntime as ort
 
     from edgeslim.devices.edgeslim_bench import session_options
-    from edgeslim.export.onnx_io import check_onnx_file, load_onnx
+    from edgeslim.export.onnx_io import check_onnx_file, load_onnx, needs_exact_int8
 
     check_onnx_file(model)
     with tempfile.TemporaryDirectory(prefix="edgeslim-executed-") as tmp:
-        options = session_options(1, graph_optimization, exact_int8)
+        options = session_options(1, graph_optimization, exact_int8 and needs_exact_int8(model))
         out = Path(tmp) / "executed.onnx"
         options.optimized_model_filepath = str(out)
         ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])  # checked just above

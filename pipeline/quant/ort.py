@@ -48,7 +48,7 @@ from edgeslim.quant.graph import (
     mean_to_global_pool,
     weighted_nodes,
 )
-from edgeslim.quant.methods import Recipe, recipe_from
+from edgeslim.quant.methods import Recipe, host_u8s8_saturates, recipe_from
 
 Method = Literal["static", "dynamic", "int4"]
 ACCURACY_EPS = 1e-9  # drops are fractions of a finite split: compare with a little slack
@@ -479,6 +479,13 @@ def auto_recipes(bench: QuantBench, base: Mapping[str, Any]) -> list[tuple[str, 
         ("static-percentile", variant(calibration="percentile")),
         ("static-s8s8", variant(calibration="minmax", activation_type="int8", format="qdq")),
     ]
+    if host_u8s8_saturates():  # 7-bit weights: exact on the fast kernels; 8-bit: ORT's slower exact mode
+        out.append(
+            (
+                "static-8bit-weights" if static.reduce_range else "static-7bit-weights",
+                variant(calibration="minmax", reduce_range=not static.reduce_range),
+            )
+        )
     if is_linear_heavy(bench.nodes("static")):
         out.append(("dynamic", recipe_from({**base, "per_channel": True, "weight_type": "int8"}, "dynamic")))
     if any(n.weight_elements >= LARGE_MATMUL_WEIGHT for n in bench.nodes("int4")):

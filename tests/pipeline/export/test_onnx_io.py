@@ -75,3 +75,53 @@ def test_truncated_onnx_file_is_a_clear_error(tmp_path):
     path.write_bytes(b"\x08\x07\x12\x05hello-this-is-not-onnx")
     with pytest.raises(UserError, match=r"broken\.onnx is not a readable ONNX model"):
         check_onnx_file(path)
+
+
+def _qdq_conv(tmp_path, weight: np.ndarray, activation_zero_point: np.ndarray):
+    """input -> Q -> DQ -> Conv(DQ(int8 weight)) -> output: the QDQ form ONNX Runtime fuses."""
+    inits = [
+        numpy_helper.from_array(np.array(0.02, np.float32), "s"),
+        numpy_helper.from_array(activation_zero_point, "zp"),
+        numpy_helper.from_array(weight, "w_q"),
+        numpy_helper.from_array(np.full(weight.shape[0], 0.01, np.float32), "w_s"),
+        numpy_helper.from_array(np.zeros(weight.shape[0], np.int8), "w_zp"),
+    ]
+    nodes = [
+        helper.make_node("QuantizeLinear", ["x", "s", "zp"], ["xq"]),
+        helper.make_node("DequantizeLinear", ["xq", "s", "zp"], ["xd"]),
+        helper.make_node("DequantizeLinear", ["w_q", "w_s", "w_zp"], ["w"], axis=0),
+        helper.make_node("Conv", ["xd", "w"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 4, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, weight.shape[0], 4, 4])],
+        initializer=inits,
+    )
+    path = tmp_path / f"m{len(list(tmp_path.iterdir()))}.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), str(path))
+    return path
+
+
+def test_only_8_bit_weights_or_int8_activations_need_the_exact_int8_mode(tmp_path):
+    """Two u8 x s8 products fit int16 while |w| <= 64: 7-bit weights are exact on the default kernels,
+    so the slower exact mode is asked only where a weight or an int8 activation can saturate."""
+    from edgeslim.export.onnx_io import needs_exact_int8
+
+    u8 = np.array(128, np.uint8)
+    seven_bit = np.array([-64, 64, 3, -5] * 9, np.int8).reshape(2, 2, 3, 3)
+    eight_bit = seven_bit.copy()
+    eight_bit[0, 0, 0, 0] = -127
+    assert not needs_exact_int8(_qdq_conv(tmp_path, seven_bit, u8))
+    assert needs_exact_int8(_qdq_conv(tmp_path, eight_bit, u8))
+    assert needs_exact_int8(_qdq_conv(tmp_path, seven_bit, np.array(0, np.int8)))  # S8S8
+    float_model = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2])],
+        initializer=[numpy_helper.from_array(np.ones((4, 2), np.float32), "w")],
+    )
+    onnx.save(helper.make_model(float_model), str(tmp_path / "float.onnx"))
+    assert not needs_exact_int8(tmp_path / "float.onnx")
