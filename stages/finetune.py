@@ -10,7 +10,7 @@ an optional intermediate-feature (hint) loss, BatchNorm re-estimation before tra
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from pydantic import Field, model_validator
@@ -23,6 +23,7 @@ from edgeslim.errors import UserError
 from edgeslim.models.loader import count_params_and_macs, output_layer_name, replace_head, save_torch_artifact
 from edgeslim.models.zoo import load_state_dict_file, load_weights
 from edgeslim.quant import qat
+from edgeslim.quant.methods import host_u8s8_saturates
 from edgeslim.train.importance import parameter_importance
 from edgeslim.train.loop import TrainLoopConfig, evaluate, fit, recalibrate_batchnorm, set_dropout
 from edgeslim.train.losses import FeatureTap, compose_loss, make_adapter
@@ -67,6 +68,11 @@ class FinetuneConfig(TrainLoopConfig):
     bn_recalibration_batches: int = Field(0, ge=0, description="re-estimate BatchNorm statistics before training")
     distill: DistillConfig | None = None
     qat: bool = Field(False, description="quantization-aware training (PT2E, torchao)")
+    qat_weight_bits: Literal[7, 8, "auto"] = Field(
+        "auto",
+        description="QAT weight range; auto: 7 on x86 CPUs without VNNI, where ONNX Runtime's fast U8S8 kernels "
+        "are exact only with 7-bit weights, else 8",
+    )
 
     @model_validator(mode="after")
     def _compatible(self) -> FinetuneConfig:
@@ -101,11 +107,17 @@ class Finetune(Stage[FinetuneConfig]):
                 raise UserError(f"{where}.distill.teacher: {exc}") from None
             if not earlier:
                 raise UserError(f"{where}.distill.teacher: stage '{ref}' must come before this stage")
+        auto_bits = self.config.qat and self.config.qat_weight_bits == "auto"  # depends on the CPU
         return StagePlan(
             output_kind=TORCH_QAT if self.config.qat else TORCH,
             input_files=tuple(files),
             changes_classes=self.config.head is not None,
+            key_parts={"qat_weight_bits": self._weight_bits()} if auto_bits else {},
         )
+
+    def _weight_bits(self) -> int:
+        bits = self.config.qat_weight_bits
+        return (7 if host_u8s8_saturates() else 8) if bits == "auto" else bits
 
     def run(self, ctx: StageContext, cfg: FinetuneConfig) -> StageResult:
         model = ctx.models.load(ctx.input)
@@ -129,8 +141,13 @@ class Finetune(Stage[FinetuneConfig]):
             details["lr_scales"] = lr_scales
         teachers, hint, extra = self._distillation(model, cfg.distill, ctx, notes) if cfg.distill else ([], None, {})
         if cfg.qat:
-            model = qat.prepare_qat(model, ctx.example(4))
-            notes.append("quantization-aware training (PT2E, X86 quantizer: u8 activations, per-channel s8 weights)")
+            bits = self._weight_bits()
+            model = qat.prepare_qat(model, ctx.example(4), bits)
+            notes.append(
+                "quantization-aware training (PT2E, Q/DQ placed where ONNX Runtime fuses them: u8 activations, "
+                f"per-channel symmetric {bits}-bit weights"
+                + (", for its exact fast kernels on x86 without VNNI)" if bits == 7 else ")")
+            )
 
         loss_fn = compose_loss(
             cfg.loss,
@@ -164,6 +181,7 @@ class Finetune(Stage[FinetuneConfig]):
             pruning_history=edits,
             params=params,
             macs=macs,
+            extra={"qat_weight_bits": self._weight_bits()} if cfg.qat else None,
         )
         notes.append(
             f"val accuracy {start_acc:.4f} → {result.best_val_accuracy:.4f} (best epoch "

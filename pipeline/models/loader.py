@@ -100,7 +100,7 @@ class ModelLoader:
         model = self.build()
         apply_edits(model, read_json(artifact.file("pruning_history")), self.example)
         if artifact.kind == TORCH_QAT:
-            model = qat.prepare_qat(model, self.example)
+            model = qat.prepare_qat(model, self.example, artifact.meta.get("qat_weight_bits", 8))
         from safetensors.torch import load_file
 
         load_weights(model, load_file(str(artifact.file("weights"))), f"artifact {artifact.directory}")

@@ -41,7 +41,7 @@ def set_mode(model: nn.Module, train: bool) -> None:
         model.train(train)
 
 
-def onnxruntime_quantizer() -> Any:
+def onnxruntime_quantizer(weight_bits: int = 8) -> Any:
     """A PT2E quantizer whose Q/DQ placement is what ONNX Runtime fuses into integer kernels.
 
     ONNX Runtime's QDQ transformers fuse ``DQ -> Conv/Gemm/MatMul -> Q``, binary ``Add``/``Mul``
@@ -56,19 +56,26 @@ def onnxruntime_quantizer() -> Any:
     ORT's U8S8 format. Measured on a residual + depthwise + SE block: 8/8 convs and the head in
     integer kernels, against 6/8 and 0/1 with the X86 Inductor quantizer.
 
+    ``weight_bits=7``: weights in -64..64, where those U8S8 kernels are exact on x86 CPUs without
+    VNNI (8-bit weights need ONNX Runtime's slower exact INT8 mode there).
+
     The XNNPACK quantizer ships in torchao's ``testing`` package (torchao 0.18 is pinned).
     """
     import dataclasses
 
     from torchao.testing.pt2e._xnnpack_quantizer import XNNPACKQuantizer, get_symmetric_quantization_config
 
+    if weight_bits not in (7, 8):
+        raise ValueError(f"weight_bits: 7 or 8 (got {weight_bits})")
     config = get_symmetric_quantization_config(is_per_channel=True, is_qat=True)
     activations = dataclasses.replace(config.input_activation, dtype=torch.uint8, quant_min=0, quant_max=255)
-    config = dataclasses.replace(config, input_activation=activations, output_activation=activations)
+    weight_limit = 2 ** (weight_bits - 1) - 1 if weight_bits == 8 else 64
+    weights = dataclasses.replace(config.weight, quant_min=-weight_limit, quant_max=weight_limit)
+    config = dataclasses.replace(config, input_activation=activations, output_activation=activations, weight=weights)
     return XNNPACKQuantizer().set_global(config)
 
 
-def prepare_qat(model: nn.Module, example: torch.Tensor) -> torch.fx.GraphModule:
+def prepare_qat(model: nn.Module, example: torch.Tensor, weight_bits: int = 8) -> torch.fx.GraphModule:
     """Insert fake quantization where ONNX Runtime will run integer kernels (:func:`onnxruntime_quantizer`)."""
     pt2e = _torchao()
     from torchao.quantization.pt2e.quantize_pt2e import prepare_qat_pt2e
@@ -79,7 +86,7 @@ def prepare_qat(model: nn.Module, example: torch.Tensor) -> torch.fx.GraphModule
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         program = torch.export.export(model, (example,), dynamic_shapes=({0: torch.export.Dim("batch")},))
-        prepared = prepare_qat_pt2e(program.module(), onnxruntime_quantizer())
+        prepared = prepare_qat_pt2e(program.module(), onnxruntime_quantizer(weight_bits))
     pt2e.move_exported_model_to_train(prepared)
     return prepared
 

@@ -20,6 +20,10 @@ def test_export_float_model_with_dynamic_batch_and_parity(tmp_path, data, loader
     assert parity["top1_agreement"] == 1.0
     assert parity["max_abs_diff"] < 1e-4
     assert parity["samples"] == len(data.test)
+    assert result.details["parity_ledger"] == [
+        {**parity, "hop": "PyTorch -> ONNX FP32", "gate": 0.99, "passed": True, "first_divergent_node": None,
+         "split": "test"}
+    ]
 
 
 def test_export_fails_clearly_below_agreement_threshold(tmp_path, data, loader, trained, monkeypatch):
@@ -62,3 +66,8 @@ def test_qat_residual_se_block_exports_to_integer_kernels_within_the_parity_gate
     ]
     assert all(h["passed"] for h in hops) and hops[1]["top1_agreement"] >= 0.99
     assert result.notes[0].startswith("INT8 (from QAT) ONNX")
+    from edgeslim.export.onnx_io import needs_exact_int8
+    from edgeslim.quant.methods import host_u8s8_saturates
+
+    # qat_weight_bits: auto -> 7-bit weights where ONNX Runtime's fast U8S8 kernels saturate: no exact mode needed
+    assert needs_exact_int8(result.artifact.file("model")) is not host_u8s8_saturates()
