@@ -120,6 +120,10 @@ class Benchmark(Stage[BenchmarkConfig]):
                     reports[outcome.name] = report_file(outcome.name)
                     write_json(ctx.out_dir / reports[outcome.name], outcome.report)
         details["reports"] = reports
+        details["parity_ledger"] = [  # the last hops: the host's outputs against each emulated device's
+            {"hop": f"ONNX (host) -> {name} (arm64 emulated, {parity['core']})", **parity, "split": "test"}
+            for name, parity in details["parity"].items()
+        ]
         artifact = Artifact(
             kind=ctx.input.kind,
             directory=ctx.out_dir,

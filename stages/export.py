@@ -16,17 +16,18 @@ import shutil
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 from pydantic import Field
 
 from edgeslim.config.schema import StrictModel
-from edgeslim.engine.evaluate import onnx_accuracy, output_parity
+from edgeslim.engine.evaluate import output_parity
 from edgeslim.engine.stage import PlanRequest, Stage, StageContext, StagePlan, StageResult, onnx_artifact
 from edgeslim.engine.store import ONNX, ONNX_INT8, ONNX_MODEL_FILE, TORCH, TORCH_QAT
 from edgeslim.errors import StageFailed, UserError
 from edgeslim.export.mobile import build_bundle
 from edgeslim.export.onnx_io import export_onnx, onnx_logits
 from edgeslim.quant.coverage import runtime_coverage
-from edgeslim.quant.parity import quantized_hops
+from edgeslim.quant.parity import Hop, quantized_hops
 from edgeslim.train.loop import predict
 
 
@@ -94,8 +95,9 @@ class Export(Stage[ExportConfig]):
                 f"(min_top1_agreement: {cfg.min_top1_agreement}); max abs diff {parity['max_abs_diff']:.3g}{blame}"
             )
         details: dict[str, Any] = {"parity": parity, "opset": cfg.opset}
-        if hops:
-            details["parity_ledger"] = [h.row() for h in hops]
+        if not hops:  # a float export is one hop: PyTorch -> ONNX FP32
+            hops = [Hop("PyTorch -> ONNX FP32", parity, cfg.min_top1_agreement)]
+        details["parity_ledger"] = [{**h.row(), "split": "test"} for h in hops]
         label = "FP32"
         notes = []
         if quantized:  # INT8 only if ONNX Runtime really runs its convs/linears in integer kernels
@@ -127,14 +129,22 @@ class Export(Stage[ExportConfig]):
         batch = ctx.config.measure.eval_batch_size
         # Like with like: an .ort file keeps the kernels ONNX Runtime chose when converting it, so the
         # ONNX model is judged here with the default kernels too (they differ only on x86 without VNNI).
-        onnx_acc = onnx_accuracy(path, ctx.data, batch, exact_int8=False)
+        x, y = ctx.data.test.tensors
+        onnx_out = onnx_logits(path, x, batch_size=batch, exact_int8=False)
+        onnx_acc = float((onnx_out.argmax(1) == y.numpy()).mean())
+        ort_out: list[np.ndarray] = []
+
+        def ort_accuracy(ort_file: Path) -> float:  # the reloaded .ort model, kept for the parity ledger
+            ort_out.append(onnx_logits(ort_file, x, batch_size=batch, exact_int8=False))
+            return float((ort_out[-1].argmax(1) == y.numpy()).mean())
+
         bundle = build_bundle(
             path,
             ctx.out_dir,
             preprocessing=ctx.data.preprocessing,
             labels=ctx.data.labels,
             platform=cfg.mobile_platform,
-            accuracy_of=lambda ort_file: onnx_accuracy(ort_file, ctx.data, batch, exact_int8=False),
+            accuracy_of=ort_accuracy,
         )
         drop = onnx_acc - bundle["ort_accuracy"]
         if drop > cfg.max_ort_accuracy_drop:
@@ -142,6 +152,8 @@ class Export(Stage[ExportConfig]):
                 f"{ctx.where}: the ORT-format model scores {bundle['ort_accuracy']:.2%} vs {onnx_acc:.2%} for the "
                 f"ONNX model (max_ort_accuracy_drop: {cfg.max_ort_accuracy_drop})"
             )
+        hop = Hop("ONNX -> .ort (phone bundle)", output_parity(onnx_out, ort_out[-1]))
+        result.details.setdefault("parity_ledger", []).append({**hop.row(), "split": "test"})
         result.artifact.meta["files"]["mobile_bundle"] = bundle["directory"]
         result.artifact.save()
         result.details["mobile"] = {**bundle, "onnx_accuracy": onnx_acc}

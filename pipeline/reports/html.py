@@ -17,8 +17,9 @@ import textwrap
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from edgeslim.engine.records import read_report
+from edgeslim.engine.records import RunReport, read_report
 from edgeslim.engine.store import write_text
+from edgeslim.reports import quant_report
 from edgeslim.reports.compare import (
     EMULATED_NOTE,
     FASTER,
@@ -358,6 +359,19 @@ def stage_section(table: StageTable) -> str:
     return "\n".join(parts)
 
 
+def quant_sections(run: RunReport) -> str:
+    """INT8 coverage, the parity ledger and per-layer SQNR (``edgeslim.reports.quant_report``)."""
+    parts = []
+    for title, intro, content in quant_report.sections(run):
+        parts += [f"<h2>{html.escape(title)}</h2>", f'<p class="note">{html.escape(intro)}</p>']
+        if isinstance(content, tuple):
+            headers, rows = content
+            parts.append(_table(headers, [[_td(c) for c in row] for row in rows]))
+        else:
+            parts.append("<ul>" + "".join(f"<li>{html.escape(f'{a}: {b}')}</li>" for a, b in content) + "</ul>")
+    return "\n" + "\n".join(parts) if parts else ""
+
+
 def render(comparison: Comparison, title: str = "edgeslim compare", intro: str = "") -> str:
     """The whole page as one string: table, warnings, plots, per-op table, noise rule and the data block.
     ``intro``: HTML placed under the title (a run's stage table)."""
@@ -448,7 +462,8 @@ def write_run_html(run_dir: Path) -> Path:
     entries = load_entries([run_dir], problems)
     title = f"edgeslim run '{entries[0].context.get('run') if entries else run_dir.name}'"
     try:
-        intro = stage_section(stage_table(read_report(run_dir)))
+        run = read_report(run_dir)
+        intro = stage_section(stage_table(run)) + quant_sections(run)
     except (OSError, ValueError):  # a report.json this edgeslim cannot read as a run: the comparison still shows
         intro = ""
     if not entries:

@@ -17,6 +17,7 @@ from rich.text import Text
 
 from edgeslim.engine.records import REPORT_JSON, RunReport
 from edgeslim.engine.store import read_json, write_text
+from edgeslim.reports import quant_report
 from edgeslim.reports.html import write_run_html
 from edgeslim.reports.stage_table import (
     FASTER_MARK,
@@ -84,6 +85,7 @@ def render_markdown(report: RunReport) -> str:
             lines += [f"- {note}" for note in stage.notes]
             if stage.error:
                 lines.append(f"- error: {stage.error}")
+    lines += quant_report.markdown(report)
     lines += guard_section(report)
     lines += [
         "",

@@ -34,6 +34,9 @@ def test_bundle_has_every_file_and_a_checked_ort_model(bundle):
     x = data.test.tensors[0][:64]
     diff = np.abs(onnx_logits(ort_file, x) - onnx_logits(result.artifact.file("model"), x)).max()
     assert diff < 1e-4
+    hops = result.details["parity_ledger"]  # PyTorch -> ONNX, then ONNX -> .ort on the whole test split
+    assert [h["hop"] for h in hops] == ["PyTorch -> ONNX FP32", "ONNX -> .ort (phone bundle)"]
+    assert hops[1]["samples"] == len(data.test) and hops[1]["top1_agreement"] == 1.0
     ops = (folder / "required_operators.config").read_text()
     assert "ai.onnx;" in ops and ("Conv" in ops or "QLinearConv" in ops)
 
