@@ -205,6 +205,16 @@ class RunGuard(StrictModel):
     )
 
 
+class LatencyGuard(StrictModel):
+    """Never slower without saying so: every stage's model is timed side by side with its input's
+    (``measure:``); one slower beyond the noise (the whole bootstrap interval of the ratio of
+    medians below 1 - min-effect) is named in the terminal and the reports, or fails the run."""
+
+    on_slower: Literal["warn", "fail"] = Field(
+        "warn", description="fail: stop the run at that stage (earlier artifacts are kept)"
+    )
+
+
 class StageEntry(StrictModel):
     """One validated stage: its type name, its own config object and its optional accuracy guard."""
 
@@ -233,6 +243,7 @@ class RunConfig(StrictModel):
     )
     measure: MeasureSpec = Field(default_factory=MeasureSpec)
     guard: RunGuard | None = None
+    latency_guard: LatencyGuard = Field(default_factory=LatencyGuard)
     stages: list[StageEntry] = Field(..., min_length=1)
     _stage_types: dict[str, Any] = PrivateAttr(default_factory=dict)  # every stage a config could name
 

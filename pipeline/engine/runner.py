@@ -188,6 +188,7 @@ class Runner:
                     "metrics": {**made.record["metrics"], **latency},
                 }
             )
+            self._check_latency(record, timed[-1] if timed else None, report)
             artifact = made.artifact
             upstream = [*upstream, made.output_hash]
             earlier[index] = artifact
@@ -386,6 +387,24 @@ class Runner:
         latency = {**entry["latency"], **side_by_side_fields(own, entry["beside"], labels)}
         self.console.print(f"[dim]  {final.name}: {latency_line(latency)}[/dim]")
         return latency, how
+
+    def _check_latency(self, record: StageRecord, previous: _Timed | None, report: RunReport) -> None:
+        """The latency guard: a stage whose model is slower than its input's beyond the noise is named
+        (``on_slower: warn``) or stops the run there (``fail``; everything made so far is kept). A stage
+        that passes its input on unchanged (same file) is never judged: the two timings are one model's."""
+        s = record.metrics.speedup_vs_previous if record.metrics else None
+        if s is None or not s.slower or previous is None or previous.sha256 == record.metrics.model_sha256:
+            return
+        interval = f" [{s.ci_low:.2f}–{s.ci_high:.2f}]" if s.ci_low is not None and s.ci_high is not None else ""
+        summary = (
+            f"latency guard: {record.label}'s model is slower than {s.against}'s, its input: {s.ratio:.2f}x{interval} "
+            f"(timed side by side; the whole {s.confidence:.0%} interval is below {1 - s.min_effect:.2f})"
+        )
+        if self.config.latency_guard.on_slower == "fail":
+            report.stages.append(record)
+            self._publish(report)
+            raise StageFailed(f"{summary}; every stage's artifact is kept (latency_guard.on_slower: fail)")
+        self.console.print(f"[yellow]⚠ {summary}[/yellow]")
 
     # ------------------------------------------------------------------ reporting
 

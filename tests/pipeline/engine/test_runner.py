@@ -288,3 +288,33 @@ def test_a_failure_inside_a_library_is_one_line_with_the_traceback_in_the_log(tm
     assert "Traceback" in log.read_text() and "second line of detail" in log.read_text()
     report = read_json(tmp_path / "t" / "report.json")
     assert report["stages"][0]["status"] == "failed"
+
+
+@pytest.mark.parametrize("on_slower", ["warn", "fail"])
+def test_the_latency_guard_names_or_stops_a_stage_slower_than_its_input(tmp_path, monkeypatch, on_slower):
+    """Timing is made deterministic here: the prune stage's model is timed 3x slower than the
+    baseline's in every round, so the whole interval of the ratio lies below 1."""
+    from edgeslim.engine import runner
+
+    real = runner.measure_side_by_side
+
+    def slow_prune(models, host, spec, data):
+        fields = real(models, host, spec, data)
+        if Path(models[0]).parent.name.endswith("prune"):
+            fields[0]["latency_samples_ms"] = [3 * v for v in fields[1]["latency_samples_ms"]]
+        return fields
+
+    monkeypatch.setattr(runner, "measure_side_by_side", slow_prune)
+    stages = [{"train": TRAIN}, "baseline", {"prune": {"pruning_ratio": 0.3, "calibration_samples": 32}}]
+    cfg = parse_config(small_config(stages, latency_guard={"on_slower": on_slower}))
+    if on_slower == "warn":
+        report = run_pipeline(cfg, tmp_path).report
+        assert report.stages[2].metrics.speedup_vs_previous.slower
+        assert "02-prune is slower than 01-baseline" in (tmp_path / "t" / "report.md").read_text()
+        return
+    with pytest.raises(
+        StageFailed, match=r"^latency guard: 02-prune's model is slower than 01-baseline's, its input: 0\.3"
+    ):
+        run_pipeline(cfg, tmp_path)
+    assert (tmp_path / "t" / "02-prune" / "manifest.json").exists()  # nothing made is lost
+    assert [s["status"] for s in read_json(tmp_path / "t" / "report.json")["stages"]] == ["ran", "ran", "ran"]
