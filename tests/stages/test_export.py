@@ -21,8 +21,14 @@ def test_export_float_model_with_dynamic_batch_and_parity(tmp_path, data, loader
     assert parity["max_abs_diff"] < 1e-4
     assert parity["samples"] == len(data.test)
     assert result.details["parity_ledger"] == [
-        {**parity, "hop": "PyTorch -> ONNX FP32", "gate": 0.99, "passed": True, "first_divergent_node": None,
-         "split": "test"}
+        {
+            **parity,
+            "hop": "PyTorch -> ONNX FP32",
+            "gate": 0.99,
+            "passed": True,
+            "first_divergent_node": None,
+            "split": "test",
+        }
     ]
 
 
