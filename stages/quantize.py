@@ -43,14 +43,14 @@ from typing import Any, ClassVar, Literal
 import onnx
 from pydantic import Field, model_validator
 
-from edgeslim.config.schema import StrictModel
+from edgeslim.config.schema import HostProfile, StrictModel
 from edgeslim.devices.host import measure_interleaved
 from edgeslim.engine.measure import latency_inputs
 from edgeslim.engine.stage import PlanRequest, Stage, StageContext, StagePlan, StageResult, onnx_artifact
 from edgeslim.engine.store import ONNX, ONNX_INT8, ONNX_MODEL_FILE, TORCH
 from edgeslim.errors import UserError
 from edgeslim.export.onnx_io import check_onnx_file, load_onnx, needs_exact_int8
-from edgeslim.quant.coverage import Coverage, runtime_coverage
+from edgeslim.quant.coverage import Coverage, op_times, runtime_coverage, why_int8_loses
 from edgeslim.quant.methods import Recipe, host_u8s8_saturates, recipe_from
 from edgeslim.quant.ort import (
     ACCURACY_EPS,
@@ -326,7 +326,7 @@ class Quantize(Stage[QuantizeConfig]):
             )
             self._check_exclude_nodes(ctx, bench)
             timer = self._timer(ctx, bench.work_dir)
-            outcome = self._auto(bench, timer) if cfg.method == "auto" else self._fixed(ctx, bench, cfg.recipe())
+            outcome = self._auto(bench, timer, host) if cfg.method == "auto" else self._fixed(ctx, bench, cfg.recipe())
             outcome.notes[:0] = bench.notes
             if cfg.reduce_range == "auto" and getattr(outcome.recipe, "reduce_range", False):
                 outcome.notes.append(
@@ -367,8 +367,7 @@ class Quantize(Stage[QuantizeConfig]):
                     if not h.passed
                 ]
             if outcome.recipe is not None and cfg.method != "auto" and cfg.never_slower:
-                exact = host.exact_int8 and needs_exact_int8(outcome.path)
-                self._never_slower(bench, outcome, timer, coverage, exact)
+                self._never_slower(bench, outcome, timer, coverage, host)
             if outcome.recipe is None:  # the float input ships unchanged
                 onnx.save(load_onnx(source), str(out))
             else:
@@ -434,10 +433,11 @@ class Quantize(Stage[QuantizeConfig]):
         return timer
 
     def _never_slower(
-        self, bench: QuantBench, outcome: _Outcome, timer: Timer, coverage: Coverage, exact_int8: bool
+        self, bench: QuantBench, outcome: _Outcome, timer: Timer, coverage: Coverage, host: HostProfile
     ) -> None:
-        """Time INT8 against its float input; ship float when INT8 is slower beyond the noise.
-        ``exact_int8``: whether the INT8 model was timed in ONNX Runtime's exact INT8 mode."""
+        """Time INT8 against its float input; ship float when INT8 is slower beyond the noise, saying
+        which ops make it lose (profiled by op type on the host profile)."""
+        exact_int8 = host.exact_int8 and needs_exact_int8(outcome.path)  # as it was timed
         from edgeslim.engine.stats import FASTER, SLOWER, noise_verdict
 
         keep = keep_float_candidate(bench)
@@ -487,7 +487,11 @@ class Quantize(Stage[QuantizeConfig]):
             f"kept the float model: INT8 ran {ratio} vs its float input (slower beyond the noise; p50 "
             f"{int8.p50_ms:.3f} vs {keep.p50_ms:.3f} ms); {why}"
         )
-        outcome.details["rejected_int8"] = {"recipe": outcome.recipe.settings(), "val_accuracy": outcome.val_accuracy}
+        outcome.details["rejected_int8"] = {
+            "recipe": outcome.recipe.settings(),
+            "val_accuracy": outcome.val_accuracy,
+            **_op_time_diagnosis(bench, outcome.path, outcome.notes, host),
+        }
         outcome.path, outcome.recipe, outcome.val_accuracy = keep.path, None, keep.val_accuracy
         outcome.fp32_nodes = []
 
@@ -578,7 +582,7 @@ class Quantize(Stage[QuantizeConfig]):
                 notes.append(f"sensitivity (each node quantized alone), most sensitive first: {top}")
         return _Outcome(path, recipe, exclude, accuracy, details, notes)
 
-    def _auto(self, bench: QuantBench, timer: Timer) -> _Outcome:
+    def _auto(self, bench: QuantBench, timer: Timer, host: HostProfile) -> _Outcome:
         """Try every candidate that applies and keeping float; ship the fastest within the budget."""
         cfg = self.config
         auto = cfg.auto
@@ -597,6 +601,7 @@ class Quantize(Stage[QuantizeConfig]):
         quantized = [c for c in candidates if c.usable and c.recipe is not None]
         within = [c for c in quantized if c.accuracy_drop <= auto.max_accuracy_drop + ACCURACY_EPS]
         failed = [c for c in candidates if not c.usable]
+        fastest = min(within, key=lambda c: c.p50_ms, default=None)
         if best.recipe is not None:
             why = f"fastest of {len(within)} quantized candidate(s) within the {budget} budget, faster than float"
         elif not quantized:
@@ -604,7 +609,7 @@ class Quantize(Stage[QuantizeConfig]):
         elif not within:
             why = f"no quantized candidate was within the {budget} budget"
         else:
-            fastest = min(within, key=lambda c: c.p50_ms)
+            assert fastest is not None
             why = (
                 f"no quantized candidate within the {budget} budget was faster than float "
                 f"(fastest: {fastest.name}, p50 {fastest.p50_ms:.3f} ms)"
@@ -632,6 +637,11 @@ class Quantize(Stage[QuantizeConfig]):
             + f"; {len(candidates)} candidates timed side by side"
         ]
         notes += [f"auto: candidate {c.name} failed and was skipped: {c.error}" for c in failed]
+        if best.recipe is None and fastest is not None:  # INT8 was accurate enough but slower: which ops cost
+            details["rejected_int8"] = {
+                "candidate": fastest.name,
+                **_op_time_diagnosis(bench, fastest.path, notes, host),
+            }
         return _Outcome(best.path, best.recipe, list(best.fp32_nodes), best.val_accuracy, details, notes)
 
     # ------------------------------------------------------------ accuracy guard
@@ -669,6 +679,16 @@ class Quantize(Stage[QuantizeConfig]):
             return None
         settings["exclude_nodes"] = [*fp32, *wanted]
         return Quantize(QuantizeConfig.model_validate(settings), ranking=table)
+
+
+def _op_time_diagnosis(bench: QuantBench, int8_path: Path, notes: list[str], host: HostProfile) -> dict[str, Any]:
+    """Profile a rejected INT8 model and its float input by op type (one validation image, batch 1):
+    which ops make INT8 lose. Appends the sentence to ``notes``; returns the per-op times."""
+    sample = bench.val_x[:1].numpy()
+    int8_ops = op_times(int8_path, sample, host.graph_optimization, host.exact_int8)
+    float_ops = op_times(bench.float_model, sample, host.graph_optimization, host.exact_int8)
+    notes.append(why_int8_loses(int8_ops, float_ops))
+    return {"int8_op_ms": int8_ops, "float_op_ms": float_ops}
 
 
 def _score(row: dict[str, Any]) -> str:

@@ -165,3 +165,54 @@ def runtime_coverage(
         coverage.op_ms = sum(v["mean_ms_per_run"] for v in op_profile.values())
         coverage.qdq_ms = sum(op_profile.get(op, {}).get("mean_ms_per_run", 0.0) for op in QDQ_OPS)
     return coverage
+
+
+def op_times(
+    model: Path, sample: Any, graph_optimization: str = "all", exact_int8: bool = True, runs: int = 50
+) -> dict[str, float]:
+    """Milliseconds per run by op type (ONNX Runtime's profiler, one thread) on ``sample`` (one batch)."""
+    from edgeslim.devices.edgeslim_bench import op_profile
+    from edgeslim.export.onnx_io import check_onnx_file, load_onnx, needs_exact_int8
+
+    check_onnx_file(model)
+    name = load_onnx(model, external_data=False).graph.input[0].name
+    profile = op_profile(
+        str(model), 1, graph_optimization, {name: sample}, runs, exact_int8 and needs_exact_int8(model)
+    )
+    return {op: v["mean_ms_per_run"] for op, v in profile.items()}
+
+
+def _kind(op: str) -> str:
+    if op in QDQ_OPS:
+        return "qdq"
+    if op.startswith("QLinear") or op in INTEGER_COMPUTE:
+        return "integer"
+    return "float"
+
+
+def _top(times: dict[str, float], n: int = 3) -> str:
+    return ", ".join(f"{op} {ms:.3f}" for op, ms in sorted(times.items(), key=lambda kv: -kv[1])[:n])
+
+
+def why_int8_loses(int8_ops: dict[str, float], float_ops: dict[str, float]) -> str:
+    """Where the INT8 model's time goes against the float model's, by op type (profiled runs): the
+    sentence a report gives when INT8 does not pay."""
+    parts = {k: {op: ms for op, ms in int8_ops.items() if _kind(op) == k} for k in ("integer", "qdq", "float")}
+    total = {k: sum(v.values()) for k, v in parts.items()}
+    float_total = sum(float_ops.values())
+    text = (
+        f"per-op time (ONNX Runtime profiler, ms per run): INT8 model {sum(total.values()):.3f} = integer kernels "
+        f"{total['integer']:.3f} ({_top(parts['integer'])}), Q/DQ {total['qdq']:.3f}, float ops {total['float']:.3f}"
+        + (f" ({_top(parts['float'])})" if parts["float"] else "")
+        + f"; float model {float_total:.3f} ({_top(float_ops)})"
+    )
+    float_conv = sum(ms for op, ms in float_ops.items() if op in ("Conv", "FusedConv"))
+    int8_conv = sum(ms for op, ms in int8_ops.items() if op in ("QLinearConv", "ConvInteger"))
+    if float_conv and int8_conv > float_conv:
+        text += (
+            f". ONNX Runtime's integer convolutions alone ({int8_conv:.3f} ms) take longer than the float model's "
+            f"convolutions ({float_conv:.3f} ms) on this CPU for these layer shapes"
+        )
+    elif total["integer"] < float_total:
+        text += ". The integer kernels are faster, but Q/DQ and the float ops between them cost more than they save"
+    return text

@@ -457,6 +457,11 @@ def test_keeps_the_float_model_when_int8_is_slower(tmp_path, data, loader, expor
     assert result.artifact.kind == ONNX and result.details["deliverable"] == "float"
     assert result.details["rejected_int8"]["recipe"]["method"] == "static"
     assert any(n.startswith("kept the float model: INT8 ran") for n in result.notes)
+    rejected = result.details["rejected_int8"]  # which ops make INT8 lose, profiled by op type
+    assert rejected["int8_op_ms"]["QLinearConv"] > 0 and "QLinearConv" not in rejected["float_op_ms"]
+    assert rejected["int8_op_ms"]["QuantizeLinear"] > 0
+    why = next(n for n in result.notes if n.startswith("per-op time (ONNX Runtime profiler"))
+    assert "integer kernels" in why and "Q/DQ" in why and "float model" in why
     shipped = onnx.load(str(result.artifact.file("model")))
     assert (
         hashlib.sha256(shipped.SerializeToString()).digest()

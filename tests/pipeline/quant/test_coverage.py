@@ -134,3 +134,16 @@ def test_graph_coverage_of_a_model_without_weights():
     coverage = graph_coverage(graph)
     assert coverage.weighted == 0 and coverage.integer_fraction == 0 and not coverage.is_int8
     assert "no conv/linear nodes" in coverage.summary()
+
+
+def test_why_int8_loses_names_the_ops_that_cost():
+    from edgeslim.quant.coverage import why_int8_loses
+
+    float_ops = {"Conv": 0.50, "Mul": 0.10}
+    slow_convs = {"QLinearConv": 0.80, "QuantizeLinear": 0.2, "DequantizeLinear": 0.2, "HardSigmoid": 0.17}
+    text = why_int8_loses(slow_convs, float_ops)
+    assert text.startswith("per-op time (ONNX Runtime profiler, ms per run): INT8 model 1.370 = integer kernels 0.800")
+    assert "Q/DQ 0.400, float ops 0.170 (HardSigmoid 0.170); float model 0.600" in text
+    assert "integer convolutions alone (0.800 ms) take longer than the float model's convolutions (0.500 ms)" in text
+    fast_convs = {"QLinearConv": 0.20, "QuantizeLinear": 0.3, "DequantizeLinear": 0.3, "HardSigmoid": 0.1}
+    assert "Q/DQ and the float ops between them cost more than they save" in why_int8_loses(fast_convs, float_ops)
