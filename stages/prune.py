@@ -14,6 +14,8 @@ by its head count.
 from __future__ import annotations
 
 import copy
+import difflib
+import fnmatch
 from typing import Any
 
 import torch
@@ -53,6 +55,30 @@ def attention_settings(model: nn.Module) -> dict[str, dict[nn.Module, int]]:
     return {"num_heads": num_heads, "out_channel_groups": groups, "in_channel_groups": {}}
 
 
+def match_modules(model: nn.Module, patterns: list[str], where: str) -> dict[str, list[str]]:
+    """The dotted module names each entry of ``patterns`` selects: the exact name, else every name
+    matching it as an fnmatch glob (``"*.attention.*"``, ``"blocks.0.*"``), so a user need not list
+    dozens of layers one by one. An entry that selects nothing is a one-line ``UserError`` at ``where``
+    naming it and some modules that do exist (a typo must not silently prune a layer meant to stay)."""
+    names = [n for n, _ in model.named_modules() if n]
+    matches = {p: [p] if p in names else [n for n in names if fnmatch.fnmatchcase(n, p)] for p in patterns}
+    missing = [p for p, found in matches.items() if not found]
+    if missing:
+        hints = list(dict.fromkeys(n for p in missing for n in difflib.get_close_matches(p, names, n=5, cutoff=0.4)))
+        shown = (hints + [n for n in names if n not in hints])[:10]
+        more = f", … ({len(names)} in all)" if len(names) > len(shown) else ""
+        raise UserError(
+            f"{where}: no module named or matching {', '.join(repr(p) for p in missing)} in the model; "
+            f"modules include {', '.join(shown)}{more}"
+        )
+    return matches
+
+
+def _union(matches: dict[str, list[str]]) -> list[str]:
+    """Every matched name once, in first-matched order."""
+    return list(dict.fromkeys(n for found in matches.values() for n in found))
+
+
 class PruneConfig(StrictModel):
     importance: str = Field("hessian", description="a registered criterion: l1, l2, taylor, hessian")
     pruning_ratio: float = Field(0.5, gt=0, lt=1, description="fraction of channels removed per layer")
@@ -63,7 +89,10 @@ class PruneConfig(StrictModel):
     calibration_samples: int = Field(128, ge=1, description="training samples for taylor/hessian scores")
     bn_recalibration_batches: int = Field(20, ge=0)
     round_to: int | None = Field(None, ge=1, description="keep channel counts multiples of this")
-    ignore: list[str] = Field(default_factory=list, description="module names to leave unpruned")
+    ignore: list[str] = Field(
+        default_factory=list,
+        description="module names or glob patterns (fnmatch on dotted names, e.g. '*.attention.*') to leave unpruned",
+    )
 
     @field_validator("importance")
     @classmethod
@@ -99,7 +128,8 @@ class Prune(Stage[PruneConfig]):
         model = ctx.models.load(ctx.input)
         example = ctx.example()
         modules = dict(model.named_modules())
-        ignored = [modules[output_layer_name(model, example)], *self._named(model, cfg.ignore, ctx.where)]
+        matches = match_modules(model, cfg.ignore, f"{ctx.where}.ignore")
+        ignored = [modules[output_layer_name(model, example)], *(modules[n] for n in _union(matches))]
         calib_x, calib_y = ctx.calibration_samples(cfg.calibration_samples)
         params_before, macs_before = count_params_and_macs(model, example)
         acc_before, _ = evaluate(model, ctx.data.val)
@@ -160,6 +190,7 @@ class Prune(Stage[PruneConfig]):
                 "val_accuracy_before": acc_before,
                 "steps": steps,
                 "conv_channels": channels,
+                "ignore_matches": matches,
             },
             notes=[
                 f"{cfg.importance} importance, channel ratio {ratio:.3f} in {cfg.iterative_steps} step(s): "
@@ -169,14 +200,6 @@ class Prune(Stage[PruneConfig]):
                 f"{steps[-1]['val_accuracy_bn_recalibrated']:.4f} after BatchNorm re-estimation"
             ],
         )
-
-    @staticmethod
-    def _named(model: nn.Module, names: list[str], where: str) -> list[nn.Module]:
-        modules = dict(model.named_modules())
-        missing = [n for n in names if n not in modules]
-        if missing:
-            raise UserError(f"{where}.ignore: no module named {', '.join(missing)} in the model")
-        return [modules[n] for n in names]
 
     def _ratio_for_target(
         self,

@@ -48,9 +48,31 @@ def test_iterative_pruning_reaches_the_same_ratio_in_steps(tmp_path, data, loade
 
 
 def test_prune_ignore_names_must_exist(tmp_path, data, loader, trained):
-    stages = [{"prune": {"ignore": ["no.such.layer"]}}]
-    with pytest.raises(UserError, match=r"stages\[0\]\.prune\.ignore: no module named no.such.layer"):
+    stages = [{"prune": {"ignore": ["no.such.layer", "features.1.*"]}}]
+    with pytest.raises(UserError) as error:
         stage_for(stages).execute(make_context(tmp_path, data, loader, trained, stages))
+    message = str(error.value)
+    assert message.startswith("stages[0].prune.ignore: no module named or matching 'no.such.layer' in the model")
+    assert "features.1.*" not in message  # the pattern that matches is not blamed
+    assert "modules include " in message and "features.0.0" in message and "\n" not in message
+
+
+def test_prune_ignore_takes_glob_patterns_and_records_what_each_matched(tmp_path, data, loader, trained):
+    stages = [{"prune": {"importance": "l2", "pruning_ratio": 0.5, "ignore": ["features.1.*", "features.0.0"]}}]
+    result = stage_for(stages).execute(make_context(tmp_path, data, loader, trained, stages))
+    assert result.details["ignore_matches"] == {
+        "features.1.*": ["features.1.0", "features.1.1", "features.1.2"],
+        "features.0.0": ["features.0.0"],
+    }
+    # Both convolutions stay whole: nothing else is prunable in tiny_cnn.
+    assert result.details["conv_channels"] == {"features.0.0": 16, "features.1.0": 32}
+
+
+def test_prune_ignore_pattern_leaves_only_the_matched_layers_whole(tmp_path, data, loader, trained):
+    stages = [{"prune": {"importance": "l2", "pruning_ratio": 0.5, "ignore": ["*.1.0"]}}]
+    result = stage_for(stages).execute(make_context(tmp_path, data, loader, trained, stages))
+    assert result.details["ignore_matches"] == {"*.1.0": ["features.1.0"]}
+    assert result.details["conv_channels"] == {"features.0.0": 8, "features.1.0": 32}
 
 
 class MhaNet(nn.Module):
