@@ -105,9 +105,12 @@ def _stdout_console() -> Console:
 
 def _cmd_run(args: argparse.Namespace, console: Console) -> int:
     from edgeslim import api
+    from edgeslim.models.zoo import factory_search_path
     from edgeslim.reports.run_report import rich_table
 
-    result = api.run(args.config, args.out, force=args.force, from_stage=args.from_stage, console=console)
+    # package.module:factory refs are found beside the config first, then in the current folder (README)
+    with factory_search_path([args.config.parent, Path.cwd()]):
+        result = api.run(args.config, args.out, force=args.force, from_stage=args.from_stage, console=console)
     _stdout_console().print(rich_table(result.report))
     console.print(f"report: {result.report_md}")
     return 0

@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import importlib
 import pickle
-from collections.abc import Callable
+import sys
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -83,6 +85,40 @@ BUILTIN_MODELS: dict[str, Callable[..., nn.Module]] = {
 }
 
 
+# Folders ``factory_search_path`` put first on ``sys.path``: named when a factory's module is still not found.
+_SEARCH_FOLDERS: list[Path] = []
+
+
+@contextmanager
+def factory_search_path(folders: Iterable[Path]) -> Iterator[list[Path]]:
+    """Put ``folders`` first on ``sys.path``, in order, while a run imports ``package.module:factory``.
+
+    The ``edgeslim`` script, unlike ``python -m``, has neither the config's folder nor the current one
+    on the import path, so a ``tabnet.py`` beside the config would need ``PYTHONPATH=.``. Restored on exit."""
+    added = list(dict.fromkeys(Path(folder).resolve() for folder in folders))
+    entries = [str(folder) for folder in added]
+    previous = list(_SEARCH_FOLDERS)
+    sys.path[0:0] = entries
+    _SEARCH_FOLDERS[:] = added
+    importlib.invalidate_caches()
+    try:
+        yield added
+    finally:
+        for entry in entries:
+            if entry in sys.path:
+                sys.path.remove(entry)
+        _SEARCH_FOLDERS[:] = previous
+
+
+def _not_found(module_name: str, missing: str) -> str:
+    where = (
+        f"in {', '.join(str(folder) for folder in _SEARCH_FOLDERS)} or the installed packages"
+        if _SEARCH_FOLDERS
+        else "on the Python import path (run from its folder, or install it)"
+    )
+    return f"cannot import module '{module_name}': no module named '{missing}' {where}"
+
+
 def import_object(ref: str, what: str) -> object:
     """Import ``package.module:attr``; raise a one-line UserError naming ``what`` on failure."""
     module_name, sep, attr = ref.partition(":")
@@ -90,6 +126,11 @@ def import_object(ref: str, what: str) -> object:
         raise UserError(f"{what}: '{ref}' is not of the form package.module:function")
     try:
         module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        # the module itself (or its package) is missing, not something it imports: say where it was looked for
+        if exc.name and (module_name == exc.name or module_name.startswith(f"{exc.name}.")):
+            raise UserError(f"{what}: {_not_found(module_name, exc.name)}") from None
+        raise UserError(f"{what}: cannot import module '{module_name}': {type(exc).__name__}: {exc}") from None
     except Exception as exc:  # any import-time failure is the user's module's problem
         raise UserError(f"{what}: cannot import module '{module_name}': {type(exc).__name__}: {exc}") from None
     try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -94,6 +95,84 @@ def test_user_model_and_data_factories_run_end_to_end(tmp_path):
     proc = edgeslim("run", str(write_config(tmp_path / "c.yaml", cfg)), "--out", str(tmp_path / "out"), cwd=ROOT)
     assert proc.returncode == 0, proc.stderr
     assert "03-export" in proc.stdout
+
+
+def edgeslim_script(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """The CLI as the installed ``edgeslim`` script starts it: ``-P`` keeps the current folder off
+    ``sys.path`` (``python -m`` would put it there) and no PYTHONPATH, so only edgeslim can add folders."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    return subprocess.run(
+        [sys.executable, "-P", "-m", "edgeslim.cli", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+FACTORY_MODULE = """
+import torch
+from sklearn.datasets import load_digits
+from torch import nn
+
+
+def build(hidden: int = 32) -> nn.Module:
+    return nn.Sequential(nn.Flatten(), nn.Linear(64, hidden), nn.ReLU(), nn.Linear(hidden, 10))
+
+
+def splits():
+    bunch = load_digits()
+    x = torch.tensor(bunch.data[:300], dtype=torch.float32).reshape(-1, 1, 8, 8) / 16.0
+    y = torch.tensor(bunch.target[:300])
+    return (x[:200], y[:200]), (x[200:250], y[200:250]), (x[250:], y[250:])
+"""
+
+
+def test_a_factory_module_beside_the_config_is_found_from_another_folder(tmp_path):
+    project, elsewhere = tmp_path / "project", tmp_path / "elsewhere"
+    project.mkdir()
+    elsewhere.mkdir()
+    (project / "tabnet.py").write_text(FACTORY_MODULE)
+    cfg = small_config(["baseline"], model={"name": "tabnet:build"}, data={"name": "tabnet:splits"})
+    config = write_config(project / "run.yaml", cfg)
+    proc = edgeslim_script("run", str(config), "--out", str(tmp_path / "out"), cwd=elsewhere)
+    assert proc.returncode == 0, proc.stderr
+    assert "00-baseline" in proc.stdout
+
+
+def raising_factory(message: str) -> str:
+    return f"def splits():\n    raise RuntimeError('{message}')\n\n\nbuild = splits\n"
+
+
+def test_factories_are_imported_from_the_config_folder_then_the_current_folder(tmp_path):
+    here, configs = tmp_path / "here", tmp_path / "configs"
+    here.mkdir()
+    configs.mkdir()
+    (here / "shadow.py").write_text(raising_factory("from the current folder"))
+    (configs / "shadow.py").write_text(raising_factory("from the config folder"))
+    (here / "only_here.py").write_text(raising_factory("found in the current folder"))
+
+    def run(**keys: object) -> subprocess.CompletedProcess[str]:
+        config = write_config(configs / "c.yaml", small_config(["baseline"], **keys))
+        return edgeslim_script("run", str(config), "--out", str(tmp_path / "out"), cwd=here)
+
+    # the config's folder comes first: its shadow.py wins over the current folder's
+    proc = run(data={"name": "shadow:splits"})
+    expected = r"^edgeslim: error: data\.name: factory 'shadow:splits' raised RuntimeError: from the config folder$"
+    assert_one_line_error(proc, expected)
+    # the current folder is searched too
+    proc = run(model={"name": "only_here:build"})
+    expected = r"^edgeslim: error: model\.name: factory 'only_here:build' raised RuntimeError: found in the current"
+    assert_one_line_error(proc, expected)
+    # still not found: one line naming the key, the module and both folders
+    proc = run(data={"name": "no_such_module_here.sub:splits"})
+    folders = rf"{re.escape(str(configs.resolve()))}, {re.escape(str(here.resolve()))} or the installed packages"
+    assert_one_line_error(
+        proc,
+        rf"^edgeslim: error: data\.name: cannot import module 'no_such_module_here\.sub': "
+        rf"no module named 'no_such_module_here' in {folders}$",
+    )
 
 
 def test_failure_in_a_later_stage_keeps_earlier_artifacts_byte_identical(tmp_path):
