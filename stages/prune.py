@@ -29,9 +29,11 @@ from edgeslim.engine.store import TORCH
 from edgeslim.errors import UserError
 from edgeslim.models.loader import count_params_and_macs, output_layer_name, save_torch_artifact
 from edgeslim.prune.criteria import CRITERIA, build_importance, prepare_importance
+from edgeslim.prune.graph import locate_failure
 from edgeslim.train.loop import evaluate, recalibrate_batchnorm
 
 FALLBACK_FACTOR = 0.7  # accuracy-guard fallback: each retry prunes 30% less
+LITTLE = 0.01  # a prune removing less than this fraction of the parameters is called out, with the reason
 
 
 def attention_settings(model: nn.Module) -> dict[str, dict[nn.Module, int]]:
@@ -129,7 +131,8 @@ class Prune(Stage[PruneConfig]):
         example = ctx.example()
         modules = dict(model.named_modules())
         matches = match_modules(model, cfg.ignore, f"{ctx.where}.ignore")
-        ignored = [modules[output_layer_name(model, example)], *(modules[n] for n in _union(matches))]
+        protected = output_layer_name(model, example)
+        ignored = [modules[protected], *(modules[n] for n in _union(matches))]
         calib_x, calib_y = ctx.calibration_samples(cfg.calibration_samples)
         params_before, macs_before = count_params_and_macs(model, example)
         acc_before, _ = evaluate(model, ctx.data.val)
@@ -141,7 +144,7 @@ class Prune(Stage[PruneConfig]):
             )
 
         importance = build_importance(cfg.importance)
-        pruner = tp.pruner.BasePruner(
+        pruner = _Pruner(
             model,
             example,
             importance=importance,
@@ -155,8 +158,9 @@ class Prune(Stage[PruneConfig]):
         steps: list[dict[str, Any]] = []
         for step in range(cfg.iterative_steps):
             prepare_importance(importance, model, calib_x, calib_y)
-            pruner.step()
+            _step(pruner, ctx.where)
             model.zero_grad(set_to_none=True)
+            _check_still_runs(model, example, ctx.where)
             raw_acc, _ = evaluate(model, ctx.data.val)
             recalibrate_batchnorm(model, ctx.data.train.tensors[0], cfg.bn_recalibration_batches, 64)
             recal_acc, _ = evaluate(model, ctx.data.val)
@@ -170,8 +174,17 @@ class Prune(Stage[PruneConfig]):
                     "val_accuracy_bn_recalibrated": recal_acc,
                 }
             )
-        history = ctx.models.history_of(ctx.input) + [list(h) for h in pruner.pruning_history()]
+        ours = [list(h) for h in pruner.pruning_history()]
+        history = ctx.models.history_of(ctx.input) + ours
         params, macs = count_params_and_macs(model, example)
+        removed_channels = sum(len(idxs) for _name, out, idxs in ours if out)
+        warnings = []
+        if removed_channels == 0 or params_before - params < LITTLE * params_before:
+            what = "nothing" if params == params_before else f"only {1 - params / params_before:.2%} of the parameters"
+            warnings.append(
+                f"warning: pruning removed {what} ({removed_channels} channel(s)): "
+                f"{_why_so_little(pruner, model, protected, removed_channels, ratio)}"
+            )
         artifact = save_torch_artifact(
             ctx.out_dir, model, kind=TORCH, pruning_history=history, params=params, macs=macs
         )
@@ -191,13 +204,15 @@ class Prune(Stage[PruneConfig]):
                 "steps": steps,
                 "conv_channels": channels,
                 "ignore_matches": matches,
+                "channels_removed": removed_channels,
             },
             notes=[
                 f"{cfg.importance} importance, channel ratio {ratio:.3f} in {cfg.iterative_steps} step(s): "
                 f"params {params_before:,} → {params:,} ({params / params_before:.1%}), "
                 f"MACs {macs / macs_before:.1%} kept; val accuracy {acc_before:.4f} → "
                 f"{steps[-1]['val_accuracy_pruned']:.4f} pruned → "
-                f"{steps[-1]['val_accuracy_bn_recalibrated']:.4f} after BatchNorm re-estimation"
+                f"{steps[-1]['val_accuracy_bn_recalibrated']:.4f} after BatchNorm re-estimation",
+                *warnings,
             ],
         )
 
@@ -225,7 +240,7 @@ class Prune(Stage[PruneConfig]):
             trial = copy.deepcopy(model)
             modules = dict(trial.named_modules())
             importance = build_importance(criterion)
-            pruner = tp.pruner.BasePruner(
+            pruner = _Pruner(
                 trial,
                 example,
                 importance=importance,
@@ -236,7 +251,8 @@ class Prune(Stage[PruneConfig]):
                 **attention_settings(trial),
             )
             prepare_importance(importance, trial, calib_x, calib_y)
-            pruner.step()
+            _step(pruner, where)
+            _check_still_runs(trial, example, where)
             params, macs = count_params_and_macs(trial, example)
             return params / params0 if cfg.target_params is not None else macs / macs0
 
@@ -249,3 +265,126 @@ class Prune(Stage[PruneConfig]):
             mid = (lo + hi) / 2
             lo, hi = (mid, hi) if kept(mid) > target else (lo, mid)
         return hi
+
+
+class _Pruner(tp.pruner.BasePruner):
+    """torch-pruning's ``BasePruner`` that remembers the channel group it is working on, so that a
+    failure inside torch-pruning names the layers involved."""
+
+    current: Any = None
+
+    def estimate_importance(self, group: Any) -> torch.Tensor:
+        self.current = group
+        return super().estimate_importance(group)
+
+    def current_layers(self) -> list[str]:
+        """The modules whose output channels the current group removes, by dotted name."""
+        names = {m: n for n, m in self.model.named_modules()}
+        if self.current is None:
+            return []
+        found = [
+            names.get(dep.target.module) for dep, _ in self.current if self.DG.is_out_channel_pruning_fn(dep.handler)
+        ]
+        return list(dict.fromkeys(n for n in found if n))
+
+
+def _step(pruner: _Pruner, where: str) -> None:
+    """One pruning step; torch-pruning failing on a layout it cannot follow (an index out of range in a
+    reshaped group, say) becomes a one-line error naming the group's layers, not a traceback."""
+    try:
+        for group in pruner.step(interactive=True):
+            pruner.current = group
+            group.prune()
+    except Exception as exc:  # a third-party failure on the user's model, reported in one line
+        first_line = (str(exc).strip().splitlines() or [""])[0]
+        layers = pruner.current_layers()
+        which = f" on the channels of {_few(layers)}" if layers else ""
+        pattern = f" (e.g. '{layers[0]}')" if layers else ""
+        raise UserError(
+            f"{where}: torch-pruning failed{which}: {type(exc).__name__}: {first_line}; it could not follow how the "
+            f"model reshapes or groups these channels: keep them whole with {where}.ignore{pattern}"
+        ) from exc
+
+
+def _check_still_runs(model: nn.Module, example: torch.Tensor, where: str) -> None:
+    """A pruned model that no longer runs is a one-line error naming where it breaks, not a traceback:
+    torch-pruning removed channels that a reshape, view or head split elsewhere still counts on."""
+    failure = locate_failure(model, example)
+    if failure is None:
+        return
+    hint = failure.after or failure.module
+    example_pattern = f" (e.g. '{hint}')" if hint else ""
+    raise UserError(
+        f"{where}: the pruned model no longer runs: {failure.describe()}; torch-pruning could not follow how the "
+        f"model reshapes or groups these channels: keep the layers involved whole with {where}.ignore"
+        f"{example_pattern}"
+    )
+
+
+def _why_so_little(
+    pruner: tp.pruner.BasePruner, model: nn.Module, protected: str, removed_channels: int, ratio: float
+) -> str:
+    """Why a prune removed (almost) nothing, read from torch-pruning's own dependency graph, so the
+    report says what to change instead of a silent 100% next to ``ran``."""
+    graph = pruner.DG
+    names = {m: n for n, m in model.named_modules()}
+    whole = set(pruner.ignored_layers)  # ignored layers and everything inside them
+    roots = [m for m in names if m in graph.module2node and isinstance(m, tuple(pruner.root_module_types))]
+    free = [m for m in roots if m not in whole]
+    if not free:
+        others = [names[m] for m in roots if names[m] != protected]
+        if not others:
+            return f"the model's only Conv/Linear layer is its classifier '{protected}', which is never pruned"
+        return (
+            f"every Conv/Linear layer is left whole: the classifier '{protected}' is protected and ignore matched "
+            f"the other {len(others)} ({_few(others)})"
+        )
+    groups = list(
+        graph.get_all_groups(ignored_layers=pruner.ignored_layers, root_module_types=pruner.root_module_types)
+    )
+    if not groups:
+        ties: dict[str, list[str]] = {}
+        for m in free:
+            group = graph.get_pruning_group(
+                m, graph.get_pruner_of_module(m).prune_out_channels, list(range(graph.get_out_channels(m)))
+            )
+            ties[names[m]] = sorted(
+                {
+                    names[dep.target.module]
+                    for dep, _ in group
+                    if graph.is_out_channel_pruning_fn(dep.handler)
+                    and dep.target.module in whole
+                    and dep.target.module in names
+                }
+            )
+        tied = [f"'{n}' to {_few(t)}" for n, t in ties.items() if t]
+        if tied:
+            return (
+                "torch-pruning found no channel group it may prune: a residual add, concat or reshape ties the "
+                f"channels of {'; '.join(tied[:5])}, which stay whole (the classifier, or ignore)"
+            )
+        return (
+            f"torch-pruning found no channel group it may prune among {_few([names[m] for m in free])}: it cannot "
+            "follow how the model groups or reshapes their channels"
+        )
+    if removed_channels == 0:
+        sizes = sorted(graph.get_out_channels(g[0].dep.target.module) or 0 for g in groups)
+        return (
+            f"torch-pruning removed no channel from its {len(groups)} group(s) at channel ratio {ratio:.3f}: they are "
+            f"too small to shrink (channels: {_few([str(n) for n in sizes])}), or split in heads/groups that cannot"
+        )
+    prunable = {id(p) for m in free for p in m.parameters()}
+    outside = [(n, p.numel()) for n, p in model.named_parameters() if id(p) not in prunable]
+    share = sum(c for _, c in outside) / max(1, sum(p.numel() for p in model.parameters()))
+    largest = sorted(outside, key=lambda item: -item[1])[:3]
+    return (
+        f"{share:.0%} of the parameters are outside the Conv/Linear layers torch-pruning may shrink (largest: "
+        f"{', '.join(f'{n} {c:,}' for n, c in largest)}): the classifier, ignored layers, embeddings, norms or "
+        "bare parameters"
+    )
+
+
+def _few(names: list[str], limit: int = 5) -> str:
+    """At most ``limit`` names, then how many more: warnings stay one readable line."""
+    more = f" and {len(names) - limit} more" if len(names) > limit else ""
+    return ", ".join(names[:limit]) + more

@@ -30,6 +30,8 @@ def test_prune_removes_channels_and_reloads_exactly(tmp_path, data, loader, trai
     with torch.no_grad():
         assert torch.equal(model(x), again(x))
     assert result.details["steps"][0]["val_accuracy_bn_recalibrated"] is not None
+    assert result.details["channels_removed"] == 8 + 16
+    assert not [n for n in result.notes if n.startswith("warning")]
 
 
 def test_prune_to_params_target(tmp_path, data, loader, trained):
@@ -73,6 +75,104 @@ def test_prune_ignore_pattern_leaves_only_the_matched_layers_whole(tmp_path, dat
     result = stage_for(stages).execute(make_context(tmp_path, data, loader, trained, stages))
     assert result.details["ignore_matches"] == {"*.1.0": ["features.1.0"]}
     assert result.details["conv_channels"] == {"features.0.0": 8, "features.1.0": 32}
+
+
+def _prune(tmp_path, data, model_name: str, **settings):
+    """Run the prune stage on a model class of this file, from its initial weights."""
+    loader = ModelLoader(ModelSpec(name=f"{__name__}:{model_name}"), 1, data.num_classes, data.example_batch(2))
+    stages = [{"prune": {"importance": "l2", "pruning_ratio": 0.5, **settings}}]
+    source = Artifact(kind=TORCH, directory=None)
+    return stage_for(stages).execute(make_context(tmp_path, data, loader, source, stages)), loader
+
+
+def test_a_prune_that_removes_nothing_says_so_every_layer_left_whole(tmp_path, data, loader, trained):
+    stages = [{"prune": {"importance": "l2", "ignore": ["features.*"]}}]
+    result = stage_for(stages).execute(make_context(tmp_path, data, loader, trained, stages))
+    assert result.details["params_after"] == result.details["params_before"]
+    assert result.details["channels_removed"] == 0
+    assert result.notes[-1] == (
+        "warning: pruning removed nothing (0 channel(s)): every Conv/Linear layer is left whole: the classifier "
+        "'classifier' is protected and ignore matched the other 2 (features.0.0, features.1.0)"
+    )
+
+
+class TiedToHead(nn.Module):
+    """``fc``'s outputs are added to the classifier's: its channels are tied to the protected layer."""
+
+    def __init__(self, num_classes: int = 10) -> None:
+        super().__init__()
+        self.fc = nn.Linear(64, num_classes)
+        self.head = nn.Linear(num_classes, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.fc(x.flatten(1))
+        return self.head(torch.relu(h)) + h
+
+
+def test_a_prune_that_removes_nothing_names_the_layer_that_ties_it(tmp_path, data):
+    result, _ = _prune(tmp_path, data, "TiedToHead")
+    assert result.details["params_after"] == result.details["params_before"]
+    warning = result.notes[-1]
+    assert warning.startswith("warning: pruning removed nothing (0 channel(s)): torch-pruning found no channel group")
+    assert "ties the channels of 'fc' to head" in warning
+
+
+class ReshapedHeads(nn.Module):
+    """``fc``'s 32 outputs are reshaped into 4 heads of 8 by fixed numbers, which torch-pruning cannot see."""
+
+    def __init__(self, num_classes: int = 10) -> None:
+        super().__init__()
+        self.stem = nn.Linear(64, 48)
+        self.fc = nn.Linear(48, 32)
+        self.head = nn.Linear(32, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b = x.shape[0]
+        h = self.fc(torch.relu(self.stem(x.flatten(1))))
+        return self.head(h.reshape(b, 4, 8).softmax(-1).reshape(b, 32))
+
+
+class PerHeadLinear(nn.Module):
+    """A Linear shared by 4 heads of 8 channels: torch-pruning's index mapping fails inside it."""
+
+    def __init__(self, num_classes: int = 10) -> None:
+        super().__init__()
+        self.fc = nn.Linear(64, 32)
+        self.per_head = nn.Linear(8, 8)
+        self.head = nn.Linear(32, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b = x.shape[0]
+        return self.head(torch.relu(self.per_head(self.fc(x.flatten(1)).reshape(b, 4, 8)).reshape(b, 32)))
+
+
+@pytest.mark.parametrize(
+    ("model_name", "message"),
+    [
+        (
+            "ReshapedHeads",
+            r"stages\[0\]\.prune: the pruned model no longer runs: RuntimeError: shape '\[2, 4, 8\]' is invalid for "
+            r"input of size 32 \(in the model's own forward, after 'fc' ran\); .* stages\[0\]\.prune\.ignore "
+            r"\(e\.g\. 'fc'\)$",
+        ),
+        (
+            "PerHeadLinear",
+            r"stages\[0\]\.prune: torch-pruning failed on the channels of fc: IndexError: .* stages\[0\]\.prune"
+            r"\.ignore \(e\.g\. 'fc'\)$",
+        ),
+    ],
+)
+def test_a_layout_torch_pruning_cannot_follow_is_a_one_line_error_naming_the_layer(tmp_path, data, model_name, message):
+    with pytest.raises(UserError, match=message) as error:
+        _prune(tmp_path, data, model_name)
+    assert "\n" not in str(error.value)
+
+
+def test_following_the_advice_of_that_error_prunes_the_rest(tmp_path, data):
+    result, loader = _prune(tmp_path, data, "ReshapedHeads", ignore=["fc"])
+    model = loader.load(result.artifact)
+    assert (model.stem.out_features, model.fc.in_features, model.fc.out_features) == (24, 24, 32)
+    assert not [n for n in result.notes if n.startswith("warning")]
 
 
 class MhaNet(nn.Module):
