@@ -29,11 +29,18 @@ from edgeslim.engine.store import TORCH
 from edgeslim.errors import UserError
 from edgeslim.models.loader import count_params_and_macs, output_layer_name, save_torch_artifact
 from edgeslim.prune.criteria import CRITERIA, build_importance, prepare_importance
-from edgeslim.prune.graph import locate_failure
+from edgeslim.prune.graph import (
+    graph_arguments,
+    locate_failure,
+    parameter_conflicts,
+    sync_head_dims,
+    unwrapped_parameters,
+)
 from edgeslim.train.loop import evaluate, recalibrate_batchnorm
 
 FALLBACK_FACTOR = 0.7  # accuracy-guard fallback: each retry prunes 30% less
 LITTLE = 0.01  # a prune removing less than this fraction of the parameters is called out, with the reason
+ROOT_TYPES = (tp.ops.TORCH_CONV, tp.ops.TORCH_LINEAR, tp.ops.TORCH_LSTM)  # torch-pruning's default group roots
 
 
 def attention_settings(model: nn.Module) -> dict[str, dict[nn.Module, int]]:
@@ -133,6 +140,14 @@ class Prune(Stage[PruneConfig]):
         matches = match_modules(model, cfg.ignore, f"{ctx.where}.ignore")
         protected = output_layer_name(model, example)
         ignored = [modules[protected], *(modules[n] for n in _union(matches))]
+        bare = {name: dim for name, (_, dim) in unwrapped_parameters(model).items()}
+        conflicts = parameter_conflicts(model, example, ignored, ROOT_TYPES)
+        ignored += [modules[n] for layers in conflicts.values() for n in layers]
+        notes = [
+            f"left the output channels of {_few(layers)} whole: the bare parameter '{name}' joins them, but its "
+            f"dim {bare[name]} (the last one longer than 1, which torch-pruning prunes) is not their channel axis"
+            for name, layers in conflicts.items()
+        ]
         calib_x, calib_y = ctx.calibration_samples(cfg.calibration_samples)
         params_before, macs_before = count_params_and_macs(model, example)
         acc_before, _ = evaluate(model, ctx.data.val)
@@ -153,12 +168,15 @@ class Prune(Stage[PruneConfig]):
             global_pruning=cfg.global_pruning,
             ignored_layers=ignored,
             round_to=cfg.round_to,
+            root_module_types=list(ROOT_TYPES),
             **attention_settings(model),
+            **graph_arguments(model),
         )
         steps: list[dict[str, Any]] = []
         for step in range(cfg.iterative_steps):
             prepare_importance(importance, model, calib_x, calib_y)
             _step(pruner, ctx.where)
+            sync_head_dims(model)
             model.zero_grad(set_to_none=True)
             _check_still_runs(model, example, ctx.where)
             raw_acc, _ = evaluate(model, ctx.data.val)
@@ -205,6 +223,8 @@ class Prune(Stage[PruneConfig]):
                 "conv_channels": channels,
                 "ignore_matches": matches,
                 "channels_removed": removed_channels,
+                "unwrapped_parameters": bare,
+                "unwrapped_conflicts": conflicts,
             },
             notes=[
                 f"{cfg.importance} importance, channel ratio {ratio:.3f} in {cfg.iterative_steps} step(s): "
@@ -212,6 +232,7 @@ class Prune(Stage[PruneConfig]):
                 f"MACs {macs / macs_before:.1%} kept; val accuracy {acc_before:.4f} → "
                 f"{steps[-1]['val_accuracy_pruned']:.4f} pruned → "
                 f"{steps[-1]['val_accuracy_bn_recalibrated']:.4f} after BatchNorm re-estimation",
+                *notes,
                 *warnings,
             ],
         )
@@ -248,10 +269,13 @@ class Prune(Stage[PruneConfig]):
                 global_pruning=cfg.global_pruning,
                 ignored_layers=[modules[n] for n in ignored_names],
                 round_to=cfg.round_to,
+                root_module_types=list(ROOT_TYPES),
                 **attention_settings(trial),
+                **graph_arguments(trial),
             )
             prepare_importance(importance, trial, calib_x, calib_y)
             _step(pruner, where)
+            sync_head_dims(trial)
             _check_still_runs(trial, example, where)
             params, macs = count_params_and_macs(trial, example)
             return params / params0 if cfg.target_params is not None else macs / macs0

@@ -9,8 +9,10 @@ tell torch-pruning about them, or leave them alone and say so.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
+import torch_pruning as tp
 from torch import nn
 
 
@@ -62,3 +64,74 @@ def locate_failure(model: nn.Module, example: torch.Tensor) -> ForwardFailure | 
             handle.remove()
         model.train(was_training)
     return None
+
+
+def unwrapped_parameters(model: nn.Module) -> dict[str, tuple[nn.Parameter, int]]:
+    """Parameters held outside the layers torch-pruning has pruners for (a ViT's ``cls_token`` and
+    ``pos_embed``, a layer scale), by name, with the dimension that carries their channels: the last
+    one longer than 1 (the embedding width of a ``[1, tokens, width]`` table, the channels of a
+    ``[1, C, 1, 1]`` scale). That is torch-pruning's own default, so a model rebuilt from its pruning
+    history without these arguments prunes them the same way; given explicitly, they are named in
+    the stage's details instead of a warning from deep inside torch-pruning."""
+    graph = tp.DependencyGraph()
+    known = {t for t in graph.REGISTERED_PRUNERS if t != tp.ops.OPTYPE.ELEMENTWISE}
+    wrapped = {id(p) for m in model.modules() if tp.ops.module2type(m) in known for p in m.parameters()}
+    found: dict[str, tuple[nn.Parameter, int]] = {}
+    for name, param in model.named_parameters():
+        dims = [i for i, size in enumerate(param.shape) if size > 1]
+        if id(param) not in wrapped and dims:
+            found[name] = (param, dims[-1])
+    return found
+
+
+def graph_arguments(model: nn.Module) -> dict[str, Any]:
+    """Keyword arguments for torch-pruning's dependency graph (``BasePruner`` or ``build_dependency``)
+    that describe this model the same way wherever it is traced: when pruning and when a model is
+    rebuilt from its pruning history."""
+    return {"unwrapped_parameters": [(p, dim) for p, dim in unwrapped_parameters(model).values()]}
+
+
+def parameter_conflicts(
+    model: nn.Module, example: torch.Tensor, ignored: list[nn.Module], root_types: tuple[type, ...]
+) -> dict[str, list[str]]:
+    """Bare parameters whose channel dimension does not match the channels of the layers they join
+    (a ``[1, width, tokens]`` table used transposed, say), with the layers whose output channels
+    would have to shrink with them: those layers must stay whole, or the model breaks."""
+    found = unwrapped_parameters(model)
+    if not found:
+        return {}
+    names = {m: n for n, m in model.named_modules()}
+    param_names = {id(p): n for n, (p, _) in found.items()}
+    graph = tp.DependencyGraph().build_dependency(model, example_inputs=example, **graph_arguments(model))
+    whole = {m for layer in ignored for m in layer.modules()}
+    conflicts: dict[str, set[nn.Module]] = {}
+    for group in graph.get_all_groups(ignored_layers=list(whole), root_module_types=root_types):
+        bad = [
+            param_names[id(dep.target.module)]
+            for dep, idxs in group
+            if dep.target.type == tp.ops.OPTYPE.PARAMETER
+            and id(dep.target.module) in param_names
+            and len(idxs) != dep.target.module.shape[dep.target.pruning_dim]
+        ]
+        layers = {
+            dep.target.module
+            for dep, _ in group
+            if graph.is_out_channel_pruning_fn(dep.handler) and isinstance(dep.target.module, root_types)
+        }
+        for name in bad:
+            conflicts.setdefault(name, set()).update(layers)
+    order = list(names)  # model order, for a stable, readable list
+    return {p: [names[m] for m in sorted(layers, key=order.index)] for p, layers in conflicts.items()}
+
+
+def sync_head_dims(model: nn.Module) -> None:
+    """After pruning head dimensions evenly across heads (torch-pruning's ``num_heads``), set the
+    ``head_dim`` attribute that timm-style attention reshapes ``qkv`` with, so that
+    ``reshape(b, n, 3, num_heads, head_dim)`` still fits; a model rebuilt from its pruning history
+    needs the same update."""
+    for module in model.modules():
+        heads, qkv = getattr(module, "num_heads", None), getattr(module, "qkv", None)
+        if not (isinstance(heads, int) and heads > 0 and isinstance(qkv, nn.Linear)):
+            continue
+        if isinstance(getattr(module, "head_dim", None), int) and qkv.out_features % (3 * heads) == 0:
+            module.head_dim = qkv.out_features // (3 * heads)

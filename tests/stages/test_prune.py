@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from edgeslim.config.schema import ModelSpec
-from edgeslim.engine.store import TORCH, Artifact
+from edgeslim.engine.store import ONNX, TORCH, Artifact
 from edgeslim.errors import UserError
 from edgeslim.models.loader import ModelLoader
 from edgeslim.stages.prune import attention_settings
@@ -173,6 +173,103 @@ def test_following_the_advice_of_that_error_prunes_the_rest(tmp_path, data):
     model = loader.load(result.artifact)
     assert (model.stem.out_features, model.fc.in_features, model.fc.out_features) == (24, 24, 32)
     assert not [n for n in result.notes if n.startswith("warning")]
+
+
+class TimmAttention(nn.Module):
+    """timm's layout: ``qkv`` reshaped with a stored ``head_dim`` (the reshape in the ViT crash of issue 13)."""
+
+    def __init__(self, dim: int, num_heads: int) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.scale = self.head_dim**-0.5
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, _ = x.shape
+        q, k, v = self.qkv(x).reshape(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        x = torch.nn.functional.scaled_dot_product_attention(q, k, v, scale=self.scale)
+        return self.proj(x.transpose(1, 2).reshape(b, n, -1))
+
+
+class TimmBlock(nn.Module):
+    def __init__(self, dim: int, num_heads: int) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = TimmAttention(dim, num_heads)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = nn.Sequential(nn.Linear(dim, 2 * dim), nn.GELU(), nn.Linear(2 * dim, dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x))
+        return x + self.mlp(self.norm2(x))
+
+
+class SmallViT(nn.Module):
+    """2x2 patches of an 8x8 digit, a class token and a learned position embedding as bare ``nn.Parameter``s
+    on the model, two timm-style blocks, the class token's output to the head."""
+
+    def __init__(self, num_classes: int = 10, dim: int = 24, transposed_pos: bool = False) -> None:
+        super().__init__()
+        self.transposed_pos = transposed_pos
+        self.patch_embed = nn.Conv2d(1, dim, 2, 2)
+        self.cls_token = nn.Parameter(torch.randn(1, 1, dim) * 0.02)
+        shape = (1, dim, 17) if transposed_pos else (1, 17, dim)
+        self.pos_embed = nn.Parameter(torch.randn(*shape) * 0.02)
+        self.blocks = nn.Sequential(TimmBlock(dim, 3), TimmBlock(dim, 3))
+        self.norm = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.patch_embed(x).flatten(2).transpose(1, 2)
+        pos = self.pos_embed.transpose(1, 2) if self.transposed_pos else self.pos_embed
+        x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1) + pos
+        return self.head(self.norm(self.blocks(x))[:, 0])
+
+
+def _prune_then_export(tmp_path, data, loader):
+    stages = [{"prune": {"importance": "l2", "pruning_ratio": 0.5}}, "export"]
+    source = Artifact(kind=TORCH, directory=None)
+    pruned = stage_for(stages).execute(make_context(tmp_path / "prune", data, loader, source, stages))
+    ctx = make_context(tmp_path / "export", data, loader, pruned.artifact, stages, 1)
+    return pruned, stage_for(stages, 1).execute(ctx)
+
+
+@pytest.mark.parametrize(
+    ("name", "kwargs"),
+    [(f"{__name__}:SmallViT", {}), ("vit_tiny", {"image_size": 8, "patch_size": 2, "dim": 24, "depth": 2})],
+)
+def test_vit_class_token_and_position_embedding_shrink_with_the_embedding_then_export(tmp_path, data, name, kwargs):
+    loader = ModelLoader(ModelSpec(name=name, kwargs=kwargs), 1, data.num_classes, data.example_batch(2))
+    pruned, exported = _prune_then_export(tmp_path, data, loader)
+    assert pruned.details["unwrapped_parameters"] == {"cls_token": 2, "pos_embed": 2}
+    assert pruned.details["params_after"] < 0.5 * pruned.details["params_before"]
+    model = loader.load(pruned.artifact)  # rebuilt from its pruning history
+    width = model.patch_embed.out_channels
+    assert width < 24 and model.cls_token.shape == (1, 1, width) and model.pos_embed.shape == (1, 17, width)
+    for block in model.blocks:  # head dimensions removed evenly across the 3 heads
+        assert block.attn.qkv.out_features % 9 == 0 and block.attn.qkv.out_features < 72
+        if hasattr(block.attn, "head_dim"):
+            assert block.attn.head_dim * 9 == block.attn.qkv.out_features
+    assert exported.artifact.kind == ONNX
+    assert exported.details["parity"]["top1_agreement"] == 1.0
+
+
+def test_a_bare_parameter_laid_out_across_its_channels_keeps_those_layers_whole_with_a_note(tmp_path, data):
+    """``pos_embed`` stored as [1, width, tokens] and used transposed: its last dim is not the embedding, so
+    the embedding stays whole (with a note) while the attention and MLP widths are still pruned."""
+    spec = ModelSpec(name=f"{__name__}:SmallViT", kwargs={"transposed_pos": True})
+    loader = ModelLoader(spec, 1, data.num_classes, data.example_batch(2))
+    pruned, exported = _prune_then_export(tmp_path, data, loader)
+    assert pruned.details["unwrapped_conflicts"] == {
+        "pos_embed": ["patch_embed", "blocks.0.attn.proj", "blocks.0.mlp.2", "blocks.1.attn.proj", "blocks.1.mlp.2"]
+    }
+    assert any(n.startswith("left the output channels of patch_embed, blocks.0.attn.proj") for n in pruned.notes)
+    model = loader.load(pruned.artifact)
+    assert model.patch_embed.out_channels == 24 and model.pos_embed.shape == (1, 24, 17)
+    assert model.blocks[0].mlp[0].out_features < 48 and model.blocks[0].attn.head_dim < 8
+    assert exported.details["parity"]["top1_agreement"] == 1.0
 
 
 class MhaNet(nn.Module):

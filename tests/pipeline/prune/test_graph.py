@@ -3,7 +3,14 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from edgeslim.prune.graph import ForwardFailure, locate_failure
+from edgeslim.prune.graph import (
+    ForwardFailure,
+    graph_arguments,
+    locate_failure,
+    parameter_conflicts,
+    sync_head_dims,
+    unwrapped_parameters,
+)
 
 
 class Broken(nn.Module):
@@ -37,3 +44,45 @@ def test_a_failure_in_the_models_own_forward_says_so():
     assert ForwardFailure("", "fc", "RuntimeError: bad").describe() == (
         "RuntimeError: bad (in the model's own forward, after 'fc' ran)"
     )
+
+
+class LayerScaled(nn.Module):
+    """A bare ``[1, tokens, width]`` table, a ``[1, C, 1, 1]`` scale, and a scalar gate (no channel axis)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 6, 3)
+        self.scale = nn.Parameter(torch.ones(1, 6, 1, 1))
+        self.gate = nn.Parameter(torch.ones(1))
+        self.table = nn.Parameter(torch.zeros(1, 5, 6))
+        self.norm = nn.LayerNorm(6)
+        self.fc = nn.Linear(6, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = (self.conv(x) * self.scale * self.gate).mean((2, 3))
+        return self.fc(self.norm(h[:, None, :] + self.table).mean(1))
+
+
+def test_unwrapped_parameters_are_the_bare_ones_with_their_channel_dim():
+    found = unwrapped_parameters(LayerScaled())
+    assert {name: dim for name, (_, dim) in found.items()} == {"scale": 1, "table": 2}
+    assert graph_arguments(LayerScaled())["unwrapped_parameters"][0][1] == 1
+
+
+def test_parameter_conflicts_name_the_layers_a_transposed_table_would_break():
+    model = LayerScaled()
+    assert parameter_conflicts(model, torch.randn(2, 1, 8, 8), [model.fc], (nn.Conv2d, nn.Linear)) == {}
+    model.table = nn.Parameter(torch.zeros(1, 6, 5))  # channels along dim 1, torch-pruning would prune dim 2
+    model.forward = lambda x: model.fc(model.norm((model.conv(x).mean((2, 3))[:, :, None] + model.table).mean(2)))
+    conflicts = parameter_conflicts(model, torch.randn(2, 1, 8, 8), [model.fc], (nn.Conv2d, nn.Linear))
+    assert conflicts == {"table": ["conv"]}
+
+
+def test_sync_head_dims_follows_the_pruned_qkv():
+    attn = nn.Module()
+    attn.num_heads, attn.head_dim, attn.qkv = 3, 8, nn.Linear(24, 3 * 5 * 3)
+    plain = nn.Module()
+    plain.num_heads, plain.qkv = 3, nn.Linear(24, 45)  # infers its head size: nothing to update
+    model = nn.ModuleDict({"attn": attn, "plain": plain})
+    sync_head_dims(model)
+    assert attn.head_dim == 5 and not hasattr(plain, "head_dim")
