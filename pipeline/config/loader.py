@@ -87,6 +87,9 @@ def parse_config(raw: Any, stage_types: Mapping[str, Any], base_dir: Path | None
     onnx_file = config.model.onnx_file
     if onnx_file is not None and not onnx_file.is_absolute() and base_dir is not None:
         config.model.name = str((base_dir / onnx_file).resolve())
+    folder = config.data.path
+    if folder is not None and not folder.is_absolute() and base_dir is not None:
+        config.data.path = (base_dir / folder).resolve()
     for device in config.devices:
         if isinstance(device, RemoteProfile) and not device.report.is_absolute() and base_dir is not None:
             device.report = (base_dir / device.report).resolve()

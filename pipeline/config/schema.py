@@ -20,6 +20,7 @@ from pydantic import (
     Field,
     PrivateAttr,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -69,8 +70,11 @@ class Preprocessing(StrictModel):
         return values
 
 
+IMAGE_FOLDER = "image_folder"  # the built-in source that reads one sub-folder of images per class
+
+
 class DataSpec(StrictModel):
-    name: str = Field("mnist5k", description="mnist5k | digits | package.module:factory")
+    name: str = Field("mnist5k", description="mnist5k | digits | image_folder | package.module:factory")
     kwargs: dict[str, Any] = Field(default_factory=dict, description="keyword arguments for a factory")
     val_fraction: float = Field(0.1, gt=0, lt=0.5)
     test_fraction: float = Field(0.2, gt=0, lt=0.5)
@@ -84,6 +88,35 @@ class DataSpec(StrictModel):
     )
     labels: list[str] | None = Field(None, description="class names, in class-id order (phone bundle)")
     preprocessing: Preprocessing | None = Field(None, description="for factories; built-in datasets know theirs")
+    # image_folder only (validated below); defaults, as a dump of any other config holds them, stay valid everywhere
+    path: Path | None = Field(
+        None, validate_default=True, description="image_folder: one sub-folder of images per class"
+    )
+    crop: int | None = Field(None, ge=1, description="image_folder: center crop to this square size, after image_size")
+    grayscale: bool = Field(False, description="image_folder: read images as one channel (default: RGB)")
+    mean: list[float] | None = Field(None, min_length=1, description="image_folder: of pixel/255 (default 0)")
+    std: list[float] | None = Field(None, min_length=1, description="image_folder: per channel (default 1)")
+
+    @field_validator("path", "crop", "grayscale", "mean", "std")
+    @classmethod
+    def _image_folder_keys(cls, value: Any, info: ValidationInfo) -> Any:
+        """These keys describe an image folder: refused elsewhere; ``path`` is required with it."""
+        if info.data.get("name") != IMAGE_FOLDER:
+            if value is not None and value is not False:
+                raise ValueError(f"only for name: {IMAGE_FOLDER}")
+            return value
+        if info.field_name == "path" and value is None:
+            raise ValueError(f"required for name: {IMAGE_FOLDER}: a folder with one sub-folder of images per class")
+        size = info.data.get("image_size")
+        if info.field_name == "crop" and value is not None and size is not None and value > size:
+            raise ValueError(f"must not exceed image_size ({size})")
+        if info.field_name in ("mean", "std") and value is not None:
+            channels = 1 if info.data.get("grayscale") else 3
+            if len(value) not in (1, channels):
+                raise ValueError("give one value (grayscale)" if channels == 1 else "give 1 or 3 values (RGB)")
+            if info.field_name == "std" and any(v == 0 for v in value):
+                raise ValueError("std entries must be non-zero")
+        return value
 
 
 GraphOptimization = Literal["disable", "basic", "extended", "all"]

