@@ -358,7 +358,7 @@ class Quantize(Stage[QuantizeConfig]):
                 hops = quantized_hops(
                     bench.float_model, outcome.path, bench.val_x, host.graph_optimization, host.exact_int8, 0.99
                 )
-                outcome.details["parity_ledger"] = [h.row() for h in hops]
+                outcome.details["parity_ledger"] = [{**h.row(), "split": "validation"} for h in hops]
                 outcome.notes += [f"parity (validation split): {h.line()}" for h in hops]
                 outcome.notes += [
                     f"warning: ONNX Runtime's fusion changes {1 - h.parity['top1_agreement']:.2%} of top-1 answers "

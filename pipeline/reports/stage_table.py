@@ -12,6 +12,7 @@ Params, MACs and p90/p99 stay in ``report.json`` (a table narrow enough for a 14
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass, field
 
@@ -107,21 +108,25 @@ def _status(stage: StageRecord) -> str:
     return stage.status
 
 
-def _latency_cells(stage: StageRecord, ref: StageRecord | None) -> list[Cell]:
+def _latency_cells(stage: StageRecord, ref: StageRecord | None, same_model: bool = False) -> list[Cell]:
+    """``same_model``: the stage passed its input's file on unchanged, so any gap to it is noise."""
     m = stage.metrics
     assert m is not None and m.latency_ms is not None
     p50 = Cell(fmt_ms(m.latency_ms.p50, m.latency_p50_ci_ms))
+    previous = _speedup_cell(m.speedup_vs_previous)
+    if same_model and m.speedup_vs_previous is not None:
+        previous = Cell(f"{_ratio(m.speedup_vs_previous.ratio)}x (same model)")
     if stage is ref:
-        return [p50, Cell("reference", REFERENCE_MARK), _speedup_cell(m.speedup_vs_previous)]
+        return [p50, Cell("reference", REFERENCE_MARK), previous]
     if m.speedup_vs_reference is not None or m.speedup_vs_previous is not None:  # timed side by side
-        return [p50, _speedup_cell(m.speedup_vs_reference), _speedup_cell(m.speedup_vs_previous)]
+        return [p50, _speedup_cell(m.speedup_vs_reference), previous]
     rm = ref.metrics if ref is not None else None  # an older report: p50s measured one at a time
     if rm is not None and rm.latency_ms is not None and m.latency_p50_ci_ms is None:
         return [p50, Cell(f"{rm.latency_ms.p50 / m.latency_ms.p50:.1f}x"), Cell("-")]
     return [p50, Cell("-"), Cell("-")]
 
 
-def _row(stage: StageRecord, ref: StageRecord | None) -> list[Cell]:
+def _row(stage: StageRecord, ref: StageRecord | None, same_model: bool = False) -> list[Cell]:
     m = stage.metrics
     if m is None or m.latency_ms is None:
         return [Cell(stage.label), Cell(_status(stage))] + [Cell("-")] * (len(HEADERS) - 2)
@@ -134,7 +139,7 @@ def _row(stage: StageRecord, ref: StageRecord | None) -> list[Cell]:
         fmt_size(m.size_bytes),
         f"{rm.size_bytes / m.size_bytes:.1f}x" if rm else "-",
     ]
-    return [Cell(c) for c in cells] + _latency_cells(stage, ref)
+    return [Cell(c) for c in cells] + _latency_cells(stage, ref, same_model)
 
 
 def _span(values: list[int | None]) -> str:
@@ -167,13 +172,14 @@ def _caption(report: RunReport, ref: StageRecord | None) -> str | None:
     )
 
 
-def _warnings(report: RunReport) -> list[str]:
-    """Stages slower than the stage before them beyond the noise; the final model slower than the baseline."""
+def _warnings(report: RunReport, same: set[int] | None = None) -> list[str]:
+    """Stages slower than the stage before them beyond the noise (a stage that passed the same file on
+    is not: its gap is noise); the final model slower than the baseline."""
     out = []
     measured = report.measured()
     for stage in measured:
         s = stage.metrics.speedup_vs_previous if stage.metrics else None
-        if s is not None and s.slower:
+        if s is not None and s.slower and stage.index not in (same or set()):
             out.append(
                 f"{stage.label} is slower than {s.against}: {fmt_speedup(s)} (timed side by side; the whole "
                 f"{s.confidence:.0%} interval is below {1 - s.min_effect:.2f})"
@@ -185,6 +191,18 @@ def _warnings(report: RunReport) -> list[str]:
     return out
 
 
+def _same_as_previous(report: RunReport) -> set[int]:
+    """Indexes of measured stages whose deployable file is the previous measured stage's."""
+    measured = report.measured()
+    return {
+        b.index
+        for a, b in itertools.pairwise(measured)
+        if a.metrics and b.metrics and a.metrics.model_sha256 == b.metrics.model_sha256
+    }
+
+
 def stage_table(report: RunReport) -> StageTable:
     ref = report.reference()
-    return StageTable(HEADERS, [_row(s, ref) for s in report.stages], _caption(report, ref), _warnings(report))
+    same = _same_as_previous(report)
+    rows = [_row(s, ref, s.index in same) for s in report.stages]
+    return StageTable(HEADERS, rows, _caption(report, ref), _warnings(report, same))

@@ -71,7 +71,10 @@ def synthetic_report(side_by_side: bool = True) -> RunReport:
                 dir=label,
                 status="ran",
                 measured="fresh",
-                metrics=metrics(own, accuracy, size, **(fields if side_by_side else {})),
+                metrics={
+                    **metrics(own, accuracy, size, **(fields if side_by_side else {})),
+                    "model_sha256": f"{index:02d}" * 32,  # each stage made its own model
+                },
             )
         )
         if name == "baseline":
@@ -147,3 +150,15 @@ def test_a_report_from_before_side_by_side_timing_still_renders():
     assert rows["02-prune"][-2:] == ["2.0x", "-"] and "[" not in rows["02-prune"][-3]  # p50s measured one by one
     assert table.warnings == []
     assert table.caption == "latency: ONNX Runtime CPU, 1 thread(s), batch 1; ratios vs 01-baseline"
+
+
+def test_a_stage_that_passes_the_same_file_on_is_never_called_faster_or_slower():
+    """A benchmark stage times its input's own file beside it: any gap is noise, said as such."""
+    report = synthetic_report()
+    quantize = report.stages[3]
+    assert quantize.metrics.speedup_vs_previous.slower  # 1.25x the prune stage's time
+    quantize.metrics.model_sha256 = report.stages[2].metrics.model_sha256  # as if it passed prune's file on
+    table = stage_table(report)
+    cell = table.rows[3][-1]
+    assert cell.text.endswith("x (same model)") and cell.mark == ""
+    assert not any(w.startswith("03-quantize is slower") for w in table.warnings)
