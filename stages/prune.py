@@ -30,6 +30,7 @@ from edgeslim.errors import UserError
 from edgeslim.models.loader import count_params_and_macs, output_layer_name, save_torch_artifact
 from edgeslim.prune.criteria import CRITERIA, build_importance, prepare_importance
 from edgeslim.prune.graph import (
+    find_unused,
     graph_arguments,
     locate_failure,
     parameter_conflicts,
@@ -139,11 +140,17 @@ class Prune(Stage[PruneConfig]):
         modules = dict(model.named_modules())
         matches = match_modules(model, cfg.ignore, f"{ctx.where}.ignore")
         protected = output_layer_name(model, example)
-        ignored = [modules[protected], *(modules[n] for n in _union(matches))]
+        unused = find_unused(model, example)
+        ignored = [modules[protected], *(modules[n] for n in _union(matches) + unused.all)]
         bare = {name: dim for name, (_, dim) in unwrapped_parameters(model).items()}
-        conflicts = parameter_conflicts(model, example, ignored, ROOT_TYPES)
+        conflicts = parameter_conflicts(model, example, ignored, ROOT_TYPES, unused.dead)
         ignored += [modules[n] for layers in conflicts.values() for n in layers]
-        notes = [
+        left_whole = {  # why layers other than the classifier stay whole, for the no-op warning
+            "ignore matched": _union(matches),
+            "the forward pass does not use": unused.all,
+            "bare parameters hold": [n for layers in conflicts.values() for n in layers],
+        }
+        notes = _unused_notes(model, unused) + [
             f"left the output channels of {_few(layers)} whole: the bare parameter '{name}' joins them, but its "
             f"dim {bare[name]} (the last one longer than 1, which torch-pruning prunes) is not their channel axis"
             for name, layers in conflicts.items()
@@ -155,7 +162,7 @@ class Prune(Stage[PruneConfig]):
         ratio = cfg.pruning_ratio
         if cfg.target_params is not None or cfg.target_macs is not None:
             ratio = self._ratio_for_target(
-                model, ignored, example, calib_x, calib_y, params_before, macs_before, ctx.where
+                model, ignored, unused.dead, example, calib_x, calib_y, params_before, macs_before, ctx.where
             )
 
         importance = build_importance(cfg.importance)
@@ -170,7 +177,7 @@ class Prune(Stage[PruneConfig]):
             round_to=cfg.round_to,
             root_module_types=list(ROOT_TYPES),
             **attention_settings(model),
-            **graph_arguments(model),
+            **graph_arguments(model, unused.dead),
         )
         steps: list[dict[str, Any]] = []
         for step in range(cfg.iterative_steps):
@@ -201,7 +208,7 @@ class Prune(Stage[PruneConfig]):
             what = "nothing" if params == params_before else f"only {1 - params / params_before:.2%} of the parameters"
             warnings.append(
                 f"warning: pruning removed {what} ({removed_channels} channel(s)): "
-                f"{_why_so_little(pruner, model, protected, removed_channels, ratio)}"
+                f"{_why_so_little(pruner, model, protected, left_whole, removed_channels, ratio)}"
             )
         artifact = save_torch_artifact(
             ctx.out_dir, model, kind=TORCH, pruning_history=history, params=params, macs=macs
@@ -225,6 +232,7 @@ class Prune(Stage[PruneConfig]):
                 "channels_removed": removed_channels,
                 "unwrapped_parameters": bare,
                 "unwrapped_conflicts": conflicts,
+                "unused_modules": {"never_called": unused.never_called, "dead": unused.dead},
             },
             notes=[
                 f"{cfg.importance} importance, channel ratio {ratio:.3f} in {cfg.iterative_steps} step(s): "
@@ -241,6 +249,7 @@ class Prune(Stage[PruneConfig]):
         self,
         model: nn.Module,
         ignored: list[nn.Module],
+        dead: list[str],
         example: torch.Tensor,
         calib_x: torch.Tensor,
         calib_y: torch.Tensor,
@@ -271,7 +280,7 @@ class Prune(Stage[PruneConfig]):
                 round_to=cfg.round_to,
                 root_module_types=list(ROOT_TYPES),
                 **attention_settings(trial),
-                **graph_arguments(trial),
+                **graph_arguments(trial, dead),
             )
             prepare_importance(importance, trial, calib_x, calib_y)
             _step(pruner, where)
@@ -336,7 +345,7 @@ def _check_still_runs(model: nn.Module, example: torch.Tensor, where: str) -> No
     failure = locate_failure(model, example)
     if failure is None:
         return
-    hint = failure.after or failure.module
+    hint = failure.module or failure.after
     example_pattern = f" (e.g. '{hint}')" if hint else ""
     raise UserError(
         f"{where}: the pruned model no longer runs: {failure.describe()}; torch-pruning could not follow how the "
@@ -346,7 +355,12 @@ def _check_still_runs(model: nn.Module, example: torch.Tensor, where: str) -> No
 
 
 def _why_so_little(
-    pruner: tp.pruner.BasePruner, model: nn.Module, protected: str, removed_channels: int, ratio: float
+    pruner: tp.pruner.BasePruner,
+    model: nn.Module,
+    protected: str,
+    left_whole: dict[str, list[str]],
+    removed_channels: int,
+    ratio: float,
 ) -> str:
     """Why a prune removed (almost) nothing, read from torch-pruning's own dependency graph, so the
     report says what to change instead of a silent 100% next to ``ran``."""
@@ -359,9 +373,14 @@ def _why_so_little(
         others = [names[m] for m in roots if names[m] != protected]
         if not others:
             return f"the model's only Conv/Linear layer is its classifier '{protected}', which is never pruned"
-        return (
-            f"every Conv/Linear layer is left whole: the classifier '{protected}' is protected and ignore matched "
-            f"the other {len(others)} ({_few(others)})"
+        reasons = []
+        for reason, chosen in left_whole.items():
+            mine = [n for n in others if any(n == c or n.startswith(f"{c}.") for c in chosen)]
+            others = [n for n in others if n not in mine]
+            if mine:
+                reasons.append(f"{reason} {len(mine)} ({_few(mine)})")
+        return f"every Conv/Linear layer is left whole: the classifier '{protected}' is protected and " + (
+            " and ".join(reasons)
         )
     groups = list(
         graph.get_all_groups(ignored_layers=pruner.ignored_layers, root_module_types=pruner.root_module_types)
@@ -406,6 +425,24 @@ def _why_so_little(
         f"{', '.join(f'{n} {c:,}' for n, c in largest)}): the classifier, ignored layers, embeddings, norms or "
         "bare parameters"
     )
+
+
+def _unused_notes(model: nn.Module, unused: Any) -> list[str]:
+    """Say which modules pruning left out because the model's output does not depend on them."""
+    modules = dict(model.named_modules())
+    notes = []
+    if unused.never_called:
+        count = sum(p.numel() for n in unused.never_called for p in modules[n].parameters(recurse=False))
+        notes.append(
+            f"left {_few(unused.never_called)} out of pruning: never used by the forward pass, yet {count:,} "
+            "parameters that stay in the model (delete them from it to save that size)"
+        )
+    if unused.dead:
+        notes.append(
+            f"left the outputs of {_few(unused.dead)} whole: they run, but the model's output does not depend on "
+            "them (like a pooler the head ignores); their inputs shrink with the layers that feed them"
+        )
+    return notes
 
 
 def _few(names: list[str], limit: int = 5) -> str:

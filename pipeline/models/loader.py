@@ -195,14 +195,15 @@ def apply_edits(model: nn.Module, edits: list[Any], example: torch.Tensor) -> No
     """Replay architecture edits in order: runs of pruning-history entries, then head swaps."""
     import torch_pruning as tp
 
-    from edgeslim.prune.graph import graph_arguments, sync_head_dims
+    from edgeslim.prune.graph import find_unused, graph_arguments, sync_head_dims
 
     pending: list[Any] = []
 
     def flush() -> None:
         if pending:
             model.eval()
-            graph = tp.DependencyGraph().build_dependency(model, example_inputs=example, **graph_arguments(model))
+            dead = find_unused(model, example).dead  # traced as the prune stage traced them
+            graph = tp.DependencyGraph().build_dependency(model, example_inputs=example, **graph_arguments(model, dead))
             graph.load_pruning_history(pending)
             sync_head_dims(model)  # the attributes the prune stage updated with the channels
             pending.clear()

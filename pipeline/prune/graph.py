@@ -8,6 +8,7 @@ tell torch-pruning about them, or leave them alone and say so.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -84,15 +85,108 @@ def unwrapped_parameters(model: nn.Module) -> dict[str, tuple[nn.Parameter, int]
     return found
 
 
-def graph_arguments(model: nn.Module) -> dict[str, Any]:
+def graph_arguments(model: nn.Module, dead: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
     """Keyword arguments for torch-pruning's dependency graph (``BasePruner`` or ``build_dependency``)
     that describe this model the same way wherever it is traced: when pruning and when a model is
-    rebuilt from its pruning history."""
-    return {"unwrapped_parameters": [(p, dim) for p, dim in unwrapped_parameters(model).values()]}
+    rebuilt from its pruning history. ``dead``: modules that run but whose output never reaches the
+    model's output (:func:`find_unused`); their outputs join the traced outputs, so torch-pruning
+    shrinks their inputs with the layers that feed them instead of leaving them a width too wide."""
+    arguments: dict[str, Any] = {"unwrapped_parameters": [(p, dim) for p, dim in unwrapped_parameters(model).values()]}
+    if dead:
+        modules = dict(model.named_modules())
+        arguments["forward_fn"] = _forward_with_outputs_of([modules[n] for n in dead])
+    return arguments
+
+
+def _forward_with_outputs_of(modules: list[nn.Module]) -> Callable[[nn.Module, torch.Tensor], tuple[Any, ...]]:
+    """A torch-pruning ``forward_fn``: the model's output followed by the outputs of ``modules``."""
+
+    def forward(model: nn.Module, example: torch.Tensor) -> tuple[Any, ...]:
+        captured: list[torch.Tensor] = []
+        handles = [m.register_forward_hook(lambda _m, _i, out: captured.extend(_tensors(out)[:1])) for m in modules]
+        try:
+            output = model(example)
+        finally:
+            for handle in handles:
+                handle.remove()
+        return (output, *captured)
+
+    return forward
+
+
+@dataclass(frozen=True)
+class Unused:
+    """Modules holding parameters that do not contribute to the model's output, by dotted name:
+    ``never_called`` (a spare layer) and ``dead`` (runs, but its result is dropped: a Hugging Face
+    pooler whose output the classification head ignores)."""
+
+    never_called: list[str]
+    dead: list[str]
+
+    @property
+    def all(self) -> list[str]:
+        return self.never_called + self.dead
+
+
+def find_unused(model: nn.Module, example: torch.Tensor) -> Unused:
+    """Which parameter-holding modules the model's output does not depend on, found with forward hooks
+    and a walk of the output's autograd graph (what torch-pruning traces, too). torch-pruning never sees
+    them: a module that never runs is merely left as it is, but one that runs on a pruned tensor and
+    was not shrunk with it breaks the next forward pass (``mat1 and mat2 shapes cannot be multiplied``)."""
+    holders = {name: m for name, m in model.named_modules() if name and any(True for _ in m.parameters(recurse=False))}
+    called: set[str] = set()
+    handles = [m.register_forward_hook(lambda _m, _i, _o, n=name: called.add(n)) for name, m in holders.items()]
+    frozen = [p for p in model.parameters() if not p.requires_grad]
+    was_training = model.training
+    for param in frozen:  # frozen weights still count: their module is used all the same
+        param.requires_grad_(True)
+    model.eval()
+    try:
+        with torch.enable_grad():
+            used = _leaf_tensors(_tensors(model(example)))
+    finally:
+        for handle in handles:
+            handle.remove()
+        for param in frozen:
+            param.requires_grad_(False)
+        model.train(was_training)
+    idle = [n for n, m in holders.items() if not any(id(p) in used for p in m.parameters(recurse=False))]
+    return Unused([n for n in idle if n not in called], [n for n in idle if n in called])
+
+
+def _tensors(obj: Any) -> list[torch.Tensor]:
+    """The tensors in a model or module output (a tensor, or tuples, lists and dicts of them)."""
+    if isinstance(obj, torch.Tensor):
+        return [obj]
+    if isinstance(obj, dict):
+        obj = list(obj.values())
+    if isinstance(obj, list | tuple):
+        return [t for item in obj for t in _tensors(item)]
+    return []
+
+
+def _leaf_tensors(outputs: list[torch.Tensor]) -> set[int]:
+    """``id`` of every leaf tensor (parameter) that the outputs' autograd graphs reach."""
+    stack = [t.grad_fn for t in outputs if t.grad_fn is not None]
+    seen: set[Any] = set()
+    leaves: set[int] = set()
+    while stack:
+        fn = stack.pop()
+        if fn in seen:
+            continue
+        seen.add(fn)
+        if getattr(fn, "variable", None) is not None:  # AccumulateGrad: a leaf
+            leaves.add(id(fn.variable))
+        stack.extend(nxt for nxt, _ in fn.next_functions if nxt is not None)
+    return leaves
 
 
 def parameter_conflicts(
-    model: nn.Module, example: torch.Tensor, ignored: list[nn.Module], root_types: tuple[type, ...]
+    model: nn.Module,
+    example: torch.Tensor,
+    ignored: list[nn.Module],
+    root_types: tuple[type, ...],
+    dead: list[str] | tuple[str, ...] = (),
 ) -> dict[str, list[str]]:
     """Bare parameters whose channel dimension does not match the channels of the layers they join
     (a ``[1, width, tokens]`` table used transposed, say), with the layers whose output channels
@@ -102,7 +196,7 @@ def parameter_conflicts(
         return {}
     names = {m: n for n, m in model.named_modules()}
     param_names = {id(p): n for n, (p, _) in found.items()}
-    graph = tp.DependencyGraph().build_dependency(model, example_inputs=example, **graph_arguments(model))
+    graph = tp.DependencyGraph().build_dependency(model, example_inputs=example, **graph_arguments(model, dead))
     whole = {m for layer in ignored for m in layer.modules()}
     conflicts: dict[str, set[nn.Module]] = {}
     for group in graph.get_all_groups(ignored_layers=list(whole), root_module_types=root_types):

@@ -92,7 +92,7 @@ def test_a_prune_that_removes_nothing_says_so_every_layer_left_whole(tmp_path, d
     assert result.details["channels_removed"] == 0
     assert result.notes[-1] == (
         "warning: pruning removed nothing (0 channel(s)): every Conv/Linear layer is left whole: the classifier "
-        "'classifier' is protected and ignore matched the other 2 (features.0.0, features.1.0)"
+        "'classifier' is protected and ignore matched 2 (features.0.0, features.1.0)"
     )
 
 
@@ -269,6 +269,38 @@ def test_a_bare_parameter_laid_out_across_its_channels_keeps_those_layers_whole_
     model = loader.load(pruned.artifact)
     assert model.patch_embed.out_channels == 24 and model.pos_embed.shape == (1, 24, 17)
     assert model.blocks[0].mlp[0].out_features < 48 and model.blocks[0].attn.head_dim < 8
+    assert exported.details["parity"]["top1_agreement"] == 1.0
+
+
+class WithSpareLayers(nn.Module):
+    """``spare`` is never called; ``pooler`` runs on the features but its output is dropped, like a Hugging
+    Face pooler that a classification head on the token states ignores."""
+
+    def __init__(self, num_classes: int = 10) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU())
+        self.spare = nn.Linear(32, 32)
+        self.pooler = nn.Sequential(nn.Linear(32, 32), nn.Tanh())
+        self.head = nn.Linear(32, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        features = self.body(x)
+        self.pooler(features)  # computed, never used for the answer
+        return self.head(features)
+
+
+def test_modules_the_output_does_not_use_are_left_out_with_a_note_and_the_rest_prunes_then_exports(tmp_path, data):
+    loader = ModelLoader(ModelSpec(name=f"{__name__}:WithSpareLayers"), 1, data.num_classes, data.example_batch(2))
+    pruned, exported = _prune_then_export(tmp_path, data, loader)
+    assert pruned.details["unused_modules"] == {"never_called": ["spare"], "dead": ["pooler.0"]}
+    assert (
+        "left spare out of pruning: never used by the forward pass, yet 1,056 parameters that stay in the model "
+        "(delete them from it to save that size)"
+    ) in pruned.notes
+    assert any(n.startswith("left the outputs of pooler.0 whole: they run, but") for n in pruned.notes)
+    model = loader.load(pruned.artifact)  # rebuilt from its pruning history: the pooler's input shrank too
+    assert model.body[3].out_features == 16 and model.pooler[0].in_features == 16
+    assert (model.pooler[0].out_features, model.spare.in_features, model.spare.out_features) == (32, 32, 32)
     assert exported.details["parity"]["top1_agreement"] == 1.0
 
 

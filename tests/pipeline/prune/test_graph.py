@@ -5,6 +5,8 @@ from torch import nn
 
 from edgeslim.prune.graph import (
     ForwardFailure,
+    Unused,
+    find_unused,
     graph_arguments,
     locate_failure,
     parameter_conflicts,
@@ -86,3 +88,41 @@ def test_sync_head_dims_follows_the_pruned_qkv():
     model = nn.ModuleDict({"attn": attn, "plain": plain})
     sync_head_dims(model)
     assert attn.head_dim == 5 and not hasattr(plain, "head_dim")
+
+
+class Pooled(nn.Module):
+    """An attention layer (its ``out_proj`` is used through its weight, never called), a frozen layer, a
+    spare layer, and a pooler whose output is dropped."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.frozen = nn.Linear(4, 8).requires_grad_(False)
+        self.attn = nn.MultiheadAttention(8, 2, batch_first=True)
+        self.spare = nn.Linear(8, 8)
+        self.pooler = nn.Sequential(nn.Linear(8, 8), nn.Tanh())
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        h = self.frozen(x)[:, None, :]
+        h = self.attn(h, h, h)[0][:, 0]
+        self.pooler(h)
+        return (self.head(h),)
+
+
+def test_find_unused_separates_spare_layers_from_dead_ones_and_keeps_what_is_used_indirectly():
+    model = Pooled()
+    unused = find_unused(model, torch.randn(2, 4))
+    assert unused == Unused(never_called=["spare"], dead=["pooler.0"])
+    assert unused.all == ["spare", "pooler.0"]
+    assert not model.frozen.weight.requires_grad  # restored
+
+
+def test_dead_modules_join_the_traced_outputs_so_their_inputs_shrink_with_their_producer():
+    import torch_pruning as tp
+
+    model, example = Pooled(), torch.randn(2, 4)
+    kwargs = graph_arguments(model, ["pooler.0"])
+    graph = tp.DependencyGraph().build_dependency(model, example_inputs=example, **kwargs)
+    assert model.pooler[0] in graph.module2node
+    plain = tp.DependencyGraph().build_dependency(model, example_inputs=example)
+    assert model.pooler[0] not in plain.module2node and model.spare not in graph.module2node
