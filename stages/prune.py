@@ -8,7 +8,14 @@ Attention is found generically (:func:`attention_settings`): a module with an in
 ``num_heads`` and a ``qkv`` Linear (timm's layout, as in the built-in ``vit_tiny``) gives
 torch-pruning ``num_heads`` for that Linear, so head dimensions are removed evenly across heads;
 an ``nn.MultiheadAttention`` gets ``num_heads`` channel groups, so its embedding stays divisible
-by its head count.
+by its head count; a stored ``head_dim`` follows the pruned ``qkv``.
+
+What torch-pruning cannot see is handled before it runs (:mod:`edgeslim.prune.graph`): bare
+parameters (a ViT's ``cls_token``/``pos_embed``) shrink with the embedding, or keep the layers
+they join whole when laid out across them; modules the output does not depend on (a spare layer,
+a pooler the head ignores) are left out. ``ignore`` takes names or glob patterns. Each of these
+is a note, a prune that removes (almost) nothing is a warning saying why, and a layout
+torch-pruning cannot follow is a one-line error naming the layer, never a traceback.
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ from edgeslim.errors import UserError
 from edgeslim.models.loader import count_params_and_macs, output_layer_name, save_torch_artifact
 from edgeslim.prune.criteria import CRITERIA, build_importance, prepare_importance
 from edgeslim.prune.graph import (
+    Unused,
     find_unused,
     graph_arguments,
     locate_failure,
@@ -427,7 +435,7 @@ def _why_so_little(
     )
 
 
-def _unused_notes(model: nn.Module, unused: Any) -> list[str]:
+def _unused_notes(model: nn.Module, unused: Unused) -> list[str]:
     """Say which modules pruning left out because the model's output does not depend on them."""
     modules = dict(model.named_modules())
     notes = []
