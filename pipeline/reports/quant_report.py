@@ -56,11 +56,13 @@ def sqnr_table(report: RunReport, limit: int = SQNR_ROWS) -> Table:
     rows = []
     for stage in report.stages:
         for r in stage.details.get("layer_sqnr", [])[:limit]:
-            drop = r.get("sqnr_drop_db")
-            rows.append(
-                [stage.label, r["node"], r["op_type"], f"{r['sqnr_db']:.1f}", "" if drop is None else f"{drop:.1f}"]
-            )
+            rows.append([stage.label, r["node"], r["op_type"], _db(r.get("sqnr_db")), _db(r.get("sqnr_drop_db"))])
     return SQNR_HEADERS, rows
+
+
+def _db(value: float | None) -> str:
+    """A dB figure; None (not measured, or an exact output: infinite SQNR, stored as null) is blank."""
+    return "" if value is None else f"{value:.1f}"
 
 
 def markdown(report: RunReport) -> list[str]:

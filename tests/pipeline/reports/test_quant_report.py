@@ -33,8 +33,9 @@ def quantized_report():
             },
         ],
         "layer_sqnr": [
-            {"node": f"conv{i}", "op_type": "Conv", "sqnr_db": 30.0 + i, "sqnr_drop_db": 5.0 - i} for i in range(12)
-        ],
+            {"node": f"conv{i}", "op_type": "Conv", "sqnr_db": 30.0 + i, "sqnr_drop_db": 5.0 - i} for i in range(11)
+        ]
+        + [{"node": "exact", "op_type": "Conv", "sqnr_db": None, "sqnr_drop_db": None}],  # infinite: stored null
     }
     return report
 
