@@ -133,6 +133,7 @@ def run_pipeline(name: str, config_path: Path, out: Path) -> Pipeline:
         deliverable = details.get("deliverable", "int8")
         wanted = "kept the float model" if deliverable == "float" else "INT8 p50"
         why = [n for n in final.notes if n.startswith(wanted)] or [n for n in final.notes if "INT8 coverage" in n]
+        why += [n for n in final.notes if n.startswith("per-op time")]  # which ops make a rejected INT8 lose
         if final.guard is not None and final.guard.action != "within budget":
             why.append(f"accuracy guard: {final.guard.action}")
     else:  # QAT: the export stage's INT8 model, INT8 only if ONNX Runtime really runs it on integer kernels
