@@ -649,14 +649,19 @@ class Quantize(Stage[QuantizeConfig]):
     def fallback(self, attempt: int, previous: StageResult) -> Quantize | None:
         """Keep more nodes FP32: the ``attempt * fallback_nodes_per_attempt`` most sensitive ones.
 
-        Uses the previous result's sensitivity table when it has one (and hands it on, so it is
-        not recomputed); otherwise the new stage ranks the nodes itself (``exclude_most_sensitive``).
-        ``auto`` is pinned to the candidate it chose. ``None`` once every quantizable node is FP32.
+        First, where ``reduce_range: auto`` chose 7-bit weights, 8-bit weights (ONNX Runtime's exact
+        mode then). Uses the previous result's sensitivity table when it has one (and hands it on, so
+        it is not recomputed); otherwise the new stage ranks the nodes itself (``exclude_most_sensitive``).
+        ``auto`` is pinned to the candidate it chose. ``None`` (keep the float input) rather than a
+        model with every quantizable node FP32, which is the float model plus Q/DQ.
         """
         cfg = self.config
         details = previous.details
         if details.get("deliverable") == "float":  # it already passes its float input on
             return None
+        recipe = details.get("recipe") or {}
+        if cfg.reduce_range == "auto" and recipe.get("reduce_range") and not details.get("fp32_nodes"):
+            return Quantize(self.config.model_copy(update={"reduce_range": False}))
         table: list[dict[str, Any]] = details.get("sensitivity") or []
         quantizable = [n["node"] for n in details.get("quantizable_nodes", [])] or [r["node"] for r in table]
         fp32 = list(details.get("fp32_nodes", cfg.exclude_nodes))
@@ -671,11 +676,13 @@ class Quantize(Stage[QuantizeConfig]):
         if settings.get("calibration") != "percentile":
             settings.pop("percentile", None)
         if not table:
+            if quantizable and step * attempt >= len(remaining):
+                return None
             settings.update(exclude_nodes=fp32, exclude_most_sensitive=step * attempt)
             return Quantize(QuantizeConfig.model_validate(settings))
         ranked = [r["node"] for r in table if r["node"] not in fp32]
         wanted = [r["node"] for r in table[: step * attempt] if r["node"] not in fp32] or ranked[:step]
-        if not wanted:
+        if not wanted or (quantizable and set(quantizable) <= {*fp32, *wanted}):
             return None
         settings["exclude_nodes"] = [*fp32, *wanted]
         return Quantize(QuantizeConfig.model_validate(settings), ranking=table)

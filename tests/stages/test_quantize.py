@@ -334,6 +334,7 @@ def test_fallback_keeps_the_most_sensitive_nodes_fp32(tmp_path, data, loader, fr
     fc1, fc2, fc3 = gemm_names(fragile_onnx)
     settings = {
         "never_slower": False,
+        "reduce_range": False,  # node by node from the first fallback (auto's 7-bit step: below)
         "fallback_nodes_per_attempt": 1,
         "mixed_precision": {"max_accuracy_drop": 0.05, "proxy": "output_error", "max_fp32_nodes": 0},
     }
@@ -354,11 +355,12 @@ def test_fallback_keeps_the_most_sensitive_nodes_fp32(tmp_path, data, loader, fr
     assert third is not None and len(third.config.exclude_nodes) == 2 and third.config.exclude_nodes[0] == fc2
     everything = StageResult(second.artifact, details={**second.details, "fp32_nodes": [fc1, fc2, fc3]})
     assert stage.fallback(3, everything) is None
+    assert stage.fallback(3, second) is None  # every node FP32 is the float model plus Q/DQ: keep float instead
 
 
 def test_fallback_without_a_sensitivity_table_ranks_in_the_new_run(tmp_path, data, loader, fragile_onnx):
     fc2 = gemm_names(fragile_onnx)[1]
-    stages = [{"quantize": {"calibration_samples": 64, "never_slower": False}}]
+    stages = [{"quantize": {"calibration_samples": 64, "never_slower": False, "reduce_range": False}}]
     stage = stage_for(stages)
     plain = stage.execute(make_context(tmp_path / "0", data, loader, fragile_onnx, stages))
     assert "sensitivity" not in plain.details
@@ -367,6 +369,25 @@ def test_fallback_without_a_sensitivity_table_ranks_in_the_new_run(tmp_path, dat
     result = safer.execute(make_context(tmp_path / "1", data, loader, fragile_onnx, stages))
     assert result.details["sensitivity"][0]["node"] == fc2 and fc2 in result.details["fp32_nodes"]
     assert len(result.details["fp32_nodes"]) == 2
+
+
+def test_the_first_fallback_from_auto_7_bit_weights_is_8_bit_weights(tmp_path, data, loader, fragile_onnx):
+    """7-bit weights (reduce_range: auto, on x86 without VNNI) cost a little accuracy: when the guard
+    breaches, 8-bit weights (ONNX Runtime's exact mode) come before keeping any node FP32."""
+    stage = stage_for([{"quantize": {"never_slower": False, "fallback_nodes_per_attempt": 1}}])
+    previous = StageResult(
+        fragile_onnx,
+        details={
+            "recipe": {"method": "static", "reduce_range": True},
+            "fp32_nodes": [],
+            "quantizable_nodes": [{"node": n, "op_type": "Gemm"} for n in gemm_names(fragile_onnx)],
+        },
+    )
+    eight_bit = stage.fallback(1, previous)
+    assert eight_bit is not None and eight_bit.config.reduce_range is False and eight_bit.config.exclude_nodes == []
+    previous.details["recipe"]["reduce_range"] = False  # then node by node, with 8-bit weights
+    nodes = stage.fallback(2, previous)
+    assert nodes is not None and nodes.config.reduce_range is False and nodes.config.exclude_most_sensitive == 2
 
 
 def test_fallback_pins_auto_to_its_winner(tmp_path, data, loader, mlp_onnx):
