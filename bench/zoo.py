@@ -276,7 +276,14 @@ def build_peer(method: Method, folder: Path, key: dict[str, Any], build: Callabl
             method.skipped, method.settings = saved["reason"], saved.get("settings", {})
             log(f"{method.name}: not run ({saved['reason']}; remembered from an earlier run)")
             return
+    if method.name in (args.cached_peers_only or []):  # reuse a build with these inputs, never make one
+
+        def build(_: Path) -> None:
+            raise Skipped("not built in this run (--cached-peers-only: a new build takes minutes here)")
+
     cached_build(method, folder, key, guarded(build, args.peer_time_limit), args.force)
+    if method.skipped and method.name in (args.cached_peers_only or []):
+        return  # not a failure of the build: nothing to remember
     if method.skipped:
         folder.mkdir(parents=True, exist_ok=True)
         marker.write_text(
@@ -748,6 +755,13 @@ def main() -> int:
         default=None,
         help="peers not to build (reported as not run); the flag alone skips every peer",
     )
+    parser.add_argument(
+        "--cached-peers-only",
+        nargs="*",
+        choices=PEERS,
+        default=None,
+        help="these peers are reused where an earlier run built them for the same inputs, never built anew",
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "artifacts/zoo")
     parser.add_argument("--docs", type=Path, default=ROOT / "docs")
     parser.add_argument("--rounds", type=int, default=10)
@@ -791,6 +805,8 @@ def main() -> int:
     timings["total"] = time.perf_counter() - started
 
     skip = "" if args.skip_peers is None else " --skip-peers" + "".join(f" {s}" for s in args.skip_peers)
+    if args.cached_peers_only:
+        skip += " --cached-peers-only" + "".join(f" {s}" for s in args.cached_peers_only)
     info = {
         "date": datetime.date.today().isoformat(),
         "command": f".venv/bin/python bench/zoo.py --models {' '.join(args.models)}{skip} --rounds {args.rounds} "
