@@ -182,6 +182,17 @@ def op_times(
     return {op: v["mean_ms_per_run"] for op, v in profile.items()}
 
 
+# (what, its integer-kernel ops, its float ops): compute compared between the two models
+FAMILIES = (
+    ("convolutions", {"QLinearConv", "ConvInteger"}, {"Conv", "FusedConv"}),
+    (
+        "matrix products",
+        {"QLinearMatMul", "MatMulInteger", "QGemm", "MatMulIntegerToFloat", "DynamicQuantizeMatMul"},
+        {"MatMul", "Gemm", "FusedMatMul", "FusedGemm"},
+    ),
+)
+
+
 def _kind(op: str) -> str:
     if op in QDQ_OPS:
         return "qdq"
@@ -206,13 +217,17 @@ def why_int8_loses(int8_ops: dict[str, float], float_ops: dict[str, float]) -> s
         + (f" ({_top(parts['float'])})" if parts["float"] else "")
         + f"; float model {float_total:.3f} ({_top(float_ops)})"
     )
-    float_conv = sum(ms for op, ms in float_ops.items() if op in ("Conv", "FusedConv"))
-    int8_conv = sum(ms for op, ms in int8_ops.items() if op in ("QLinearConv", "ConvInteger"))
-    if float_conv and int8_conv > float_conv:
-        text += (
-            f". ONNX Runtime's integer convolutions alone ({int8_conv:.3f} ms) take longer than the float model's "
-            f"convolutions ({float_conv:.3f} ms) on this CPU for these layer shapes"
-        )
-    elif total["integer"] < float_total:
-        text += ". The integer kernels are faster, but Q/DQ and the float ops between them cost more than they save"
+    compared = []  # the same compute in integer and in float kernels, largest gap first
+    for what, integer_ops, float_names in FAMILIES:
+        a = sum(ms for op, ms in int8_ops.items() if op in integer_ops)
+        b = sum(ms for op, ms in float_ops.items() if op in float_names)
+        if a and b:
+            compared.append((a - b, f"{what} {a:.3f} ms in integer kernels vs {b:.3f} ms in float"))
+    shared = sum(ms for op, ms in float_ops.items() if _kind(op) == "float" and op in int8_ops)  # both run these
+    extra = total["qdq"] + total["float"] - shared
+    compared.append((extra, f"Q/DQ and the float ops between them {total['qdq'] + total['float']:.3f} ms"))
+    compared.sort(key=lambda c: -c[0])
+    slower = [text for gap, text in compared if gap > 0]
+    if slower:
+        text += ". Where the INT8 model loses, largest first: " + "; ".join(slower)
     return text
