@@ -34,6 +34,7 @@ ResNet-18 as in torchvision (half width, 3 epochs: 97.3% test without it, 95.9% 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -187,19 +188,30 @@ class SqueezeExcitation(nn.Module):
 # ---------------------------------------------------------------- MobileNetV3-small
 
 
-class InvertedResidual(nn.Module):
-    """MobileNetV3 bneck: [1x1 expand] -> kxk depthwise -> [SE] -> 1x1 project (+ x when shapes match)."""
+class _ExpandDepthwiseProject(nn.Module):
+    """The block MobileNetV3 and EfficientNet share: [1x1 expand] -> kxk depthwise -> [SE] -> 1x1
+    project, plus the input when the shapes match. ``last_bn`` is what zero-init-residual zeroes.
+    ``se`` makes the squeeze-excitation module, if any."""
 
-    def __init__(self, c_in: int, kernel: int, expanded: int, c_out: int, use_se: bool, act: type[nn.Module], stride):
+    def __init__(
+        self,
+        c_in: int,
+        expanded: int,
+        c_out: int,
+        kernel: int,
+        stride: int,
+        act: type[nn.Module],
+        se: Callable[[], nn.Module] | None,
+        **bn: float,
+    ):
         super().__init__()
-        bn = {"bn_eps": 1e-3}
         self.use_residual = stride == 1 and c_in == c_out
         layers: list[nn.Module] = []
         if expanded != c_in:
             layers.append(_conv_bn_act(c_in, expanded, 1, act=act, **bn))
         layers.append(_conv_bn_act(expanded, expanded, kernel, stride, groups=expanded, act=act, **bn))
-        if use_se:
-            layers.append(SqueezeExcitation(expanded, make_divisible(expanded // 4), nn.ReLU, nn.Hardsigmoid))
+        if se is not None:  # made here, in layer order, so seeded initialisation is unchanged
+            layers.append(se())
         layers.append(_conv_bn_act(expanded, c_out, 1, act=None, **bn))
         self.block = nn.Sequential(*layers)
 
@@ -210,6 +222,15 @@ class InvertedResidual(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.block(x)
         return out + x if self.use_residual else out
+
+
+class InvertedResidual(_ExpandDepthwiseProject):
+    """MobileNetV3 bneck: [1x1 expand] -> kxk depthwise -> [SE] -> 1x1 project (+ x when shapes match)."""
+
+    def __init__(self, c_in: int, kernel: int, expanded: int, c_out: int, use_se: bool, act: type[nn.Module], stride):
+        squeeze = make_divisible(expanded // 4)
+        se = (lambda: SqueezeExcitation(expanded, squeeze, nn.ReLU, nn.Hardsigmoid)) if use_se else None
+        super().__init__(c_in, expanded, c_out, kernel, stride, act, se, bn_eps=1e-3)
 
 
 # in, kernel, expanded, out, squeeze-excitation, activation (RE: ReLU, HS: hard-swish), stride
@@ -279,28 +300,13 @@ class MobileNetV3Small(nn.Module):
 # ---------------------------------------------------------------- EfficientNet-B0
 
 
-class MBConv(nn.Module):
+class MBConv(_ExpandDepthwiseProject):
     """EfficientNet MBConv: [1x1 expand] -> kxk depthwise -> SE (sigmoid, squeeze = in/4) -> 1x1 project."""
 
     def __init__(self, c_in: int, c_out: int, kernel: int, stride: int, expand_ratio: int):
-        super().__init__()
-        self.use_residual = stride == 1 and c_in == c_out
         expanded = make_divisible(c_in * expand_ratio)
-        layers: list[nn.Module] = []
-        if expanded != c_in:
-            layers.append(_conv_bn_act(c_in, expanded, 1, act=nn.SiLU))
-        layers.append(_conv_bn_act(expanded, expanded, kernel, stride, groups=expanded, act=nn.SiLU))
-        layers.append(SqueezeExcitation(expanded, max(1, c_in // 4), nn.SiLU, nn.Sigmoid))
-        layers.append(_conv_bn_act(expanded, c_out, 1, act=None))
-        self.block = nn.Sequential(*layers)
-
-    @property
-    def last_bn(self) -> nn.Module:
-        return self.block[-1][1]
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.block(x)
-        return out + x if self.use_residual else out
+        se = lambda: SqueezeExcitation(expanded, max(1, c_in // 4), nn.SiLU, nn.Sigmoid)  # noqa: E731
+        super().__init__(c_in, expanded, c_out, kernel, stride, nn.SiLU, se)
 
 
 # expand ratio, kernel, stride, in, out, layers
