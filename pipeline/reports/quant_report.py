@@ -65,43 +65,45 @@ def _db(value: float | None) -> str:
     return "" if value is None else f"{value:.1f}"
 
 
-def markdown(report: RunReport) -> list[str]:
-    """The report.md sections (none when the run quantized nothing and compared no hops)."""
-    lines: list[str] = []
-    coverage = coverage_lines(report)
-    if coverage:
-        lines += ["", "## INT8 coverage", "", "In the graph ONNX Runtime executes on the host profile.", ""]
-        lines += [f"- {label}: {summary}" for label, summary in coverage]
-    for title, intro, (headers, rows) in (
-        (
-            "Parity ledger",
-            "Top-1 agreement and output differences at each hop from PyTorch to the device; a gated hop that "
-            "fails names the first ONNX node whose outputs diverge.",
-            parity_ledger(report),
-        ),
-        (
-            "Per-layer quantization noise",
-            f"Output SQNR of each quantized node against the float model on calibration samples, the "
-            f"{SQNR_ROWS} that lose the most signal first.",
-            sqnr_table(report),
-        ),
-    ):
-        if rows:
-            lines += ["", f"## {title}", "", intro, "", "| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-            lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in rows]
-    return lines
-
-
 def sections(report: RunReport) -> list[tuple[str, str, Any]]:
-    """(title, intro, content) for the HTML page: content is a list of lines or a Table."""
+    """(title, intro, content) for report.md and report.html, only those with something to show:
+    content is a list of (stage label, summary) lines or a Table."""
     out: list[tuple[str, str, Any]] = []
     coverage = coverage_lines(report)
     if coverage:
         out.append(("INT8 coverage", "In the graph ONNX Runtime executes on the host profile.", coverage))
     ledger = parity_ledger(report)
     if ledger[1]:
-        out.append(("Parity ledger", "Top-1 agreement and output differences at each hop to the device.", ledger))
+        out.append(
+            (
+                "Parity ledger",
+                "Top-1 agreement and output differences at each hop from PyTorch to the device; a gated hop "
+                "that fails names the first ONNX node whose outputs diverge.",
+                ledger,
+            )
+        )
     sqnr = sqnr_table(report)
     if sqnr[1]:
-        out.append(("Per-layer quantization noise", "Output SQNR vs the float model (calibration samples).", sqnr))
+        out.append(
+            (
+                "Per-layer quantization noise",
+                f"Output SQNR of each quantized node against the float model on calibration samples, the "
+                f"{SQNR_ROWS} that lose the most signal first.",
+                sqnr,
+            )
+        )
     return out
+
+
+def markdown(report: RunReport) -> list[str]:
+    """The report.md sections (none when the run quantized nothing and compared no hops)."""
+    lines: list[str] = []
+    for title, intro, content in sections(report):
+        lines += ["", f"## {title}", "", intro, ""]
+        if isinstance(content, tuple):
+            headers, rows = content
+            lines += ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+            lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in rows]
+        else:
+            lines += [f"- {label}: {summary}" for label, summary in content]
+    return lines
