@@ -63,6 +63,7 @@ from edgeslim.engine.evaluate import onnx_accuracy  # noqa: E402
 from edgeslim.engine.measure import latency_inputs  # noqa: E402
 from edgeslim.engine.stats import median_interval, ratio_of_medians  # noqa: E402
 from edgeslim.engine.store import ONNX, TORCH, Artifact, sha256_file  # noqa: E402
+from edgeslim.export.onnx_io import exact_int8_unavailable  # noqa: E402
 from edgeslim.quant.coverage import runtime_coverage  # noqa: E402
 
 MODELS = {
@@ -452,6 +453,8 @@ def make_rows(
             continue
         path = paths[name]
         coverage = runtime_coverage(path, host.graph_optimization, host.exact_int8)
+        if host.exact_int8 and exact_int8_unavailable(path):
+            row["exact_int8_unavailable"] = True
         right = preds[name] == labels
         row.update(
             accuracy=float(right.mean()),
@@ -709,6 +712,12 @@ def write_docs(all_rows: list[dict[str, Any]], info: dict[str, Any], docs: Path)
                 else ""
             )
             status = f" Not run: {r['not_run']}." if r.get("not_run") else ""
+            if r.get("exact_int8_unavailable"):
+                status += (
+                    " ONNX Runtime fails to load it in its exact INT8 mode ('Attempt to replace the existing "
+                    "tensor'): scored and timed with the default U8S8 kernels, which can saturate with 8-bit "
+                    "weights on this CPU."
+                )
             lines.append(f"- `{r['variant']}`: {settings or r['what']}.{built}{extra}{status}")
     lines += [
         "",
@@ -717,7 +726,7 @@ def write_docs(all_rows: list[dict[str, Any]], info: dict[str, Any], docs: Path)
         "- Latency: `edgeslim.devices.host.measure_interleaved`: for each model and batch size "
         f"({', '.join(map(str, BATCH_SIZES))}), all its variants are loaded in one fresh worker process (ONNX "
         "Runtime CPU, 1 thread, graph optimization and INT8 kernels as the pipeline's host profile: `all`, exact "
-        f"INT8 on), warmed up ({info['warmup']} runs) and "
+        f"INT8 on where a model needs it and ONNX Runtime can load it), warmed up ({info['warmup']} runs) and "
         f"timed in {info['rounds']} rounds of {info['runs_per_round']} runs each (the budget of "
         f"{info['max_seconds']:.0f} s per call ends the rounds early, never before 3), the order rotating every "
         "round; inputs are the first 64 real test images tiled to the batch "

@@ -49,7 +49,7 @@ from edgeslim.engine.measure import latency_inputs
 from edgeslim.engine.stage import PlanRequest, Stage, StageContext, StagePlan, StageResult, onnx_artifact
 from edgeslim.engine.store import ONNX, ONNX_INT8, ONNX_MODEL_FILE, TORCH
 from edgeslim.errors import UserError
-from edgeslim.export.onnx_io import check_onnx_file, load_onnx, needs_exact_int8
+from edgeslim.export.onnx_io import check_onnx_file, exact_int8_unavailable, load_onnx, needs_exact_int8
 from edgeslim.quant.coverage import Coverage, op_times, runtime_coverage, why_int8_loses
 from edgeslim.quant.methods import Recipe, host_u8s8_saturates, recipe_from
 from edgeslim.quant.ort import (
@@ -350,6 +350,12 @@ class Quantize(Stage[QuantizeConfig]):
                     "such as QLinearConv/QGemm, so the file needs ONNX Runtime)"
                 )
                 outcome.path = optimized
+            if outcome.recipe is not None and host.exact_int8 and exact_int8_unavailable(outcome.path):
+                outcome.notes.append(
+                    "ONNX Runtime fails to load this INT8 model in its exact INT8 mode (an ORT bug with some "
+                    "graphs): it was scored and timed with the default kernels, which can saturate on x86 "
+                    "without VNNI; use reduce_range: true (7-bit weights) to avoid that"
+                )
             # structure only (deterministic): the time spent in Q/DQ is the benchmark stage's op profile
             coverage = runtime_coverage(
                 bench.float_model if outcome.recipe is None else outcome.path, host.graph_optimization, host.exact_int8

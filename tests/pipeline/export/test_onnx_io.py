@@ -125,3 +125,43 @@ def test_only_8_bit_weights_or_int8_activations_need_the_exact_int8_mode(tmp_pat
     )
     onnx.save(helper.make_model(float_model), str(tmp_path / "float.onnx"))
     assert not needs_exact_int8(tmp_path / "float.onnx")
+
+
+def test_a_model_the_exact_int8_mode_cannot_load_runs_on_the_default_kernels(tmp_path):
+    """ONNX Runtime's exact INT8 mode fails on an 8-bit weight shared by two MatMuls ("Attempt to
+    replace the existing tensor", as with its own static PTQ of a ViT): such a model must still open,
+    with the default kernels, and be flagged so reports can say so."""
+    from edgeslim.export.onnx_io import exact_int8_unavailable, needs_exact_int8, onnx_logits
+
+    inits = [
+        numpy_helper.from_array(np.array(0.02, np.float32), "s"),
+        numpy_helper.from_array(np.array(128, np.uint8), "zp"),
+        numpy_helper.from_array(np.array([-100, 64, 3, -5] * 4, np.int8).reshape(4, 4), "w_q"),
+        numpy_helper.from_array(np.array(0.01, np.float32), "w_s"),
+        numpy_helper.from_array(np.array(0, np.int8), "w_zp"),
+    ]
+    nodes = [
+        helper.make_node("QuantizeLinear", ["x", "s", "zp"], ["xq"]),
+        helper.make_node("DequantizeLinear", ["xq", "s", "zp"], ["xd"]),
+        helper.make_node("DequantizeLinear", ["w_q", "w_s", "w_zp"], ["w"]),
+        helper.make_node("MatMul", ["xd", "w"], ["h"]),
+        helper.make_node("QuantizeLinear", ["h", "s", "zp"], ["hq"]),
+        helper.make_node("DequantizeLinear", ["hq", "s", "zp"], ["hd"]),
+        helper.make_node("MatMul", ["hd", "w"], ["y"]),  # the same weight again
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 4])],
+        initializer=inits,
+    )
+    path = tmp_path / "shared.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), str(path))
+    assert exact_int8_unavailable(path) and not needs_exact_int8(path)
+    import torch
+
+    assert onnx_logits(path, torch.ones(3, 4)).shape == (3, 4)
+    assert not exact_int8_unavailable(
+        _qdq_conv(tmp_path, np.full((2, 2, 3, 3), -127, np.int8), np.array(128, np.uint8))
+    )
