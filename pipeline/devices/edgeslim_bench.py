@@ -36,6 +36,9 @@ GRAPH_LEVELS = ("disable", "basic", "extended", "all")
 # on VNNI CPUs or in PyTorch (90% top-1 agreement seen on a QAT CNN). This session option makes ONNX
 # Runtime use exact U8U8 kernels there instead; it changes nothing on VNNI or ARM CPUs.
 EXACT_INT8_OPTION = "session.x64quantprecision"
+INFO_FILE = "model_info.json"  # the phone bundle's model description (pipeline/export/mobile.py)
+FLOAT_TYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(double)": "float64"}
+INT_TYPES = {f"tensor({t})": t for t in ("int64", "int32", "int16", "int8", "uint64", "uint32", "uint16", "uint8")}
 
 
 def _percentile(sorted_values: list[float], q: float) -> float:
@@ -149,22 +152,154 @@ def session_options(threads: int = 1, graph_optimization: str = "all", exact_int
     return options
 
 
-def make_batch(session, batch_size: int, inputs_path: str | None):
-    """Real samples from a .npy file tiled to the batch size, else seeded random numbers."""
+class ShapeError(ValueError):
+    """An input's shape cannot be settled: the runner stops rather than time a made-up size."""
+
+
+def _fixed(dim: object) -> bool:
+    """ONNX Runtime reports a fixed axis as an int, a dynamic one as its name (str) or None."""
+    return isinstance(dim, int) and dim > 0
+
+
+def parse_shape_args(specs: list[str] | None) -> dict[str | None, list[int]]:
+    """``name=1x3x48x192`` per input (``None`` key: a bare ``1x3x48x192`` for a one-input model)."""
+    shapes: dict[str | None, list[int]] = {}
+    for spec in specs or []:
+        name, sep, dims_text = spec.rpartition("=")
+        key = name if sep else None
+        try:
+            dims = [int(d) for d in dims_text.lower().split("x")]
+        except ValueError:
+            dims = []
+        if not dims or any(d < 1 for d in dims) or (sep and not name):
+            raise ShapeError(f"--shape {spec!r}: expected NAME=DxDx... with sizes >= 1, e.g. input=1x3x224x224")
+        if key in shapes:
+            raise ShapeError(f"--shape given twice for {'input ' + repr(key) if key else 'the input'}")
+        shapes[key] = dims
+    return shapes
+
+
+def info_shapes(model_path: str) -> dict[str, list[int]]:
+    """Each input's ``example_shape`` from a ``model_info.json`` next to the model (the phone bundle's)."""
+    path = os.path.join(os.path.dirname(os.path.abspath(model_path)), INFO_FILE)
+    try:
+        with open(path) as fh:
+            info = json.load(fh)
+    except (OSError, ValueError):
+        return {}
+    shapes: dict[str, list[int]] = {}
+    for entry in info.get("inputs", []) if isinstance(info, dict) else []:
+        if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
+            continue
+        shape = entry.get("example_shape") or entry.get("shape")  # older bundles: only "shape"
+        if isinstance(shape, list) and shape and all(isinstance(d, int) and d > 0 for d in shape):
+            shapes[entry["name"]] = shape
+    return shapes
+
+
+def _shape_hint(meta) -> str:
+    """The --shape argument a user would pass for ``meta``, dynamic axes as <name> placeholders."""
+    dims = [str(d) if _fixed(d) else ("1" if i == 0 else f"<{d or f'dim{i}'}>") for i, d in enumerate(meta.shape)]
+    return f"--shape {meta.name}={'x'.join(dims)}"
+
+
+def input_shape(meta, batch_size: int, given: list[int] | None, source: str, first: bool = False) -> list[int]:
+    """The shape to feed ``meta``: ``given`` (from ``source``) or the model's fixed axes; the batch option
+    sets a dynamic first axis. Raises ShapeError for a dynamic axis nobody sized and for contradictions."""
+    dims = list(meta.shape)
+    shown = "[" + ", ".join(str(d) if d is not None else "?" for d in dims) + "]"
+    if given is not None:
+        if len(given) != len(dims):
+            raise ShapeError(
+                f"{source} gives input '{meta.name}' {len(given)} axes but the model's are {shown}: "
+                f"pass {_shape_hint(meta)}"
+            )
+        if any(_fixed(dims[i]) and dims[i] != given[i] for i in range(len(dims))):  # zip(strict=) needs 3.10
+            raise ShapeError(f"{source} gives input '{meta.name}' {given} but the model fixes it to {shown}")
+        shape = list(given)
+    else:
+        if any(i > 0 and not _fixed(d) for i, d in enumerate(dims)):
+            raise ShapeError(f"input '{meta.name}' has dynamic axes {shown}: pass {_shape_hint(meta)}")
+        shape = [d if _fixed(d) else 1 for d in dims]
+    if dims and not _fixed(dims[0]):
+        shape[0] = batch_size
+    elif first and dims and dims[0] != batch_size:
+        raise ShapeError(f"input '{meta.name}' has a fixed batch axis {shown}: use --batch-sizes {dims[0]}")
+    return shape
+
+
+def _values(meta, shape: list[int], seed: int):
+    """Stand-in values by the input's ONNX type: normal floats, small ints (ones for masks), True."""
     import numpy as np
 
-    meta = session.get_inputs()[0]
-    if inputs_path:
-        samples = np.load(inputs_path, allow_pickle=False)
-        reps = -(-batch_size // len(samples))
-        batch = np.concatenate([samples] * reps)[:batch_size]
-    else:
-        shape = [batch_size] + [d if isinstance(d, int) else 1 for d in meta.shape[1:]]
-        batch = np.random.default_rng(0).standard_normal(shape)
-    dtype = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int64)": np.int64}.get(
-        meta.type, np.float32
-    )
-    return meta.name, batch.astype(dtype)
+    if meta.type in FLOAT_TYPES:
+        return np.random.default_rng(seed).standard_normal(shape).astype(FLOAT_TYPES[meta.type])
+    if meta.type in INT_TYPES:
+        dtype = INT_TYPES[meta.type]
+        if "mask" in meta.name.lower():
+            return np.ones(shape, dtype=dtype)
+        return np.random.default_rng(seed).integers(0, 100, size=shape).astype(dtype)
+    if meta.type == "tensor(bool)":
+        return np.ones(shape, dtype=bool)
+    raise ShapeError(f"input '{meta.name}' has type {meta.type}, which edgeslim-bench cannot make up values for")
+
+
+def make_feed(
+    session,
+    batch_size: int,
+    inputs_path: object = None,
+    shapes: dict[str | None, list[int]] | None = None,
+    info: dict[str, list[int]] | None = None,
+) -> tuple[dict, list[dict[str, object]]]:
+    """Every input of the model, and the shape, dtype and source each one got.
+
+    The first input takes real samples from ``inputs_path`` (a .npy file, or the array itself), tiled
+    to the batch, when given. The others, and every input without samples, get seeded stand-ins of
+    their ONNX type shaped by ``shapes`` (``--shape``, by input name; key ``None`` for a one-input
+    model), else by ``info`` (a bundle's ``model_info.json`` example shapes), else by the model's
+    fixed axes. A dynamic axis other than the batch that nothing sizes raises ShapeError: a made-up 1
+    would time another model (a 1x1 image runs many times faster than the real one).
+    """
+    import numpy as np
+
+    metas = session.get_inputs()
+    shapes = dict(shapes or {})
+    names = ", ".join(m.name for m in metas)
+    if None in shapes:
+        if len(metas) != 1:
+            raise ShapeError(f"the model has {len(metas)} inputs ({names}): pass --shape NAME=... for each")
+        shapes[metas[0].name] = shapes.pop(None)
+    unknown = sorted(set(shapes) - {m.name for m in metas})
+    if unknown:
+        raise ShapeError(f"--shape names {unknown[0]!r}, but the model's inputs are: {names}")
+    has_samples = inputs_path is not None and not (isinstance(inputs_path, str) and not inputs_path)
+    feed: dict = {}
+    used: list[dict[str, object]] = []
+    for i, meta in enumerate(metas):
+        source = "--shape" if meta.name in shapes else INFO_FILE if meta.name in (info or {}) else "model"
+        given = shapes.get(meta.name) or (info or {}).get(meta.name)
+        if i == 0 and has_samples:
+            is_file = isinstance(inputs_path, (str, os.PathLike))
+            samples = np.load(inputs_path, allow_pickle=False) if is_file else np.asarray(inputs_path)
+            if meta.name in shapes and list(shapes[meta.name][1:]) != list(samples.shape[1:]):
+                raise ShapeError(
+                    f"--shape gives input '{meta.name}' {shapes[meta.name]} but the samples are {samples.shape}"
+                )
+            reps = -(-batch_size // len(samples))
+            batch = np.concatenate([samples] * reps)[:batch_size]
+            batch = batch.astype(FLOAT_TYPES.get(meta.type) or INT_TYPES.get(meta.type) or np.float32)
+            source = "--inputs"
+        else:
+            batch = _values(meta, input_shape(meta, batch_size, given, source, first=i == 0), seed=i)
+        feed[meta.name] = batch
+        used.append({"name": meta.name, "shape": list(batch.shape), "dtype": str(batch.dtype), "source": source})
+    return feed, used
+
+
+def make_batch(session, batch_size: int, inputs_path: str | None, shapes: dict | None = None):
+    """The first input's name and batch (see :func:`make_feed`, which also fills any other inputs)."""
+    feed, used = make_feed(session, batch_size, inputs_path, shapes)
+    return used[0]["name"], feed[used[0]["name"]]
 
 
 def op_profile(
@@ -207,16 +342,20 @@ def measure(
     profile_runs: int = 0,
     outputs_path: str | None = None,
     exact_int8: bool = True,
+    shapes: dict[str | None, list[int]] | None = None,
+    info: dict[str, list[int]] | None = None,
 ) -> dict[str, object]:
-    """One (threads, batch size) measurement: the entries of a report's ``results`` list."""
+    """One (threads, batch size) measurement: the entries of a report's ``results`` list.
+
+    ``shapes`` (``--shape``) and ``info`` (``model_info.json``) size dynamic axes: see :func:`make_feed`."""
     import numpy as np
 
     rss_before = _rss_mb()
     start = time.perf_counter()
     session = create_session(model_path, threads, graph_optimization, exact_int8=exact_int8)
     init_ms = (time.perf_counter() - start) * 1e3
-    name, batch = make_batch(session, batch_size, inputs_path)
-    feed = {name: batch}
+    feed, used = make_feed(session, batch_size, inputs_path, shapes, info)
+    name, batch = used[0]["name"], feed[used[0]["name"]]
 
     start = time.perf_counter()
     session.run(None, feed)
@@ -233,8 +372,8 @@ def measure(
             break
     rss_after = _rss_mb()
     if outputs_path and inputs_path:  # every input sample's outputs, for parity checks across devices
-        samples = np.load(inputs_path, allow_pickle=False).astype(batch.dtype)
-        np.save(outputs_path, session.run(None, {name: samples})[0])
+        everything, _ = make_feed(session, len(np.load(inputs_path, allow_pickle=False)), inputs_path, shapes, info)
+        np.save(outputs_path, session.run(None, everything)[0])
     latency = summarize(samples_ms)
     return {
         "threads": threads,
@@ -242,6 +381,7 @@ def measure(
         "input_name": name,
         "input_shape": list(batch.shape),
         "input_dtype": str(batch.dtype),
+        "inputs": used,  # every input's name, shape, dtype and where the shape came from
         "graph_optimization": graph_optimization,
         "exact_int8": exact_int8,
         "warmup": warmup,
@@ -318,6 +458,15 @@ def _parser() -> argparse.ArgumentParser:
         "(default: exact INT8 arithmetic there; no difference on VNNI or ARM CPUs)",
     )
     parser.add_argument("--inputs", default=None, help=".npy file of real input samples (tiled to the batch)")
+    parser.add_argument(
+        "--shape",
+        action="append",
+        default=None,
+        metavar="NAME=1x3x48x192",
+        help="an input's shape, one per input (a bare 1x3x48x192 for a one-input model); sizes the dynamic "
+        f"axes (a dynamic first axis follows --batch-sizes). Default: the example shapes in a {INFO_FILE} "
+        "next to the model, else the model's fixed axes",
+    )
     parser.add_argument("--profile", type=int, default=0, metavar="RUNS", help="also profile RUNS runs per op type")
     parser.add_argument("--save-outputs", default=None, metavar="NPY", help="save the outputs of all --inputs")
     parser.add_argument("--label", default=None, help="model label in the report (default: file name)")
@@ -336,24 +485,31 @@ def main(argv: list[str] | None = None) -> int:
     if any(v < 1 for v in args.threads + args.batch_sizes) or args.runs < 1 or args.warmup < 0:
         print("edgeslim-bench: error: threads, batch sizes and runs must be >= 1, warmup >= 0", file=sys.stderr)
         return 2
-    results = []
-    for threads in args.threads:
-        for batch_size in args.batch_sizes:
-            results.append(
-                measure(
-                    args.model,
-                    threads,
-                    batch_size,
-                    args.warmup,
-                    args.runs,
-                    args.max_seconds,
-                    args.graph_optimization,
-                    args.inputs,
-                    args.profile,
-                    args.save_outputs if (threads, batch_size) == (args.threads[0], args.batch_sizes[0]) else None,
-                    args.exact_int8,
-                )
+    try:
+        shapes = parse_shape_args(args.shape)
+        info = info_shapes(args.model)
+        results = [
+            measure(
+                args.model,
+                threads,
+                batch_size,
+                args.warmup,
+                args.runs,
+                args.max_seconds,
+                args.graph_optimization,
+                args.inputs,
+                args.profile,
+                args.save_outputs if (threads, batch_size) == (args.threads[0], args.batch_sizes[0]) else None,
+                args.exact_int8,
+                shapes,
+                info,
             )
+            for threads in args.threads
+            for batch_size in args.batch_sizes
+        ]
+    except ShapeError as exc:  # one line, not a traceback: only the user knows what size to measure
+        print(f"edgeslim-bench: error: {exc}", file=sys.stderr)
+        return 2
     profile = args.device_profile or platform.node() or "device"
     context = {} if args.accuracy is None else {"accuracy": args.accuracy}
     report = make_report(args.model, results, profile=profile, kind=args.kind, label=args.label, context=context)
@@ -365,8 +521,9 @@ def main(argv: list[str] | None = None) -> int:
         os.replace(tmp, args.output)
         for r in results:
             lat = r["latency_ms"]
+            fed = ", ".join(f"{i['name']} {'x'.join(map(str, i['shape']))}" for i in r["inputs"])
             print(
-                f"{r['threads']} thread(s), batch {r['batch_size']}: p50 {lat['p50']:.3f} ms, "
+                f"{r['threads']} thread(s), batch {r['batch_size']} ({fed}): p50 {lat['p50']:.3f} ms, "
                 f"p99 {lat['p99']:.3f} ms ({r['runs']} runs)"
             )
     else:

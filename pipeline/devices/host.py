@@ -126,8 +126,8 @@ def run_rounds(spec: dict[str, Any]) -> dict[str, Any]:
         start = time.perf_counter()
         session = edgeslim_bench.create_session(path, spec["threads"], spec["graph_optimization"], exact_int8=exact[i])
         init_ms = (time.perf_counter() - start) * 1e3
-        name, batch = edgeslim_bench.make_batch(session, spec["batch_size"], spec["inputs"])
-        feed = {name: batch}
+        feed, used = edgeslim_bench.make_feed(session, spec["batch_size"], spec["inputs"])  # every input
+        batch = feed[used[0]["name"]]
         start = time.perf_counter()
         session.run(None, feed)
         first_ms = (time.perf_counter() - start) * 1e3
