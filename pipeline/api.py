@@ -12,6 +12,9 @@ the stage types are wired into the config loader and the runner (the engine neve
 
 from __future__ import annotations
 
+import copy
+import hashlib
+import inspect
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -113,19 +116,89 @@ class RunResult:
         return self.run_dir / REPORT_MD
 
 
+def _source(obj: object) -> str:
+    try:
+        return inspect.getsource(obj)  # type: ignore[arg-type]
+    except (OSError, TypeError):  # defined in a notebook cell or the REPL: its name and repr stand in
+        return repr(obj)
+
+
+def _model_ref(model: object) -> str:
+    """Name a user's ``nn.Module`` (a snapshot of it: later edits to it do not leak into the run) or
+    factory by what it is: class source and weights, so a changed model re-runs its stages."""
+    import torch
+    from torch import nn
+
+    from edgeslim.models.zoo import register_python_object
+
+    digest = hashlib.sha256()
+    if isinstance(model, nn.Module):
+        snapshot = copy.deepcopy(model).cpu().eval()
+        cls = type(snapshot)
+        digest.update(f"{cls.__module__}.{cls.__qualname__}\0{_source(cls)}\0{snapshot!r}".encode())
+        for key, tensor in snapshot.state_dict().items():
+            digest.update(f"{key}\0{tensor.dtype}\0{tuple(tensor.shape)}\0".encode())
+            digest.update(tensor.detach().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+
+        def factory(**kwargs: Any) -> nn.Module:
+            if kwargs:
+                raise TypeError(f"an nn.Module instance takes no model.kwargs (got {sorted(kwargs)})")
+            return copy.deepcopy(snapshot)
+
+        return register_python_object(cls.__qualname__, digest.hexdigest(), factory)
+    if callable(model):
+        label = getattr(model, "__qualname__", type(model).__qualname__)
+        digest.update(f"{getattr(model, '__module__', '')}.{label}\0{_source(model)}".encode())
+        return register_python_object(label, digest.hexdigest(), model)
+    raise UserError(f"model: expected an nn.Module or a factory returning one (got {type(model).__name__})")
+
+
+def _data_ref(data: object) -> str:
+    """Name the user's ``(train, val, test)`` splits (datasets, data loaders or ``(x, y)`` pairs), or a
+    factory returning them. Their content enters the stage keys through the data fingerprint."""
+    from edgeslim.models.zoo import register_python_object
+
+    if isinstance(data, tuple | list):
+        if len(data) != 3:
+            raise UserError(f"data: expected (train, val, test), got {len(data)} item(s)")
+        splits = tuple(data)
+        kinds = ", ".join(type(d).__name__ for d in splits)
+        return register_python_object("data", hashlib.sha256(kinds.encode()).hexdigest(), lambda: splits)
+    if callable(data):
+        label = getattr(data, "__qualname__", type(data).__qualname__)
+        return register_python_object(label, hashlib.sha256(_source(data).encode()).hexdigest(), data)
+    raise UserError(f"data: expected (train, val, test) or a factory returning them (got {type(data).__name__})")
+
+
+def with_objects(run_config: RunConfig, model: object = None, data: object = None) -> RunConfig:
+    """The config with ``model.name``/``data.name`` pointing at the user's own Python objects."""
+    update: dict[str, Any] = {}
+    if model is not None:
+        update["model"] = run_config.model.model_copy(update={"name": _model_ref(model)})
+    if data is not None:
+        update["data"] = run_config.data.model_copy(update={"name": _data_ref(data)})
+    return run_config.model_copy(update=update) if update else run_config
+
+
 def run(
     config: str | Path | Mapping[str, Any] | RunConfig,
     out: str | Path = "artifacts",
     *,
+    model: object = None,
+    data: object = None,
     force: bool = False,
     from_stage: str | None = None,
     console: Console | None = None,
 ) -> RunResult:
-    """Run (or resume) a pipeline; unchanged stages are reused, changed measurement settings only re-measure."""
+    """Run (or resume) a pipeline; unchanged stages are reused, changed measurement settings only re-measure.
+
+    ``model``: your own ``nn.Module`` or a factory returning one, in place of ``model.name`` (for
+    notebooks); ``data``: your ``(train, val, test)`` datasets, data loaders or ``(x, y)`` pairs, or a
+    factory returning them, in place of ``data.name``."""
     from edgeslim.reports.html import write_run_html
     from edgeslim.reports.run_report import write_markdown
 
-    run_config = as_config(config)
+    run_config = with_objects(as_config(config), model, data)
     runner = Runner(
         run_config,
         Path(out),

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import Dataset, TensorDataset
+from torch.utils.data import DataLoader, Dataset, IterableDataset, TensorDataset
 
 from edgeslim.config.schema import IMAGE_FOLDER, DataSpec, Preprocessing
 from edgeslim.data import image_folder
@@ -120,12 +120,25 @@ def _image_folder(spec: DataSpec) -> _FolderSplits:
 
 
 def _as_tensors(ds: object, split: str, what: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """Materialise a user dataset (TensorDataset, (x, y) pair or map-style Dataset) as tensors."""
+    """Materialise a user dataset (TensorDataset, (x, y) pair, map-style or iterable Dataset, or a
+    DataLoader of (x, y) batches) as tensors."""
     try:
         if isinstance(ds, TensorDataset):
             x, y = ds.tensors[0], ds.tensors[1]
         elif isinstance(ds, tuple | list) and len(ds) == 2:
             x, y = torch.as_tensor(np.asarray(ds[0])), torch.as_tensor(np.asarray(ds[1]))
+        elif isinstance(ds, DataLoader):  # batches in the loader's order (shuffling is the trainer's job)
+            batches = [(torch.as_tensor(b[0]), torch.as_tensor(b[1])) for b in ds]
+            if not batches:
+                raise UserError(f"{what}: the {split} split is empty")
+            x = torch.cat([b[0] for b in batches])
+            y = torch.cat([b[1].reshape(-1) for b in batches])
+        elif isinstance(ds, IterableDataset):
+            items = list(ds)
+            if not items:
+                raise UserError(f"{what}: the {split} split is empty")
+            x = torch.stack([torch.as_tensor(item[0]) for item in items])
+            y = torch.as_tensor([int(item[1]) for item in items])
         elif isinstance(ds, Dataset):
             items = [ds[i] for i in range(len(ds))]  # type: ignore[arg-type]
             if not items:

@@ -119,8 +119,29 @@ def _not_found(module_name: str, missing: str) -> str:
     return f"cannot import module '{module_name}': no module named '{missing}' {where}"
 
 
+# Objects handed to ``edgeslim.run(model=..., data=...)``, named in the config as ``python:<what>@<digest>``:
+# the digest covers what the object is (class source, weights), so a changed object re-runs its stages.
+PYTHON_PREFIX = "python:"
+_PYTHON_OBJECTS: dict[str, object] = {}
+
+
+def register_python_object(label: str, digest: str, obj: object) -> str:
+    """Make ``obj`` resolvable by :func:`import_object` under a content-derived name; returns the name."""
+    name = f"{PYTHON_PREFIX}{label}@{digest[:16]}"
+    _PYTHON_OBJECTS[name] = obj
+    return name
+
+
 def import_object(ref: str, what: str) -> object:
-    """Import ``package.module:attr``; raise a one-line UserError naming ``what`` on failure."""
+    """Import ``package.module:attr`` (or look up a ``python:`` object given to ``edgeslim.run``); raise a
+    one-line UserError naming ``what`` on failure."""
+    if ref.startswith(PYTHON_PREFIX):
+        if ref not in _PYTHON_OBJECTS:
+            raise UserError(
+                f"{what}: '{ref}' names a Python object given to edgeslim.run in another process; "
+                "pass the object to edgeslim.run again"
+            )
+        return _PYTHON_OBJECTS[ref]
     module_name, sep, attr = ref.partition(":")
     if not sep or not module_name or not attr:
         raise UserError(f"{what}: '{ref}' is not of the form package.module:function")

@@ -83,3 +83,55 @@ def test_config_sources_agree(tmp_path: Path) -> None:
     from_dict, from_file = edgeslim.parse_config(raw), edgeslim.load_config(path)
     assert from_dict.to_plain() == from_file.to_plain()
     assert edgeslim.api.as_config(from_dict) is from_dict
+
+
+class _ResidualNet(torch.nn.Module):
+    """A notebook-style model edgeslim does not know: a residual block and a linear head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = torch.nn.Sequential(torch.nn.Conv2d(1, 16, 3, padding=1), torch.nn.BatchNorm2d(16), torch.nn.ReLU())
+        self.block = torch.nn.Sequential(torch.nn.Conv2d(16, 16, 3, padding=1), torch.nn.BatchNorm2d(16))
+        self.head = torch.nn.Linear(16, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.stem(x)
+        h = torch.relu(h + self.block(h))
+        return self.head(h.mean(dim=(2, 3)))
+
+
+def _digits_loaders() -> tuple:
+    """scikit-learn's real digits as the user's own DataLoaders (train, val, test)."""
+    from sklearn.datasets import load_digits
+    from torch.utils.data import DataLoader, TensorDataset
+
+    x, y = load_digits(return_X_y=True)
+    x = torch.tensor(x, dtype=torch.float32).reshape(-1, 1, 8, 8) / 16.0
+    y = torch.tensor(y)
+    parts = [(0, 900), (900, 1100), (1100, 1400)]
+    return tuple(DataLoader(TensorDataset(x[a:b], y[a:b]), batch_size=64) for a, b in parts)
+
+
+def test_run_with_the_users_own_module_and_data_loaders(tmp_path: Path) -> None:
+    """``edgeslim.run(config, model=module, data=(train, val, test))``: the module is snapshotted (the
+    user's object is never pruned in place), its class source and weights key the cache."""
+    torch.manual_seed(0)
+    net = _ResidualNet()
+    before = sum(p.numel() for p in net.parameters())
+    train = {"epochs": 5, "batch_size": 32, "optimizer": {"lr": 0.01}}
+    cfg = small_config([{"train": train}, "baseline", {"prune": {"pruning_ratio": 0.3}}])
+    del cfg["data"]
+    result = edgeslim.run(cfg, out=tmp_path, model=net, data=_digits_loaders())
+    assert [s.status for s in result.stages] == ["ran"] * 3
+    assert result.stage("baseline").metrics.accuracy > 0.5  # trained on real digits
+    assert result.stage("prune").metrics.params < before
+    assert sum(p.numel() for p in net.parameters()) == before  # the user's module is untouched
+    assert result.report.config["model"]["name"].startswith("python:_ResidualNet@")
+    again = edgeslim.run(cfg, out=tmp_path, model=net, data=_digits_loaders())
+    assert [s.status for s in again.stages] == ["cached"] * 3
+    with torch.no_grad():
+        net.head.bias.add_(1.0)  # other weights: another model, so its stages run again
+    changed = edgeslim.run(cfg, out=tmp_path, model=net, data=_digits_loaders())
+    assert changed.stages[0].status == "ran"
+    with pytest.raises(edgeslim.UserError, match=r"^model: expected an nn.Module"):
+        edgeslim.run(cfg, out=tmp_path, model=42)
