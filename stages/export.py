@@ -145,6 +145,7 @@ class Export(Stage[ExportConfig]):
             labels=ctx.data.labels,
             platform=cfg.mobile_platform,
             accuracy_of=ort_accuracy,
+            samples=x[:16].numpy(),  # real test inputs: the example shape and the output's kind
         )
         drop = onnx_acc - bundle["ort_accuracy"]
         if drop > cfg.max_ort_accuracy_drop:

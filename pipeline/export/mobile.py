@@ -2,20 +2,26 @@
 
 ``mobile/`` holds the optimized ONNX model, the ORT-format ``model.ort`` (what ONNX Runtime
 Mobile loads fastest), the required-operators config for a reduced ONNX Runtime build,
-``model_info.json`` (input name/shape/dtype, preprocessing, labels) and a README with
-loading snippets for Kotlin, Java, Swift and Objective-C. The ``.ort`` file is produced by
-ONNX Runtime's own converter (optimization style Fixed: the Runtime style fails on PT2E
-QDQ models here).
+``model_info.json`` (every input's name, dtype, shape with its dynamic axes named and an
+``example_shape`` sized from the run's data; whether the output is logits or probabilities;
+preprocessing, labels) and a README with loading snippets for Kotlin, Java, Swift and
+Objective-C that use the example shape (a made-up 1 for a dynamic height or width would be a
+different model). ``edgeslim-bench`` reads those example shapes too. The ``.ort`` file is
+produced by ONNX Runtime's own converter (optimization style Fixed: the Runtime style fails on
+PT2E QDQ models here).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import sys
 import tempfile
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from edgeslim.config.schema import Preprocessing
 from edgeslim.engine.children import run_child
@@ -27,6 +33,12 @@ ORT_FILE = "model.ort"
 OPS_FILE = "required_operators.config"
 INFO_FILE = "model_info.json"
 README_FILE = "README.md"
+PROBE_SAMPLES = 16  # real samples run to tell probabilities from logits
+OUTPUT_IS = {  # model_info.json's plain-words line for each output kind
+    "logits": "logits (apply softmax for probabilities; argmax is the class id)",
+    "probabilities": "probabilities (softmax is already applied: do not apply it again; argmax is the class id)",
+    "unchecked": "not checked (no input samples): logits unless the model applies softmax; argmax is the class id",
+}
 
 
 def convert_to_ort(model: Path, out_dir: Path, platform: str) -> None:
@@ -46,38 +58,116 @@ def convert_to_ort(model: Path, out_dir: Path, platform: str) -> None:
         shutil.copyfile(Path(tmp) / "model.required_operators.config", out_dir / OPS_FILE)
 
 
+# How each input dtype is written in the app snippets: Kotlin/Java array and buffer, Swift element
+# type, ONNX Runtime's Swift/Obj-C element type. Other dtypes are shown as float with a note.
+SNIPPET_TYPES = {
+    "float32": ("FloatArray", "float[]", "FloatBuffer", "Float", ".float", "Float"),
+    "int64": ("LongArray", "long[]", "LongBuffer", "Int64", ".int64", "Int64"),
+    "int32": ("IntArray", "int[]", "IntBuffer", "Int32", ".int32", "Int32"),
+}
+
+
+def _dims(value: Any) -> list[int | str]:
+    """Axes of a graph input/output: sizes, or the dynamic axis's name from the graph (made up if it has none)."""
+    dims = value.type.tensor_type.shape.dim
+    return [
+        d.dim_value if d.HasField("dim_value") else (d.dim_param or ("batch" if i == 0 else f"dim{i}"))
+        for i, d in enumerate(dims)
+    ]
+
+
+def example_shape(shape: list[int | str], sample_shape: tuple[int, ...] | None) -> list[int] | None:
+    """Concrete sizes for an app's single input: batch 1, the other dynamic axes as in the run's data.
+
+    ``None`` when a dynamic axis other than the batch has no size to take (no sample of that rank)."""
+    out: list[int] = []
+    for i, dim in enumerate(shape):
+        if isinstance(dim, int) and dim > 0:
+            out.append(dim)
+        elif i == 0:
+            out.append(1)
+        elif sample_shape is not None and len(sample_shape) == len(shape):
+            out.append(int(sample_shape[i]))
+        else:
+            return None
+    return out
+
+
+def output_kind(outputs: np.ndarray) -> str:
+    """``probabilities`` when every value is >= 0 and each row sums to 1 (within 1e-3), else ``logits``.
+
+    Rows are the last axis of a 2-D output, the class axis (1) of a larger one. An app must not apply
+    softmax to probabilities a second time, so the bundle says which one the model gives."""
+    if outputs.dtype.kind != "f" or outputs.ndim < 2 or outputs.size == 0:
+        return "logits"
+    sums = outputs.sum(axis=-1 if outputs.ndim == 2 else 1, dtype=np.float64)
+    return "probabilities" if bool((outputs >= 0).all() and np.abs(sums - 1).max() <= 1e-3) else "logits"
+
+
+def probe_outputs(model: Path, samples: np.ndarray | None, example: dict[str, list[int]]) -> tuple[str, str | None]:
+    """The first output's kind, judged on the model's answers to real samples (or seeded random inputs).
+
+    Returns the kind and what it was judged on (``None``: not checked, a dynamic axis had no size)."""
+    from edgeslim.devices.edgeslim_bench import ShapeError, make_feed
+    from edgeslim.export.onnx_io import open_session
+
+    session = open_session(model)
+    batch = len(samples) if samples is not None else PROBE_SAMPLES
+    try:
+        feed, _ = make_feed(session, batch, samples, info=example)
+    except ShapeError:
+        return "logits", None
+    on = f"{batch} real input samples" if samples is not None else f"{batch} seeded random inputs"
+    return output_kind(session.run(None, feed)[0]), on
+
+
 def model_info(
-    model: Path, preprocessing: Preprocessing | None, labels: list[str] | None, accuracy: float | None
+    model: Path,
+    preprocessing: Preprocessing | None,
+    labels: list[str] | None,
+    accuracy: float | None,
+    samples: np.ndarray | None = None,
 ) -> dict[str, Any]:
-    """Input/output description an app needs, read from the ONNX model itself."""
+    """Input/output description an app needs, read from the ONNX model itself.
+
+    ``samples`` (a few real inputs, first input) give the example shape for dynamic axes and show
+    whether the model outputs probabilities or logits."""
     import onnx
 
     from edgeslim.export.onnx_io import load_onnx
 
     proto = load_onnx(model, external_data=False)
+    samples = samples[:PROBE_SAMPLES] if samples is not None else None
 
     def describe(value: Any) -> dict[str, Any]:
-        tensor = value.type.tensor_type
-        dims = [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in tensor.shape.dim]
-        return {"name": value.name, "shape": dims, "dtype": onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type).name}
+        elem = value.type.tensor_type.elem_type
+        return {"name": value.name, "shape": _dims(value), "dtype": onnx.helper.tensor_dtype_to_np_dtype(elem).name}
 
     initializers = {i.name for i in proto.graph.initializer}
+    inputs = [describe(v) for v in proto.graph.input if v.name not in initializers]
+    for k, inp in enumerate(inputs):  # real samples size the first input; the others keep their fixed axes
+        inp["example_shape"] = example_shape(inp["shape"], samples.shape if k == 0 and samples is not None else None)
+    outputs = [describe(v) for v in proto.graph.output]
+    example = {i["name"]: i["example_shape"] for i in inputs if i["example_shape"]}
+    kind, judged_on = probe_outputs(model, samples, example)
     return {
         "format": "edgeslim.mobile-bundle/1",
         "model": ORT_FILE,
         "onnx_model": ONNX_MODEL_FILE,
-        "inputs": [describe(v) for v in proto.graph.input if v.name not in initializers],
-        "outputs": [describe(v) for v in proto.graph.output],
+        "inputs": inputs,
+        "outputs": outputs,
+        "output": {"name": outputs[0]["name"], "kind": kind, "kind_judged_on": judged_on, "labels": labels},
         "preprocessing": preprocessing.model_dump() if preprocessing else None,
         "labels": labels,
-        "output_is": "logits (apply softmax for probabilities; argmax is the class id)",
+        "output_is": OUTPUT_IS[kind] if judged_on else OUTPUT_IS["unchecked"],
         "test_accuracy": accuracy,
     }
 
 
 def readme(info: dict[str, Any]) -> str:
     inp, out = info["inputs"][0], info["outputs"][0]
-    shape = ", ".join(str(d) for d in inp["shape"])
+    kind = info.get("output", {}).get("kind", "logits")
+    checked = info.get("output", {}).get("kind_judged_on") is not None
     pre = info["preprocessing"]
     if pre:
         pre_text = (
@@ -86,12 +176,50 @@ def readme(info: dict[str, Any]) -> str:
         )
     else:
         pre_text = "Preprocessing: as the training data factory produced its tensors (not recorded)."
-    dims = [1 if isinstance(d, str) else d for d in inp["shape"]]
-    numel = 1
-    for d in dims:
-        numel *= d
-    long_shape = ", ".join(f"{d}L" for d in dims)
-    num_shape = ", ".join(f"{d}" for d in dims)
+    # the example shape, never a made-up 1 for a dynamic axis: an unknown size stays a named placeholder
+    dims: list[int | str] = inp.get("example_shape") or [
+        d if isinstance(d, int) else (1 if i == 0 else d.upper()) for i, d in enumerate(inp["shape"])
+    ]
+    sized = all(isinstance(d, int) for d in dims)
+    numel: int | str = math.prod(int(d) for d in dims) if sized else " * ".join(str(d) for d in dims)
+    long_shape = ", ".join(f"{d}L" if isinstance(d, int) else f"{d}.toLong()" for d in dims)
+    java_shape = ", ".join(f"{d}L" if isinstance(d, int) else f"(long) {d}" for d in dims)
+    num_shape = ", ".join(f"{d}" if isinstance(d, int) else f"NSNumber(value: {d})" for d in dims)
+    objc_shape = ", ".join(f"@{d}" if isinstance(d, int) else f"@({d})" for d in dims)
+    kt_array, java_array, buffer, swift_type, ort_type, objc_type = SNIPPET_TYPES.get(
+        inp["dtype"], SNIPPET_TYPES["float32"]
+    )
+    type_note = "" if inp["dtype"] in SNIPPET_TYPES else f" (the input is {inp['dtype']}: use that element type)"
+    fill_note = f"fill with preprocessed values, {pre['layout'] if pre else 'NCHW'}{type_note}"
+    inputs_text = "; ".join(
+        f"input `{i['name']}` [{', '.join(str(d) for d in i['shape'])}] {i['dtype']}"
+        + (f", example {'×'.join(str(d) for d in i['example_shape'])}" if i.get("example_shape") else "")
+        for i in info["inputs"]
+    )
+    size_text = (
+        f" The example shape {'×'.join(str(d) for d in dims)} is the size of the data this run used."
+        if sized and any(isinstance(d, str) for d in inp["shape"][1:])
+        else ""
+    )
+    if not sized:
+        size_text = f" Set {', '.join(str(d) for d in dims if isinstance(d, str))} to your input's size."
+    if kind == "probabilities":
+        var = "probs"
+        out_text = (
+            f"The output `{out['name']}` holds class probabilities (the model applies softmax itself: do not "
+            "apply it again): the class id is the argmax;"
+        )
+    elif checked:
+        var = "logits"
+        out_text = (
+            f"The output `{out['name']}` holds logits (apply softmax for probabilities): the class id is the argmax;"
+        )
+    else:
+        var = "scores"
+        out_text = (
+            f"The output `{out['name']}` holds class scores (logits or probabilities: not checked, as no input "
+            "samples were given; apply softmax only to logits): the class id is the argmax;"
+        )
     return f"""# Phone bundle
 
 | file | what |
@@ -99,9 +227,9 @@ def readme(info: dict[str, Any]) -> str:
 | `{ORT_FILE}` | the model in ORT format: load this with ONNX Runtime Mobile |
 | `{ONNX_MODEL_FILE}` | the same optimized model as ONNX (for tools, or the full ONNX Runtime) |
 | `{OPS_FILE}` | operators the model needs: build a reduced ONNX Runtime with `--include_ops_by_config {OPS_FILE}` |
-| `{INFO_FILE}` | input `{inp["name"]}` [{shape}] {inp["dtype"]}, output `{out["name"]}`, preprocessing, labels |
+| `{INFO_FILE}` | {inputs_text}; output `{out["name"]}` ({kind}), preprocessing, labels |
 
-{pre_text} The output `{out["name"]}` holds logits: the class id is the argmax; `labels` in
+{pre_text}{size_text} {out_text} `labels` in
 `{INFO_FILE}` names it. Measured test accuracy of this `.ort` file: {_pct(info["test_accuracy"])}.
 
 ## Android (Kotlin) — `com.microsoft.onnxruntime:onnxruntime-android`
@@ -109,11 +237,11 @@ def readme(info: dict[str, Any]) -> str:
 ```kotlin
 val env = OrtEnvironment.getEnvironment()
 val session = env.createSession(assets.open("{ORT_FILE}").readBytes(), OrtSession.SessionOptions())
-val input = FloatArray({numel})            // fill with preprocessed values, {pre["layout"] if pre else "NCHW"}
-val tensor = OnnxTensor.createTensor(env, FloatBuffer.wrap(input), longArrayOf({long_shape}))
+val input = {kt_array}({numel})            // {fill_note}
+val tensor = OnnxTensor.createTensor(env, {buffer}.wrap(input), longArrayOf({long_shape}))
 session.run(mapOf("{inp["name"]}" to tensor)).use {{ result ->
-    val logits = (result[0].value as Array<FloatArray>)[0]
-    val classId = logits.indices.maxBy {{ logits[it] }}
+    val {var} = (result[0].value as Array<FloatArray>)[0]
+    val classId = {var}.indices.maxBy {{ {var}[it] }}
 }}
 ```
 
@@ -122,9 +250,10 @@ session.run(mapOf("{inp["name"]}" to tensor)).use {{ result ->
 ```java
 OrtEnvironment env = OrtEnvironment.getEnvironment();
 OrtSession session = env.createSession(modelBytes, new OrtSession.SessionOptions());
-OnnxTensor tensor = OnnxTensor.createTensor(env, FloatBuffer.wrap(input), new long[]{{{long_shape}}});
+{java_array} input = new {java_array[:-2]}[{numel}];  // preprocessed values
+OnnxTensor tensor = OnnxTensor.createTensor(env, {buffer}.wrap(input), new long[]{{{java_shape}}});
 try (OrtSession.Result result = session.run(Collections.singletonMap("{inp["name"]}", tensor))) {{
-    float[] logits = ((float[][]) result.get(0).getValue())[0];
+    float[] {var} = ((float[][]) result.get(0).getValue())[0];
 }}
 ```
 
@@ -134,11 +263,11 @@ try (OrtSession.Result result = session.run(Collections.singletonMap("{inp["name
 let env = try ORTEnv(loggingLevel: .warning)
 let path = Bundle.main.path(forResource: "model", ofType: "ort")!
 let session = try ORTSession(env: env, modelPath: path, sessionOptions: ORTSessionOptions())
-var input = [Float](repeating: 0, count: {numel})   // preprocessed values
-let data = NSMutableData(bytes: &input, length: input.count * MemoryLayout<Float>.size)
-let tensor = try ORTValue(tensorData: data, elementType: .float, shape: [{num_shape}])
+var input = [{swift_type}](repeating: 0, count: {numel})   // preprocessed values
+let data = NSMutableData(bytes: &input, length: input.count * MemoryLayout<{swift_type}>.size)
+let tensor = try ORTValue(tensorData: data, elementType: {ort_type}, shape: [{num_shape}])
 let outputs = try session.run(withInputs: ["{inp["name"]}": tensor], outputNames: ["{out["name"]}"], runOptions: nil)
-let logits = try outputs["{out["name"]}"]!.tensorData() as Data
+let {var} = try outputs["{out["name"]}"]!.tensorData() as Data
 ```
 
 ## iOS (Objective-C)
@@ -149,13 +278,14 @@ ORTSessionOptions *options = [[ORTSessionOptions alloc] initWithError:&error];
 ORTSession *session = [[ORTSession alloc] initWithEnv:env modelPath:path
                                        sessionOptions:options error:&error];
 ORTValue *tensor = [[ORTValue alloc] initWithTensorData:data
-    elementType:ORTTensorElementDataTypeFloat shape:@[{", ".join(f"@{d}" for d in dims)}] error:&error];
+    elementType:ORTTensorElementDataType{objc_type} shape:@[{objc_shape}] error:&error];
 NSDictionary *outputs = [session runWithInputs:@{{@"{inp["name"]}": tensor}}
     outputNames:[NSSet setWithObject:@"{out["name"]}"] runOptions:nil error:&error];
 ```
 
 Measure it on the device with `edgeslim-bench {ORT_FILE} --output device.json` (one Python file; needs only
-onnxruntime and numpy, e.g. in Termux) and compare with `edgeslim compare device.json RUN_FOLDER`.
+onnxruntime and numpy, e.g. in Termux; it feeds the example shapes from `{INFO_FILE}` next to the model,
+or pass `--shape NAME=1x3x224x224`) and compare with `edgeslim compare device.json RUN_FOLDER`.
 """
 
 
@@ -171,13 +301,17 @@ def build_bundle(
     labels: list[str] | None,
     platform: str = "arm",
     accuracy_of: Any = None,
+    samples: np.ndarray | None = None,
 ) -> dict[str, Any]:
-    """Write the bundle into ``out_dir/mobile``; ``accuracy_of(path)`` checks the reloaded .ort model."""
+    """Write the bundle into ``out_dir/mobile``; ``accuracy_of(path)`` checks the reloaded .ort model.
+
+    ``samples``: a few real inputs (the run's data), which size the snippets' dynamic axes and show
+    whether the output is probabilities or logits."""
     bundle = out_dir / BUNDLE_DIR
     bundle.mkdir(parents=True, exist_ok=True)
     convert_to_ort(model, bundle, platform)
     accuracy = accuracy_of(bundle / ORT_FILE) if accuracy_of else None
-    info = model_info(bundle / ONNX_MODEL_FILE, preprocessing, labels, accuracy)
+    info = model_info(bundle / ONNX_MODEL_FILE, preprocessing, labels, accuracy, samples)
     write_json(bundle / INFO_FILE, info)
     write_text(bundle / README_FILE, readme(info))
     operators = [
