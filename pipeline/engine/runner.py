@@ -57,7 +57,7 @@ from edgeslim.engine.store import (
     write_json,
     write_text,
 )
-from edgeslim.errors import StageFailed, UserError
+from edgeslim.errors import StageFailed, UserError, culprit
 from edgeslim.models.loader import ModelLoader
 
 ERROR_LOG = "error.log"  # the traceback of the last unexpected failure
@@ -203,14 +203,17 @@ class Runner:
             self._check_run_guard(config.guard, report)
         return report
 
-    def _unexpected(self, planned: PlannedStage, exc: Exception) -> StageFailed:
-        """A failure inside a user's model or a library: one line naming the stage and the cause for
-        the terminal, the whole traceback in the run's ``error.log``."""
+    def _unexpected(self, planned: PlannedStage, exc: Exception) -> StageFailed | UserError:
+        """A failure inside a user's model or a library: one line naming the stage, where it happened and
+        the cause for the terminal, the whole traceback in the run's ``error.log``. Raised in the user's
+        own code (their model's forward, their data factory) it is the input's fault: exit 2."""
         log = self.run_dir / ERROR_LOG
         trace = "".join(traceback.format_exception(exc))
         write_text(log, f"{time.strftime('%Y-%m-%dT%H:%M:%S%z')} {planned.where}\n{trace}")
         cause = " ".join((str(exc).strip().splitlines() or [""])[0].split())[:300]
-        return StageFailed(f"{planned.where}: {type(exc).__name__}: {cause} (traceback in {log})")
+        where, users_code = culprit(exc)
+        message = f"{planned.where}: {type(exc).__name__}: {cause} ({where}traceback in {log})"
+        return UserError(message) if users_code else StageFailed(message)
 
     def _stage_key(self, planned: PlannedStage, upstream: list[str], data: DataSplits) -> str:
         entry, plan = self.config.stages[planned.index], planned.plan

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import onnx
 import pytest
+import torch
 
 from edgeslim.api import parse_config
 from edgeslim.api import run as run_pipeline
@@ -274,20 +275,70 @@ def test_class_mismatch_without_a_head_is_a_clear_error(tmp_path, trained):
 
 
 def test_a_failure_inside_a_library_is_one_line_with_the_traceback_in_the_log(tmp_path, monkeypatch):
-    """Not a user mistake and not a check: a crash inside a stage (a user's model, a library)."""
+    """Not a user mistake and not a check: a crash inside a library a stage calls (exit 1), named."""
+    import json as json_module
+
     import edgeslim.stages.export as export_module
 
-    def crash(self, ctx, cfg):
-        raise RuntimeError("onnxruntime said no\nsecond line of detail")
-
-    monkeypatch.setattr(export_module.Export, "run", crash)
+    monkeypatch.setattr(export_module.Export, "run", lambda self, ctx, cfg: json_module.loads("{"))
     with pytest.raises(StageFailed) as info:
         run(tmp_path, ["export"])
     log = tmp_path / "t" / "error.log"
-    assert str(info.value) == f"stages[0].export: RuntimeError: onnxruntime said no (traceback in {log})"
-    assert "Traceback" in log.read_text() and "second line of detail" in log.read_text()
+    message = str(info.value)
+    assert message.startswith("stages[0].export: JSONDecodeError: Expecting property name enclosed in double quotes")
+    assert message.endswith(f"(in json (decoder.py:{_line_of_raise(log)}); traceback in {log})")
+    assert "Traceback" in log.read_text()
     report = read_json(tmp_path / "t" / "report.json")
     assert report["stages"][0]["status"] == "failed"
+
+
+def _line_of_raise(log) -> int:
+    """The line number of the innermost frame in a traceback written to ``log``."""
+    import re
+
+    return int(re.findall(r'File ".*?", line (\d+)', log.read_text())[-1])
+
+
+class _BrokenBlock(torch.nn.Module):
+    def forward(self, x):
+        return x.view(x.shape[0], 7, -1)  # a shape bug that only shows on this data
+
+
+class _UsersNet(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))
+        self.block = _BrokenBlock()
+        self.broken = False
+
+    def forward(self, x):
+        h = self.body(x)
+        return self.block(h) if self.broken else h
+
+
+def test_a_crash_in_the_users_model_is_one_line_naming_the_module_and_exits_2(tmp_path, monkeypatch):
+    """A failure raised in the user's own code (their model's forward) is the input's fault: exit 2,
+    and the line says which part of the model and where, the traceback going to error.log."""
+    import edgeslim
+    import edgeslim.stages.export as export_module
+
+    real = export_module.Export.run
+
+    def break_then_export(self, ctx, cfg):
+        model = ctx.models.load(ctx.input)
+        model.broken = True
+        model(ctx.data.example_batch())
+        return real(self, ctx, cfg)
+
+    monkeypatch.setattr(export_module.Export, "run", break_then_export)
+    cfg = small_config(["baseline", "export"])
+    with pytest.raises(UserError) as info:
+        edgeslim.run(cfg, out=tmp_path, model=_UsersNet())
+    message, log = str(info.value), tmp_path / "t" / "error.log"
+    assert info.value.exit_code == 2 and "\n" not in message
+    assert message.startswith("stages[1].export: RuntimeError: shape '[2, 7, -1]' is invalid")
+    assert f"test_runner.py:{_line_of_raise(log)} in _BrokenBlock.forward; traceback in {log})" in message
+    assert read_json(tmp_path / "t" / "report.json")["stages"][0]["status"] == "ran"  # kept
 
 
 @pytest.mark.parametrize("on_slower", ["warn", "fail"])
