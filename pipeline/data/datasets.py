@@ -12,14 +12,15 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, IterableDataset, TensorDataset
 
-from edgeslim.config.schema import IMAGE_FOLDER, DataSpec, Preprocessing
-from edgeslim.data import image_folder
+from edgeslim.config.schema import IMAGE_FOLDER, TEXT_SOURCES, DataSpec, Preprocessing
+from edgeslim.data import image_folder, text
 from edgeslim.errors import UserError
 from edgeslim.models.zoo import import_object
 
@@ -33,14 +34,30 @@ class DataSplits:
     fingerprint: str  # sha256 over all tensors: part of every stage's cache key
     preprocessing: Preprocessing | None = None  # raw input -> model input, for deployment bundles
     labels: list[str] | None = None  # class names in class-id order
+    tokens: TokenInfo | None = None  # text sources: the inputs are token ids
 
     @property
     def input_shape(self) -> tuple[int, ...]:
         """Shape of one sample, e.g. (1, 28, 28)."""
         return tuple(self.train.tensors[0].shape[1:])
 
+    @property
+    def in_channels(self) -> int:
+        """What a built-in model is built for: the image channels, or for token ids the vocabulary size."""
+        return self.tokens.vocab_size if self.tokens else self.input_shape[0]
+
     def example_batch(self, n: int = 2) -> torch.Tensor:
         return self.train.tensors[0][:n]
+
+
+@dataclass(frozen=True)
+class TokenInfo:
+    """Token-id inputs: what app code needs to feed the model (mask = ids != pad_id)."""
+
+    vocab_size: int
+    pad_id: int
+    max_length: int
+    tokenizer: Path  # the Hugging Face tokenizer folder the ids came from
 
 
 def _mnist5k() -> tuple[np.ndarray, np.ndarray]:
@@ -192,13 +209,31 @@ def load_data(spec: DataSpec) -> DataSplits:
     """Load, split and validate the run's data; every failure is a one-line UserError."""
     what = "data.name"
     folder: _FolderSplits | None = None
-    if spec.kwargs and (spec.name in BUILTIN_DATASETS or spec.name == IMAGE_FOLDER):
+    tokens: TokenInfo | None = None
+    source_labels: list[str] | None = None
+    extra_meta: dict[str, object] = {}
+    if spec.kwargs and (spec.name in BUILTIN_DATASETS or spec.name in (IMAGE_FOLDER, *TEXT_SOURCES)):
         raise UserError(f"data.kwargs: built-in dataset '{spec.name}' takes no kwargs")
     if spec.name == IMAGE_FOLDER:
         if spec.preprocessing is not None:
             raise UserError("data.preprocessing: image_folder records its own; set data.mean and data.std instead")
         folder = _image_folder(spec)
         raw = folder.splits
+    elif spec.name in TEXT_SOURCES:
+        texts = text.rotten_tomatoes() if spec.name == "rotten_tomatoes" else text.read_text_file(spec)
+        tokenized = text.tokenize(texts.texts, spec)
+        try:
+            x_tr, y_tr, x_va, y_va, x_te, y_te = _split(tokenized.ids, texts.labels, spec)
+        except ValueError as exc:  # too few texts of a class for a stratified split
+            raise UserError(f"data: cannot split {len(texts.texts)} texts into train/val/test: {exc}") from None
+        raw = {
+            "train": (torch.from_numpy(x_tr), torch.from_numpy(y_tr)),
+            "val": (torch.from_numpy(x_va), torch.from_numpy(y_va)),
+            "test": (torch.from_numpy(x_te), torch.from_numpy(y_te)),
+        }
+        tokens = TokenInfo(tokenized.vocab_size, tokenized.pad_id, spec.max_length, tokenized.folder)
+        source_labels = texts.classes
+        extra_meta = {"tokenizer_sha256": tokenized.tokenizer_sha256, "max_length": spec.max_length}
     elif spec.name in BUILTIN_DATASETS:
         x_tr, y_tr, x_va, y_va, x_te, y_te = _split(*BUILTIN_DATASETS[spec.name](), spec)
         raw = {
@@ -218,7 +253,7 @@ def load_data(spec: DataSpec) -> DataSplits:
             raise UserError(f"{what}: factory '{spec.name}' must return (train, val, test) datasets")
         raw = {name: _as_tensors(ds, name, what) for name, ds in zip(("train", "val", "test"), result, strict=True)}
     num_classes = _validate(raw, what)
-    raw = {k: (x.float().contiguous(), y.long().contiguous()) for k, (x, y) in raw.items()}
+    raw = {k: (_input_dtype(x).contiguous(), y.long().contiguous()) for k, (x, y) in raw.items()}
     preprocessing = folder.preprocessing if folder else spec.preprocessing or BUILTIN_PREPROCESSING.get(spec.name)
     if spec.image_size is not None and folder is None:  # an image folder was resized (and cropped) as it was read
         raw = {k: (_resize(x, spec.image_size), y) for k, (x, y) in raw.items()}
@@ -228,8 +263,9 @@ def load_data(spec: DataSpec) -> DataSplits:
             raw_input = f"{preprocessing.raw_input}, {note}" if preprocessing.raw_input else note
             preprocessing = preprocessing.model_copy(update={"raw_input": raw_input})
     tensors = [t for pair in raw.values() for t in pair]
-    labels = _labels(spec, num_classes, folder.classes if folder else None)
+    labels = _labels(spec, num_classes, folder.classes if folder else source_labels)
     meta: dict[str, object] = {"labels": labels, "preprocessing": preprocessing.model_dump() if preprocessing else None}
+    meta.update(extra_meta)
     if spec.image_size is not None:  # only when set: unchanged fingerprints (and caches) for every other run
         meta["image_size"] = spec.image_size
     if folder is not None:  # the files themselves, beside the pixels decoded from them
@@ -242,7 +278,15 @@ def load_data(spec: DataSpec) -> DataSplits:
         fingerprint=_fingerprint(tensors, meta),
         preprocessing=preprocessing,
         labels=labels,
+        tokens=tokens,
     )
+
+
+def _input_dtype(x: torch.Tensor) -> torch.Tensor:
+    """Integer inputs (token ids, category indices) stay int64 for embedding lookups; the rest is float32."""
+    if not x.dtype.is_floating_point and x.dtype != torch.bool and not x.dtype.is_complex:
+        return x.long()
+    return x.float()
 
 
 def _resize(x: torch.Tensor, size: int) -> torch.Tensor:

@@ -139,7 +139,7 @@ class Runner:
         data = load_data(config.data)
         models = ModelLoader(
             config.model,
-            data.input_shape[0],
+            data.in_channels,
             data.num_classes,
             data.example_batch(2),
             allow_other_classes=any(p.plan.changes_classes for p in self.planned),

@@ -4,7 +4,7 @@ A model spec names either a built-in or a user factory ``package.module:function
 receive the dataset's channel and class counts (plus the config's ``kwargs``); user factories
 receive only the ``kwargs`` from the config.
 
-Built-ins: ``edge_cnn`` and ``tiny_cnn`` (defined here), and the standard edge architectures of
+Built-ins: ``edge_cnn``, ``tiny_cnn`` and ``text_cnn`` (token ids; defined here), and the standard edge architectures of
 :mod:`edgeslim.models.architectures`, written from their papers: ``resnet18``,
 ``mobilenet_v3_small`` and ``efficientnet_b0`` (kwargs ``width_mult``, ``small_input``,
 ``dropout``, ``zero_init_residual``; EfficientNet also ``depth_mult``) and ``vit_tiny``
@@ -75,9 +75,42 @@ class TinyCNN(nn.Module):
         return self.classifier(self.pool(self.features(x)).flatten(1))
 
 
+class TextCNN(nn.Module):
+    """A text classifier for token ids (Kim, 2014, with two stacked convs): embedding, 1-D convs over
+    the sequence, max over time, linear head. ``in_channels`` is the vocabulary size (one input
+    channel per token id). Padding is masked out (``ids != pad_id``), so pad length never changes
+    the answer; every layer is one ONNX Runtime has integer kernels for (Gather, Conv, Gemm)."""
+
+    def __init__(
+        self,
+        in_channels: int = 30522,
+        num_classes: int = 2,
+        dim: int = 64,
+        width: int = 128,
+        kernel_size: int = 3,
+        pad_id: int = 0,
+        dropout: float = 0.1,
+    ):
+        super().__init__()
+        self.pad_id = pad_id
+        self.embed = nn.Embedding(in_channels, dim)
+        pad = kernel_size // 2
+        self.conv1 = nn.Sequential(nn.Conv1d(dim, width, kernel_size, padding=pad), nn.BatchNorm1d(width), nn.ReLU())
+        self.conv2 = nn.Sequential(nn.Conv1d(width, width, kernel_size, padding=pad), nn.BatchNorm1d(width), nn.ReLU())
+        self.dropout = nn.Dropout(dropout)
+        self.classifier = nn.Linear(width, num_classes)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        mask = (ids != self.pad_id).unsqueeze(1).to(self.embed.weight.dtype)  # (N, 1, L)
+        h = self.embed(ids).transpose(1, 2) * mask
+        h = self.conv2(self.conv1(h)) * mask  # after ReLU: >= 0, so masked positions never win the max
+        return self.classifier(self.dropout(h.amax(dim=2)))
+
+
 BUILTIN_MODELS: dict[str, Callable[..., nn.Module]] = {
     "edge_cnn": EdgeCNN,
     "tiny_cnn": TinyCNN,
+    "text_cnn": TextCNN,
     "resnet18": ResNet18,
     "mobilenet_v3_small": MobileNetV3Small,
     "efficientnet_b0": EfficientNetB0,
