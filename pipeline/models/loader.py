@@ -19,6 +19,7 @@ from torch import nn
 from edgeslim.config.schema import ModelSpec, canonical_hash
 from edgeslim.engine.store import TORCH, TORCH_QAT, Artifact, read_json, sha256_file, write_json
 from edgeslim.errors import UserError
+from edgeslim.models import hf
 from edgeslim.models.zoo import build_model, load_state_dict_file, load_weights
 from edgeslim.quant import qat
 
@@ -48,18 +49,21 @@ class ModelLoader:
     def source_hash(self) -> str:
         """Identity of the starting model: spec plus the checkpoint's bytes."""
         ckpt = self.spec.checkpoint
-        return canonical_hash(
-            {
-                "spec": self.spec.model_dump(mode="json"),
-                "checkpoint_sha256": sha256_file(ckpt) if ckpt else None,
-            }
-        )
+        identity = {
+            "spec": self.spec.model_dump(mode="json", exclude={"hf", "task"} if self.spec.hf is None else None),
+            "checkpoint_sha256": sha256_file(ckpt) if ckpt else None,
+        }
+        if self.spec.hf is not None:
+            identity["hf_files_sha256"] = hf.files_sha256(self.spec.hf)
+        return canonical_hash(identity)
 
     def build(self) -> nn.Module:
         # A factory's random init must not depend on what ran before in this process (or on a fresh
         # process's unseeded RNG): seed it, without disturbing the caller's RNG state.
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed)
+            if self.spec.hf is not None:
+                return hf.load(self.spec.hf, self.spec.task, self.num_classes)
             return build_model(self.spec.name, self.spec.kwargs, self.in_channels, self.num_classes)
 
     def source_model(self) -> nn.Module:
@@ -71,6 +75,10 @@ class ModelLoader:
         self._check_forward(model)
         return model
 
+    @property
+    def _what(self) -> str:
+        return "model.hf" if self.spec.hf is not None else "model.name"
+
     def _check_forward(self, model: nn.Module) -> None:
         """The model must map the data's inputs to logits; a different class count is allowed
         only when a later stage replaces the head (``allow_other_classes``)."""
@@ -80,14 +88,15 @@ class ModelLoader:
                 out = model(self.example)
         except Exception as exc:
             raise UserError(
-                f"model.name: model '{self.spec.name}' cannot run on inputs of shape "
+                f"{self._what}: model '{self.spec.hf or self.spec.name}' cannot run on inputs of shape "
                 f"{tuple(self.example.shape)}: {type(exc).__name__}: {str(exc)[:200]}"
             ) from None
         classes_ok = isinstance(out, torch.Tensor) and (self.allow_other_classes or out.shape[-1] == self.num_classes)
         if not isinstance(out, torch.Tensor) or out.dim() != 2 or not classes_ok:
             shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
             raise UserError(
-                f"model.name: model '{self.spec.name}' must return logits of shape (batch, {self.num_classes}); "
+                f"{self._what}: model '{self.spec.hf or self.spec.name}' must return logits of shape "
+                f"(batch, {self.num_classes}); "
                 f"got {shape} (to adapt it to this task, give a finetune stage a head: {{}})"
             )
 
@@ -192,10 +201,11 @@ def replace_head(model: nn.Module, spec: dict[str, Any]) -> None:
 
 
 def apply_edits(model: nn.Module, edits: list[Any], example: torch.Tensor) -> None:
-    """Replay architecture edits in order: runs of pruning-history entries, then head swaps."""
+    """Replay architecture edits in order: runs of pruning-history entries, head swaps, and the attention
+    head counts a prune that removed whole heads recorded (``{"attention_heads": {name: count}}``)."""
     import torch_pruning as tp
 
-    from edgeslim.prune.graph import find_unused, graph_arguments, sync_head_dims
+    from edgeslim.prune.graph import HEAD_COUNTS, find_unused, graph_arguments, set_head_counts, sync_head_dims
 
     pending: list[Any] = []
 
@@ -212,6 +222,9 @@ def apply_edits(model: nn.Module, edits: list[Any], example: torch.Tensor) -> No
         if isinstance(edit, dict) and "head" in edit:
             flush()
             replace_head(model, edit["head"])
+        elif isinstance(edit, dict) and HEAD_COUNTS in edit:
+            flush()
+            set_head_counts(model, edit[HEAD_COUNTS])
         else:
             pending.append(edit)
     flush()
