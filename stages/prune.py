@@ -23,6 +23,7 @@ from __future__ import annotations
 import copy
 import difflib
 import fnmatch
+import math
 from typing import Any
 
 import torch
@@ -37,9 +38,12 @@ from edgeslim.errors import UserError
 from edgeslim.models.loader import count_params_and_macs, output_layer_name, save_torch_artifact
 from edgeslim.prune.criteria import CRITERIA, build_importance, prepare_importance
 from edgeslim.prune.graph import (
+    HEAD_COUNTS,
     Unused,
     find_unused,
     graph_arguments,
+    head_counts,
+    head_projections,
     locate_failure,
     parameter_conflicts,
     sync_head_dims,
@@ -57,19 +61,21 @@ def attention_settings(model: nn.Module) -> dict[str, dict[nn.Module, int]]:
     ``BasePruner`` fills its ``*_channel_groups`` arguments in place, and their defaults are shared).
 
     * ``num_heads`` — ``{m.qkv: m.num_heads}`` for each module with an integer ``num_heads`` and a
-      ``qkv`` Linear whose forward reshapes to heads (timm's ``Attention``): without it the pruned
-      ``qkv`` output no longer splits into heads;
+      ``qkv`` Linear whose forward reshapes to heads (timm's ``Attention``), and ``{m.query:
+      m.num_attention_heads}`` (``key``, ``value`` alike) for Hugging Face BERT's ``BertSelfAttention``:
+      without it the pruned projections no longer split into heads;
     * ``out_channel_groups`` — ``{mha: mha.num_heads}`` for each ``nn.MultiheadAttention``, whose
       pruned ``embed_dim`` must stay divisible by its head count.
     """
     num_heads: dict[nn.Module, int] = {}
     groups: dict[nn.Module, int] = {}
     for module in model.modules():
-        heads = getattr(module, "num_heads", None)
+        found = head_projections(module)
         if isinstance(module, nn.MultiheadAttention):
             groups[module] = module.num_heads
-        elif isinstance(heads, int) and heads > 0 and isinstance(getattr(module, "qkv", None), nn.Linear):
-            num_heads[module.qkv] = heads
+        elif found is not None:
+            attr, layers = found
+            num_heads.update(dict.fromkeys(layers, getattr(module, attr)))
     return {"num_heads": num_heads, "out_channel_groups": groups, "in_channel_groups": {}}
 
 
@@ -107,6 +113,13 @@ class PruneConfig(StrictModel):
     calibration_samples: int = Field(128, ge=1, description="training samples for taylor/hessian scores")
     bn_recalibration_batches: int = Field(20, ge=0)
     round_to: int | None = Field(None, ge=1, description="keep channel counts multiples of this")
+    head_pruning_ratio: float = Field(
+        0.0,
+        ge=0,
+        lt=1,
+        description="fraction of each attention layer's heads removed whole (0: keep the head count, "
+        "prune only head dims)",
+    )
     ignore: list[str] = Field(
         default_factory=list,
         description="module names or glob patterns (fnmatch on dotted names, e.g. '*.attention.*') to leave unpruned",
@@ -163,6 +176,9 @@ class Prune(Stage[PruneConfig]):
             f"dim {bare[name]} (the last one longer than 1, which torch-pruning prunes) is not their channel axis"
             for name, layers in conflicts.items()
         ]
+        if cfg.head_pruning_ratio > 0:
+            _check_head_pruning(model, ignored, ctx.where)
+        heads_before = head_counts(model)
         calib_x, calib_y = ctx.calibration_samples(cfg.calibration_samples)
         params_before, macs_before = count_params_and_macs(model, example)
         acc_before, _ = evaluate(model, ctx.data.val)
@@ -185,13 +201,17 @@ class Prune(Stage[PruneConfig]):
             round_to=cfg.round_to,
             root_module_types=list(ROOT_TYPES),
             **attention_settings(model),
+            **_head_options(cfg.head_pruning_ratio),
             **graph_arguments(model, unused.dead),
         )
+        initial_heads = dict(pruner.num_heads)
         steps: list[dict[str, Any]] = []
         for step in range(cfg.iterative_steps):
             prepare_importance(importance, model, calib_x, calib_y)
+            _schedule_heads(pruner, initial_heads, cfg, step + 1)
+            sizes = _head_sizes(model)
             _step(pruner, ctx.where)
-            sync_head_dims(model)
+            _after_step(model, pruner, sizes)
             model.zero_grad(set_to_none=True)
             _check_still_runs(model, example, ctx.where)
             raw_acc, _ = evaluate(model, ctx.data.val)
@@ -207,10 +227,13 @@ class Prune(Stage[PruneConfig]):
                     "val_accuracy_bn_recalibrated": recal_acc,
                 }
             )
-        ours = [list(h) for h in pruner.pruning_history()]
+        ours: list[Any] = [list(h) for h in pruner.pruning_history()]
+        heads_after = head_counts(model)
+        if heads_after != heads_before:  # the pruned shapes do not tell how many heads are left
+            ours.append({HEAD_COUNTS: heads_after})
         history = ctx.models.history_of(ctx.input) + ours
         params, macs = count_params_and_macs(model, example)
-        removed_channels = sum(len(idxs) for _name, out, idxs in ours if out)
+        removed_channels = sum(len(h[2]) for h in ours if isinstance(h, list) and h[1])
         warnings = []
         if removed_channels == 0 or params_before - params < LITTLE * params_before:
             what = "nothing" if params == params_before else f"only {1 - params / params_before:.2%} of the parameters"
@@ -241,6 +264,7 @@ class Prune(Stage[PruneConfig]):
                 "unwrapped_parameters": bare,
                 "unwrapped_conflicts": conflicts,
                 "unused_modules": {"never_called": unused.never_called, "dead": unused.dead},
+                "attention_heads": {n: [heads_before[n], heads_after[n]] for n in heads_before},
             },
             notes=[
                 f"{cfg.importance} importance, channel ratio {ratio:.3f} in {cfg.iterative_steps} step(s): "
@@ -248,6 +272,7 @@ class Prune(Stage[PruneConfig]):
                 f"MACs {macs / macs_before:.1%} kept; val accuracy {acc_before:.4f} → "
                 f"{steps[-1]['val_accuracy_pruned']:.4f} pruned → "
                 f"{steps[-1]['val_accuracy_bn_recalibrated']:.4f} after BatchNorm re-estimation",
+                *_head_notes(heads_before, heads_after),
                 *notes,
                 *warnings,
             ],
@@ -288,11 +313,12 @@ class Prune(Stage[PruneConfig]):
                 round_to=cfg.round_to,
                 root_module_types=list(ROOT_TYPES),
                 **attention_settings(trial),
+                **_head_options(cfg.head_pruning_ratio),
                 **graph_arguments(trial, dead),
             )
             prepare_importance(importance, trial, calib_x, calib_y)
             _step(pruner, where)
-            sync_head_dims(trial)
+            _after_step(trial, pruner, {})
             _check_still_runs(trial, example, where)
             params, macs = count_params_and_macs(trial, example)
             return params / params0 if cfg.target_params is not None else macs / macs0
@@ -306,6 +332,82 @@ class Prune(Stage[PruneConfig]):
             mid = (lo + hi) / 2
             lo, hi = (mid, hi) if kept(mid) > target else (lo, mid)
         return hi
+
+
+def _head_options(ratio: float) -> dict[str, Any]:
+    """torch-pruning's whole-head options: heads go only when asked; head dims are pruned either way."""
+    return {"prune_num_heads": True, "head_pruning_ratio": ratio} if ratio > 0 else {}
+
+
+def _check_head_pruning(model: nn.Module, ignored: list[nn.Module], where: str) -> None:
+    """``head_pruning_ratio`` must have heads to remove: a one-line error, not a prune that silently keeps
+    every head, when torch-pruning cannot remove them (``nn.MultiheadAttention``) or finds no attention."""
+    whole = {m for layer in ignored for m in layer.modules()}
+    mha = [n for n, m in model.named_modules() if isinstance(m, nn.MultiheadAttention) and m not in whole]
+    if mha:
+        raise UserError(
+            f"{where}.head_pruning_ratio: torch-pruning cannot remove whole heads of nn.MultiheadAttention "
+            f"({_few(mha)}), only shrink its head dims: set head_pruning_ratio: 0, or keep it whole with "
+            f"{where}.ignore"
+        )
+    if not any(head_projections(m) is not None for m in model.modules()):
+        raise UserError(
+            f"{where}.head_pruning_ratio: the model has no attention whose heads torch-pruning can remove: a module "
+            "with an integer num_heads and a qkv Linear (timm's layout), or num_attention_heads and "
+            "query/key/value Linears (Hugging Face BERT's)"
+        )
+
+
+def _schedule_heads(pruner: tp.pruner.BasePruner, initial: dict[nn.Module, int], cfg: PruneConfig, step: int) -> None:
+    """Heads to remove in this step of a per-layer (not global) iterative prune. torch-pruning applies
+    its cumulative schedule (0.25, 0.5 for 0.5 in 2 steps) to the heads left, not the initial ones
+    (4 heads -> 3 -> 1); each layer's ratio is set so that after step k, ceil(ratio * k / steps * heads)
+    heads are gone, as one step would remove."""
+    if cfg.head_pruning_ratio <= 0 or cfg.global_pruning or cfg.iterative_steps == 1:
+        return
+    for layer, heads0 in initial.items():
+        left = pruner.num_heads[layer]
+        need = math.ceil(cfg.head_pruning_ratio * step / cfg.iterative_steps * heads0 - 1e-9) - (heads0 - left)
+        ratio = (need - 0.5) / left if need > 0 else 0.0  # torch-pruning removes ceil(ratio * left)
+        pruner.head_pruning_ratio_dict[layer] = [ratio] * (cfg.iterative_steps + 1)
+
+
+def _head_sizes(model: nn.Module) -> dict[nn.Module, int]:
+    """BERT-style attention modules and their ``attention_head_size`` before a step."""
+    sizes = {}
+    for module in model.modules():
+        found = head_projections(module)
+        if found is not None and found[0] == "num_attention_heads":
+            sizes[module] = int(module.attention_head_size)
+    return sizes
+
+
+def _after_step(model: nn.Module, pruner: tp.pruner.BasePruner, sizes: dict[nn.Module, int]) -> None:
+    """Bring the attention modules' attributes in line with the pruned projections: the head counts
+    torch-pruning kept track of while removing whole heads, then the head sizes. BERT's forward divides
+    the scores by sqrt(attention_head_size), so a smaller head would sharpen every softmax: the query
+    rows are scaled by sqrt(new / old) to keep the original scale (as ``vit_tiny`` keeps its ``scale``)."""
+    for module in model.modules():
+        found = head_projections(module)
+        if found is not None and found[1][0] in pruner.num_heads:
+            setattr(module, found[0], int(pruner.num_heads[found[1][0]]))
+    sync_head_dims(model)
+    for module, old in sizes.items():
+        new = module.attention_head_size
+        if new != old:
+            with torch.no_grad():
+                module.query.weight.mul_(math.sqrt(new / old))
+                if module.query.bias is not None:
+                    module.query.bias.mul_(math.sqrt(new / old))
+
+
+def _head_notes(before: dict[str, int], after: dict[str, int]) -> list[str]:
+    """Say how many whole heads went, when any did."""
+    changed = {n: (before[n], after[n]) for n in before if after.get(n) != before[n]}
+    if not changed:
+        return []
+    counts = sorted({f"{b} -> {a}" for b, a in changed.values()})
+    return [f"removed whole attention heads in {_few(list(changed))}: {', '.join(counts)} heads"]
 
 
 class _Pruner(tp.pruner.BasePruner):

@@ -218,14 +218,62 @@ def parameter_conflicts(
     return {p: [names[m] for m in sorted(layers, key=order.index)] for p, layers in conflicts.items()}
 
 
+HEAD_COUNTS = "attention_heads"  # the pruning-history edit that records head counts after whole heads are removed
+
+
+def head_projections(module: nn.Module) -> tuple[str, list[nn.Linear]] | None:
+    """The attribute holding a self-attention module's head count and the Linears whose outputs it splits
+    into heads, for the two layouts found by name: timm's (``num_heads`` and one ``qkv``) and Hugging Face
+    BERT's (``num_attention_heads`` and ``query``/``key``/``value``); ``None`` for anything else.
+    torch-pruning must be told these heads, or the pruned outputs no longer split evenly into them."""
+    heads = getattr(module, "num_heads", None)
+    qkv = getattr(module, "qkv", None)
+    if isinstance(heads, int) and heads > 0 and isinstance(qkv, nn.Linear):
+        return "num_heads", [qkv]
+    heads = getattr(module, "num_attention_heads", None)
+    layers = [getattr(module, name, None) for name in ("query", "key", "value")]
+    if isinstance(heads, int) and heads > 0 and all(isinstance(m, nn.Linear) for m in layers):
+        return "num_attention_heads", layers  # type: ignore[return-value]
+    return None
+
+
+def head_counts(model: nn.Module) -> dict[str, int]:
+    """Each recognised attention module's head count, by dotted name (recorded in the pruning history
+    when whole heads go, since nothing in the pruned shapes tells how many heads are left)."""
+    counts = {}
+    for name, module in model.named_modules():
+        found = head_projections(module)
+        if found is not None:
+            counts[name] = getattr(module, found[0])
+    return counts
+
+
+def set_head_counts(model: nn.Module, counts: dict[str, int]) -> None:
+    """Set the head counts a pruning-history edit recorded, then the sizes derived from them."""
+    modules = dict(model.named_modules())
+    for name, heads in counts.items():
+        found = head_projections(modules[name]) if name in modules else None
+        if found is None:
+            raise ValueError(f"pruning history: '{name}' is not an attention module of this model")
+        setattr(modules[name], found[0], int(heads))
+    sync_head_dims(model)
+
+
 def sync_head_dims(model: nn.Module) -> None:
-    """After pruning head dimensions evenly across heads (torch-pruning's ``num_heads``), set the
-    ``head_dim`` attribute that timm-style attention reshapes ``qkv`` with, so that
-    ``reshape(b, n, 3, num_heads, head_dim)`` still fits; a model rebuilt from its pruning history
-    needs the same update."""
+    """After pruning head dimensions evenly across heads (torch-pruning's ``num_heads``), set the sizes
+    the attention's forward reshapes with, so that the pruned outputs still split into its heads: timm's
+    ``head_dim`` (``reshape(b, n, 3, num_heads, head_dim)``), BERT's ``attention_head_size`` and
+    ``all_head_size`` (``view(b, -1, num_attention_heads, attention_head_size)``). A model rebuilt
+    from its pruning history needs the same update."""
     for module in model.modules():
-        heads, qkv = getattr(module, "num_heads", None), getattr(module, "qkv", None)
-        if not (isinstance(heads, int) and heads > 0 and isinstance(qkv, nn.Linear)):
+        found = head_projections(module)
+        if found is None:
             continue
-        if isinstance(getattr(module, "head_dim", None), int) and qkv.out_features % (3 * heads) == 0:
-            module.head_dim = qkv.out_features // (3 * heads)
+        attr, layers = found
+        heads, width = getattr(module, attr), layers[0].out_features
+        if attr == "num_heads":
+            if isinstance(getattr(module, "head_dim", None), int) and width % (3 * heads) == 0:
+                module.head_dim = width // (3 * heads)
+        elif width % heads == 0:
+            module.attention_head_size = width // heads
+            module.all_head_size = width
