@@ -4,11 +4,21 @@ The classifier (every layer producing the class logits) is protected. The target
 per-layer channel ratio, or a fraction of the parameters / MACs to keep (the ratio is then
 found by bisection). After pruning, BatchNorm statistics are re-estimated on training data.
 
-Attention is found generically (:func:`attention_settings`): a module with an integer
-``num_heads`` and a ``qkv`` Linear (timm's layout, as in the built-in ``vit_tiny``) gives
-torch-pruning ``num_heads`` for that Linear, so head dimensions are removed evenly across heads;
-an ``nn.MultiheadAttention`` gets ``num_heads`` channel groups, so its embedding stays divisible
-by its head count; a stored ``head_dim`` follows the pruned ``qkv``.
+Attention is found by its layout (:func:`attention_settings`): a module with an integer
+``num_heads`` and a ``qkv`` Linear (timm's, as in the built-in ``vit_tiny``), or with
+``num_attention_heads`` and ``query``/``key``/``value`` Linears (Hugging Face BERT's
+``BertSelfAttention``), gives torch-pruning ``num_heads`` for those Linears, so head dimensions are
+removed evenly across heads; the hidden size, shared through residuals and LayerNorms, shrinks
+consistently. Afterwards timm's stored ``head_dim`` and BERT's ``attention_head_size`` /
+``all_head_size`` follow the pruned projections, and BERT's ``query`` rows are rescaled so its
+softmax keeps the original 1/sqrt(head size). An ``nn.MultiheadAttention`` gets ``num_heads``
+channel groups, so its embedding stays divisible by its head count.
+
+``head_pruning_ratio`` (default 0: keep every head) also removes that fraction of each timm- or
+BERT-style attention layer's heads whole (torch-pruning's ``prune_num_heads``); the new head counts
+go into the pruning history (``{"attention_heads": {name: count}}``), since the pruned shapes alone
+do not tell them, so a rebuilt model matches. torch-pruning cannot remove heads of
+``nn.MultiheadAttention``: asking it to is a one-line error, as is a model with no attention.
 
 What torch-pruning cannot see is handled before it runs (:mod:`edgeslim.prune.graph`): bare
 parameters (a ViT's ``cls_token``/``pos_embed``) shrink with the embedding, or keep the layers

@@ -71,3 +71,14 @@ def test_python_api_example_runs(tmp_path: Path) -> None:
     assert lines[5] == "ship: artifacts/readme_api/04-export/model.onnx"
     assert lines[6] == "stages[0].prune.pruning_ratio: Input should be less than 1 (got 1.5)"
     assert (tmp_path / "artifacts" / "readme_api" / "report.md").is_file()
+
+
+def test_pruning_options_example_validates() -> None:
+    section = README.read_text().split("## Pruning options", 1)[1].split("\n## ", 1)[0]
+    (example,) = re.findall(r"```yaml\n(.*?)```", section, flags=re.S)
+    stages = yaml.safe_load(example)["stages"]
+    config = parse_config(
+        {"name": "readme", "model": {"name": "tiny_cnn"}, "data": {"name": "digits"}, "stages": stages}
+    )
+    prune = config.stages[0].settings
+    assert prune.head_pruning_ratio == 0.5 and set(stages[0]["prune"]) <= set(type(prune).model_fields)
