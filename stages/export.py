@@ -146,6 +146,11 @@ class Export(Stage[ExportConfig]):
             platform=cfg.mobile_platform,
             accuracy_of=ort_accuracy,
             samples=x[:16].numpy(),  # real test inputs: the example shape and the output's kind
+            tokenizer=(
+                {"folder": tokens.tokenizer, "pad_id": tokens.pad_id, "max_length": tokens.max_length}
+                if (tokens := ctx.data.tokens)
+                else None
+            ),
         )
         drop = onnx_acc - bundle["ort_accuracy"]
         if drop > cfg.max_ort_accuracy_drop:

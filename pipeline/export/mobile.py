@@ -164,6 +164,27 @@ def model_info(
     }
 
 
+TOKENIZER_DIR = "tokenizer"
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt")
+
+
+def copy_tokenizer(folder: Path, bundle: Path, pad_id: int, max_length: int) -> dict[str, Any]:
+    """The tokenizer files the ids were made with, and how app code turns text into the model's input."""
+    target = bundle / TOKENIZER_DIR
+    target.mkdir(exist_ok=True)
+    files = [name for name in TOKENIZER_FILES if (folder / name).is_file()]
+    for name in files:
+        (target / name).write_bytes((folder / name).read_bytes())
+    return {
+        "directory": TOKENIZER_DIR,
+        "files": files,
+        "max_length": max_length,
+        "pad_id": pad_id,
+        "encode": f"token ids of the text (special tokens added), truncated to {max_length} and padded with "
+        f"{pad_id} to {max_length}; the model derives its attention mask from the padding",
+    }
+
+
 def readme(info: dict[str, Any]) -> str:
     inp, out = info["inputs"][0], info["outputs"][0]
     kind = info.get("output", {}).get("kind", "logits")
@@ -173,6 +194,12 @@ def readme(info: dict[str, Any]) -> str:
         pre_text = (
             f"Input: {pre['raw_input'] or 'raw values'} in {pre['layout']} layout; model input = "
             f"(raw × {pre['scale']:.6g} − mean) / std with mean {pre['mean']} and std {pre['std']} per channel."
+        )
+    elif info.get("tokenizer"):
+        tok = info["tokenizer"]
+        pre_text = (
+            f"Input: text, encoded with the tokenizer in `{tok['directory']}/` ({', '.join(tok['files'])}; e.g. "
+            f"the Hugging Face `tokenizers` library on Android/iOS): {tok['encode']}."
         )
     else:
         pre_text = "Preprocessing: as the training data factory produced its tensors (not recorded)."
@@ -191,6 +218,8 @@ def readme(info: dict[str, Any]) -> str:
     )
     type_note = "" if inp["dtype"] in SNIPPET_TYPES else f" (the input is {inp['dtype']}: use that element type)"
     fill_note = f"fill with preprocessed values, {pre['layout'] if pre else 'NCHW'}{type_note}"
+    if info.get("tokenizer"):
+        fill_note = f"fill with the token ids (padded with {info['tokenizer']['pad_id']}){type_note}"
     inputs_text = "; ".join(
         f"input `{i['name']}` [{', '.join(str(d) for d in i['shape'])}] {i['dtype']}"
         + (f", example {'×'.join(str(d) for d in i['example_shape'])}" if i.get("example_shape") else "")
@@ -302,16 +331,22 @@ def build_bundle(
     platform: str = "arm",
     accuracy_of: Any = None,
     samples: np.ndarray | None = None,
+    tokenizer: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Write the bundle into ``out_dir/mobile``; ``accuracy_of(path)`` checks the reloaded .ort model.
 
     ``samples``: a few real inputs (the run's data), which size the snippets' dynamic axes and show
-    whether the output is probabilities or logits."""
+    whether the output is probabilities or logits. ``tokenizer`` (text models: ``folder``, ``pad_id``,
+    ``max_length``): its files are copied into ``tokenizer/``, so app code encodes text as in training."""
     bundle = out_dir / BUNDLE_DIR
     bundle.mkdir(parents=True, exist_ok=True)
     convert_to_ort(model, bundle, platform)
     accuracy = accuracy_of(bundle / ORT_FILE) if accuracy_of else None
     info = model_info(bundle / ONNX_MODEL_FILE, preprocessing, labels, accuracy, samples)
+    if tokenizer is not None:
+        info["tokenizer"] = copy_tokenizer(
+            Path(tokenizer["folder"]), bundle, tokenizer["pad_id"], tokenizer["max_length"]
+        )
     write_json(bundle / INFO_FILE, info)
     write_text(bundle / README_FILE, readme(info))
     operators = [
