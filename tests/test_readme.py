@@ -82,3 +82,22 @@ def test_pruning_options_example_validates() -> None:
     )
     prune = config.stages[0].settings
     assert prune.head_pruning_ratio == 0.5 and set(stages[0]["prune"]) <= set(type(prune).model_fields)
+
+
+def bring_your_own_examples() -> list[str]:
+    section = README.read_text().split("## Bring your own model and data", 1)[1].split("\n## ", 1)[0]
+    return re.findall(r"```yaml\n(.*?)```", section, flags=re.S)
+
+
+def test_bring_your_own_has_image_text_and_hf_examples() -> None:
+    text = "\n".join(bring_your_own_examples())
+    assert "image_folder" in text and "text_csv" in text and "hf: all-MiniLM-L6-v2" in text
+
+
+@pytest.mark.parametrize("example", bring_your_own_examples())
+def test_bring_your_own_example_validates(example: str, tmp_path: Path) -> None:
+    settings = yaml.safe_load(example)
+    config = parse_config({"name": "readme", "stages": ["baseline"], **settings}, base_dir=tmp_path)
+    for section, values in settings.items():
+        for key in values:
+            assert key in type(getattr(config, section)).model_fields
