@@ -51,6 +51,11 @@ class ModelSpec(StrictModel):
         "with edgeslim), loaded from local files only; it takes token ids (text data)",
     )
     task: Literal["sequence-classification"] = Field("sequence-classification", description="with hf: the head")
+    output: str | int | None = Field(
+        None,
+        description="which output holds the class scores when the model returns a dict, a Hugging Face "
+        "ModelOutput (a key) or a tuple (an index); default: 'logits' if there is one, else the first",
+    )
 
     @property
     def onnx_file(self) -> Path | None:

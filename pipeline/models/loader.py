@@ -63,15 +63,17 @@ class ModelLoader:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed)
             if self.spec.hf is not None:
-                return hf.load(self.spec.hf, self.spec.task, self.num_classes)
-            return build_model(self.spec.name, self.spec.kwargs, self.in_channels, self.num_classes)
+                model: nn.Module = hf.load(self.spec.hf, self.spec.task, self.num_classes)
+            else:
+                model = build_model(self.spec.name, self.spec.kwargs, self.in_channels, self.num_classes)
+            return select_output(model, self.spec.output, self.example)
 
     def source_model(self) -> nn.Module:
         """The starting model: architecture plus the configured checkpoint (if any)."""
         model = self.build()
         if self.spec.checkpoint is not None:
             state = load_state_dict_file(self.spec.checkpoint)
-            load_weights(model, state, "model.checkpoint")
+            load_weights(model.model if isinstance(model, SelectOutput) else model, state, "model.checkpoint")
         self._check_forward(model)
         return model
 
@@ -126,6 +128,49 @@ class ModelLoader:
         if artifact.directory is None:
             return []
         return read_json(artifact.file("pruning_history"))
+
+
+class SelectOutput(nn.Module):
+    """A model that returns a dict, a Hugging Face ``ModelOutput`` or a tuple, reduced to the one
+    output that holds the class scores (``model.output``), so every stage sees a classifier."""
+
+    def __init__(self, model: nn.Module, key: str | int):
+        super().__init__()
+        self.model = model
+        self.key = key
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)[self.key]
+
+
+def select_output(model: nn.Module, output: str | int | None, example: torch.Tensor) -> nn.Module:
+    """``model`` as it is when it returns one tensor, else wrapped in :class:`SelectOutput`."""
+    from collections.abc import Mapping
+
+    was_training = model.training
+    try:
+        with torch.no_grad():
+            out = model.eval()(example)
+    except Exception:  # the forward check that follows reports it, with the input shape
+        return model.train(was_training)
+    model.train(was_training)
+    what = "model.output"
+    if isinstance(out, torch.Tensor):
+        if output is not None:
+            raise UserError(f"{what}: the model returns one tensor; remove output (it is only for dicts and tuples)")
+        return model
+    if isinstance(out, Mapping):
+        keys = [k for k, v in out.items() if isinstance(v, torch.Tensor)]
+        key: str | int = output if output is not None else ("logits" if "logits" in keys else (keys or [""])[0])
+        if key not in keys:
+            raise UserError(f"{what}: the model's outputs are named {', '.join(map(repr, keys))}; '{key}' is not one")
+    elif isinstance(out, tuple | list):
+        key = 0 if output is None else output
+        if not isinstance(key, int) or not -len(out) <= key < len(out) or not isinstance(out[key], torch.Tensor):
+            raise UserError(f"{what}: the model returns {len(out)} outputs; give the index of the class scores")
+    else:
+        raise UserError(f"{what}: the model returns a {type(out).__name__}, not a tensor, dict or tuple of tensors")
+    return SelectOutput(model, key)
 
 
 def save_torch_artifact(

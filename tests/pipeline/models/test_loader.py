@@ -59,3 +59,53 @@ def test_the_initial_weights_are_a_function_of_the_seed(data):
 def test_bad_factories_are_one_line_user_errors(name, message):
     with pytest.raises(UserError, match=message):
         build_model(name, {}, 1, 10)
+
+
+class DictOutputNet(torch.nn.Module):
+    """Returns features beside the scores, as many real models do (and Hugging Face ModelOutputs)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = torch.nn.Sequential(torch.nn.Conv2d(1, 8, 3, padding=1), torch.nn.ReLU())
+        self.head = torch.nn.Linear(8, 10)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        features = self.body(x).mean((2, 3))
+        return {"features": features, "logits": self.head(features)}
+
+
+class TupleOutputNet(DictOutputNet):
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        out = super().forward(x)
+        return out["features"], out["logits"]
+
+
+def dict_output_net() -> torch.nn.Module:
+    return DictOutputNet()
+
+
+def tuple_output_net() -> torch.nn.Module:
+    return TupleOutputNet()
+
+
+def test_models_returning_dicts_or_tuples_are_reduced_to_their_scores(tmp_path, data) -> None:
+    """``model.output`` picks the class scores (default: 'logits', else the first): every stage then
+    trains, prunes and exports a classifier, and the pruned model is rebuilt from its history."""
+    import edgeslim
+    from tests.conftest import small_config
+
+    example = data.example_batch(2)
+    picked = ModelLoader(ModelSpec(name=f"{__name__}:dict_output_net"), 1, 10, example).source_model()
+    assert picked(example).shape == (2, 10) and picked.key == "logits"
+    second = ModelLoader(ModelSpec(name=f"{__name__}:tuple_output_net", output=1), 1, 10, example).source_model()
+    assert second(example).shape == (2, 10)
+    with pytest.raises(UserError, match=r"^model\.output: the model's outputs are named 'features', 'logits'"):
+        ModelLoader(ModelSpec(name=f"{__name__}:dict_output_net", output="scores"), 1, 10, example).build()
+    with pytest.raises(UserError, match=r"^model\.output: the model returns 2 outputs; give the index"):
+        ModelLoader(ModelSpec(name=f"{__name__}:tuple_output_net", output=5), 1, 10, example).build()
+    stages = [{"train": {"epochs": 2, "batch_size": 32}}, "baseline", {"prune": {"pruning_ratio": 0.5}}, "export"]
+    cfg = small_config(stages, model={"name": f"{__name__}:dict_output_net"})
+    result = edgeslim.run(cfg, out=tmp_path)
+    assert [s.status for s in result.stages] == ["ran"] * 4
+    assert result.stage("prune").metrics.params < result.stage("baseline").metrics.params
+    assert result.stage("export").metrics.accuracy == result.stage("prune").metrics.accuracy
