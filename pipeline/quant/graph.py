@@ -150,6 +150,63 @@ def weighted_nodes(model: onnx.ModelProto, op_types: Sequence[str]) -> list[Quan
     return out
 
 
+# Compute ONNX Runtime has no integer kernel for: between quantized neighbours each runs in float
+# with a Q/DQ pair around it (its QDQ selectors fuse Conv, MatMul, Gemm, Add, Mul, pooling, Concat,
+# Sigmoid, Softmax... but not these).
+NO_INTEGER_KERNEL = frozenset(
+    {
+        "HardSigmoid",
+        "HardSwish",
+        "Gelu",
+        "Erf",
+        "LayerNormalization",
+        "Div",
+        "Pow",
+        "Sqrt",
+        "Tanh",
+        "Sub",
+        "Exp",
+        "ReduceMean",
+        "Softplus",
+        "Mish",
+        "Elu",
+        "Selu",
+        "Log",
+    }
+)
+
+
+def float_regions(model: onnx.ModelProto, op_types: Sequence[str]) -> dict[str, list[str]]:
+    """Weighted nodes that may run faster in float than in INT8, by region, for latency-aware mixed
+    precision (each region is timed as a candidate, never assumed):
+
+    * ``depthwise``: depthwise convolutions (little compute per weight: the integer kernel's
+      quantize/requantize overhead can outweigh it);
+    * ``near-float-ops``: weighted nodes feeding or fed by ops without integer kernels (squeeze-
+      excitation gates, hard-swish, GELU, LayerNorm), so those ops sit in a float region with one
+      Q/DQ boundary instead of a Q/DQ pair each."""
+    inits = _initializers(model.graph)
+    weighted = {n.name for n in weighted_nodes(model, op_types)}
+    producer = {out: node for node in model.graph.node for out in node.output}
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    depthwise, near = [], []
+    for node in model.graph.node:
+        if node.name not in weighted:
+            continue
+        group = next((a.i for a in node.attribute if a.name == "group"), 1)
+        weight = inits.get(node.input[1]) if len(node.input) > 1 else None
+        if node.op_type == "Conv" and group > 1 and weight is not None and weight.dims and group == weight.dims[0]:
+            depthwise.append(node.name)
+        neighbours = [producer[i] for i in node.input if i in producer]
+        neighbours += [c for out in node.output for c in consumers.get(out, [])]
+        if any(n.op_type in NO_INTEGER_KERNEL for n in neighbours):
+            near.append(node.name)
+    return {"depthwise": depthwise, "near-float-ops": near}
+
+
 def is_linear_heavy(nodes: Sequence[QuantNode]) -> bool:
     """True when Linear (Gemm/MatMul) weights hold at least half of the weights: where dynamic INT8 pays."""
     total = sum(n.weight_elements for n in nodes)

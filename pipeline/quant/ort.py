@@ -43,6 +43,7 @@ from edgeslim.quant.graph import (
     LARGE_MATMUL_WEIGHT,
     WEIGHTED_OPS,
     QuantNode,
+    float_regions,
     gemm_to_matmul,
     is_linear_heavy,
     mean_to_global_pool,
@@ -568,6 +569,7 @@ def auto_select(
     """
     candidates = [keep_float_candidate(bench)]
     candidates += [try_candidate(bench, name, recipe, exclude=exclude) for name, recipe in auto_recipes(bench, base)]
+    candidates += region_candidates(bench, candidates, exclude)
     quantized = [c for c in candidates if c.usable and c.recipe is not None]
     ranking = None
     if fp32_search is not None and quantized and not any(_within(c, max_accuracy_drop) for c in quantized):
@@ -588,6 +590,24 @@ def auto_select(
     time_candidates(candidates, timer)
     best, within = choose_candidate(candidates, max_accuracy_drop)
     return AutoResult(best, within, candidates, ranking)
+
+
+def region_candidates(bench: QuantBench, candidates: Sequence[Candidate], exclude: Sequence[str]) -> list[Candidate]:
+    """Latency-aware mixed precision: the first usable static candidate again with one region kept in
+    float (:func:`float_regions`), each timed beside the others, so a region is quantized only where
+    that measures faster."""
+    seed = next((c for c in candidates if c.usable and c.recipe is not None and c.recipe.method == "static"), None)
+    if seed is None:
+        return []
+    assert seed.recipe is not None
+    quantizable = bench.nodes("static")
+    regions = float_regions(load_onnx(bench.model_for("static")), WEIGHTED_OPS["static"])
+    out = []
+    for region, nodes in regions.items():
+        if nodes and len(set(nodes) | set(exclude)) < len(quantizable):
+            name = f"{seed.name}+{region}-fp32"
+            out.append(try_candidate(bench, name, seed.recipe, exclude=[*exclude, *nodes]))
+    return out
 
 
 def _within(c: Candidate, max_accuracy_drop: float) -> bool:

@@ -595,6 +595,30 @@ def test_auto_always_considers_keeping_float_and_skips_a_failing_candidate(
     assert result.artifact.kind == (ONNX if result.details["chosen"] == "keep-float" else ONNX_INT8)
 
 
+def test_auto_times_float_regions_for_latency_aware_mixed_precision(tmp_path, data, loader):
+    """MobileNetV3 (depthwise convs, hard-swish, squeeze-excitation gates): auto also tries the static
+    candidate with its depthwise convs in float, and with the convs around ops that have no integer
+    kernel in float; each is timed beside the others, so a region stays INT8 only where that is faster."""
+    from edgeslim.models.zoo import build_model
+    from edgeslim.quant.graph import float_regions
+
+    torch.manual_seed(0)
+    model = build_model("mobilenet_v3_small", {"width_mult": 0.25}, in_channels=1, num_classes=10)
+    artifact = onnx_artifact_of(model, data, tmp_path / "mnv3")
+    regions = float_regions(onnx.load(str(artifact.file("model"))), ("Conv", "MatMul", "Gemm"))
+    assert len(regions["depthwise"]) >= 10 and regions["near-float-ops"]  # SE gates: Conv -> HardSigmoid
+    result = run_quantize(tmp_path / "q", data, loader, artifact, method="auto", calibration_samples=64, auto=FAST_AUTO)
+    table = {c["name"]: c for c in result.details["candidates"]}
+    for region in ("depthwise", "near-float-ops"):
+        row = next(c for name, c in table.items() if name.endswith(f"+{region}-fp32"))
+        assert row["error"] is None and row["p50_ms"] > 0 and row["fp32_nodes"]
+    depthwise = next(c for name, c in table.items() if name.endswith("+depthwise-fp32"))
+    assert len(depthwise["fp32_nodes"]) == len(regions["depthwise"])  # (node names: the bench's preprocessed copy)
+    timed = [c for c in table.values() if c["error"] is None]
+    within = [c for c in timed if c["accuracy_drop"] <= 0.01 + 1e-9]
+    assert result.details["chosen"] == min(within, key=lambda c: c["p50_ms"])["name"]
+
+
 def opset11_artifact(tmp_path: Path, data, loader) -> Artifact:
     """tiny_cnn written by the legacy TorchScript exporter at opset 11, as older toolchains ship models."""
     import warnings
