@@ -195,7 +195,7 @@ def test_images_of_different_sizes_need_image_size(tmp_path):
 @pytest.mark.parametrize(
     ("keys", "message"),
     [
-        ({"name": "digits", "path": "x"}, r"^data\.path: only for name: image_folder \(got 'x'\)$"),
+        ({"name": "digits", "path": "x"}, r"^data\.path: only for name: image_folder \| text_csv \(got 'x'\)$"),
         ({"name": "digits", "grayscale": True}, r"^data\.grayscale: only for name: image_folder"),
         ({"name": "image_folder"}, r"^data\.path: required for name: image_folder: a folder with one sub-folder"),
         ({"name": "image_folder", "path": "x", "image_size": 8, "crop": 9}, r"^data\.crop: must not exceed image_size"),
