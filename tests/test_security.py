@@ -62,6 +62,7 @@ SESSION_ALLOWED = {
     ("pipeline/devices/edgeslim_bench.py", "create_session"): False,
     ("pipeline/quant/ort.py", "ort_optimize"): True,
     ("pipeline/quant/coverage.py", "executed_graph"): True,  # saves the optimized graph ORT would run
+    ("pipeline/export/onnx_io.py", "_exact_int8_loads"): True,  # probes ORT's exact INT8 mode, logs silenced
 }
 
 

@@ -242,10 +242,12 @@ def _exact_int8_loads(path: str, _mtime_ns: int, _size: int) -> bool:
 
     from edgeslim.devices.edgeslim_bench import session_options
 
+    model = Path(path)
+    check_onnx_file(model)
     options = session_options(1, "all", exact_int8=True)
     options.log_severity_level = 4  # the failure is the answer here, not an error for the terminal
     try:
-        ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+        ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
     except Exception:  # any load failure means the same: the mode is unusable here
         return False
     return True
