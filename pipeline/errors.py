@@ -18,6 +18,12 @@ class StageFailed(Exception):
     exit_code = 1
 
 
+def first_line(exc: BaseException, limit: int = 200) -> str:
+    """The first line of an exception's message, whitespace collapsed, at most ``limit`` characters:
+    what a one-line error quotes of a cause raised deep inside a library or the user's code."""
+    return " ".join((str(exc).strip().splitlines() or [""])[0].split())[:limit]
+
+
 # Code that is not the user's: edgeslim itself (``stages`` lives beside ``pipeline`` in a checkout,
 # inside it when installed) and whatever is installed or ships with Python.
 _OWN_CODE = (Path(__file__).resolve().parent, Path(__file__).resolve().parent.parent / "stages")

@@ -23,7 +23,7 @@ from edgeslim.config.schema import (
     StageEntry,
     format_validation_error,
 )
-from edgeslim.errors import UserError
+from edgeslim.errors import UserError, first_line
 
 
 def _parse_stages(raw: Any, registry: Mapping[str, Any]) -> list[StageEntry]:
@@ -129,6 +129,6 @@ def load_config(path: Path, stage_types: Mapping[str, Any]) -> RunConfig:
     except RecursionError:
         raise UserError(f"{path}: malformed YAML: nested too deeply") from None
     except Exception as exc:  # PyYAML's own failures on odd input (e.g. a bare '!!float', a 5000-digit int)
-        first = (str(exc).splitlines() or [""])[0][:200]
+        first = first_line(exc)
         raise UserError(f"{path}: malformed YAML: {type(exc).__name__}: {first}") from None
     return parse_config(raw, stage_types, base_dir=path.parent)

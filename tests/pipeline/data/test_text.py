@@ -24,10 +24,16 @@ def _data(**spec) -> object:
 
 def test_rotten_tomatoes_are_real_reviews_as_token_ids() -> None:
     data = _data(name="rotten_tomatoes", max_length=32)
-    x, y = data.train.tensors
-    total = sum(len(split.tensors[1]) for split in (data.train, data.val, data.test))
+    inputs, y = data.train.tensors
+    x, mask = inputs["input_ids"], inputs["attention_mask"]  # two named model inputs
+    total = sum(len(split) for split in (data.train, data.val, data.test))
     assert total == 4866  # the fresh and rotten snippets (plot summaries dropped)
     assert x.dtype == torch.int64 and x.shape[1] == 32 and data.input_shape == (32,)
+    assert torch.equal(mask, (x != 0).long())  # 1 for tokens, 0 for padding
+    assert [(f.name, f.dtype, f.axes, f.example) for f in data.input_spec] == [
+        ("input_ids", "int64", ["batch", "sequence"], [1, 32]),
+        ("attention_mask", "int64", ["batch", "sequence"], [1, 32]),
+    ]
     assert data.labels == ["rotten", "fresh"] and data.num_classes == 2
     assert abs(float(y.float().mean()) - 2455 / 4866) < 0.01  # stratified split keeps the class balance
     assert data.tokens is not None and data.tokens.pad_id == 0 and data.tokens.vocab_size == 30522
@@ -52,8 +58,8 @@ def test_text_files_with_named_columns(tmp_path: Path, suffix: str) -> None:
             writer.writeheader()
             writer.writerows(rows)
     data = _data(name="text_csv", path=str(path), text_column="review", label_column="sentiment", max_length=16)
-    assert data.labels == ["neg", "pos"] and data.train.tensors[0].shape[1] == 16
-    assert sum(len(s.tensors[1]) for s in (data.train, data.val, data.test)) == 90
+    assert data.labels == ["neg", "pos"] and data.train.tensors[0]["input_ids"].shape[1] == 16
+    assert sum(len(s) for s in (data.train, data.val, data.test)) == 90
     with pytest.raises(UserError, match=r"^data\.text_column: row 1 of .* has no 'text' \(it has: review, sentiment\)"):
         _data(name="text_csv", path=str(path), label_column="sentiment")
 
@@ -95,7 +101,9 @@ def test_a_text_model_goes_through_every_stage_on_token_ids(tmp_path: Path) -> N
     assert [s.status for s in result.stages] == ["ran"] * 8
     assert result.stage("prune").metrics.params < result.stage("baseline").metrics.params
     graph = onnx.load(str(result.model_file("04-export"))).graph
-    assert graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.INT64
+    assert [i.name for i in graph.input] == ["input_ids", "attention_mask"]  # separate, named, int64
+    assert {i.type.tensor_type.elem_type for i in graph.input} == {onnx.TensorProto.INT64}
+    assert [d.dim_param for d in graph.input[0].type.tensor_type.shape.dim] == ["batch", "sequence"]
     assert "Gather" in {n.op_type for n in graph.node}
     # (a CNN trained from scratch on 1,050 reviews stays near chance: what is checked here is that
     # token ids flow through every stage; the pretrained MiniLM learns the task, see test_hf.py)
@@ -106,7 +114,10 @@ def test_a_text_model_goes_through_every_stage_on_token_ids(tmp_path: Path) -> N
         assert any("kept the float" in n or "keep float" in n for n in quantized.notes), quantized.notes
     bundle = result.stage_dir("06-export") / "mobile"
     info = json.loads((bundle / "model_info.json").read_text())
-    assert info["inputs"][0]["dtype"] == "int64" and info["inputs"][0]["example_shape"] == [1, 32]
+    assert [(i["name"], i["dtype"], i["example_shape"]) for i in info["inputs"]] == [
+        ("input_ids", "int64", [1, 32]),
+        ("attention_mask", "int64", [1, 32]),
+    ]
     assert info["tokenizer"]["pad_id"] == 0 and info["tokenizer"]["max_length"] == 32
     assert (bundle / "tokenizer" / "tokenizer.json").is_file() and (bundle / "tokenizer" / "vocab.txt").is_file()
     readme = (bundle / "README.md").read_text()
