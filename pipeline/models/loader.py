@@ -9,6 +9,8 @@ are prepared again the same way and then receive their fake-quant state.
 
 from __future__ import annotations
 
+import contextlib
+import io
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,6 +19,7 @@ import torch
 from torch import nn
 
 from edgeslim.config.schema import ModelSpec, canonical_hash
+from edgeslim.data.batches import Inputs, call, describe, select
 from edgeslim.engine.store import TORCH, TORCH_QAT, Artifact, read_json, sha256_file, write_json
 from edgeslim.errors import UserError
 from edgeslim.models import hf
@@ -27,11 +30,13 @@ WEIGHTS = "model.safetensors"
 HISTORY = "pruning_history.json"
 
 
-def count_params_and_macs(model: nn.Module, example: torch.Tensor) -> tuple[int, int]:
+def count_params_and_macs(model: nn.Module, example: Inputs) -> tuple[int, int]:
     import torch_pruning as tp
 
     model.eval()
-    macs, params = tp.utils.count_ops_and_params(model, example[:1])
+    # torch-pruning's counter prints a warning for keyword-only inputs; it counts one sample anyway
+    with contextlib.redirect_stdout(io.StringIO()):
+        macs, params = tp.utils.count_ops_and_params(model, select(example, slice(0, 1)))
     return int(params), int(macs)
 
 
@@ -42,7 +47,7 @@ class ModelLoader:
     spec: ModelSpec
     in_channels: int
     num_classes: int
-    example: torch.Tensor
+    example: Inputs
     allow_other_classes: bool = False
     seed: int = 0  # random initial weights are a function of the run's seed, so a fresh process rebuilds them
 
@@ -87,11 +92,11 @@ class ModelLoader:
         model.eval()
         try:
             with torch.no_grad():
-                out = model(self.example)
+                out = call(model, self.example)
         except Exception as exc:
             raise UserError(
-                f"{self._what}: model '{self.spec.hf or self.spec.name}' cannot run on inputs of shape "
-                f"{tuple(self.example.shape)}: {type(exc).__name__}: {str(exc)[:200]}"
+                f"{self._what}: model '{self.spec.hf or self.spec.name}' cannot run on the data's inputs "
+                f"({describe(self.example)}): {type(exc).__name__}: {str(exc)[:200]}"
             ) from None
         classes_ok = isinstance(out, torch.Tensor) and (self.allow_other_classes or out.shape[-1] == self.num_classes)
         if not isinstance(out, torch.Tensor) or out.dim() != 2 or not classes_ok:
@@ -139,18 +144,33 @@ class SelectOutput(nn.Module):
         self.model = model
         self.key = key
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x)[self.key]
+    def forward(self, *args: Any, **kwargs: Any) -> torch.Tensor:
+        return self.model(*args, **kwargs)[self.key]
+
+    @classmethod
+    def around(cls, model: nn.Module, key: str | int) -> SelectOutput:
+        """The wrapper, with the wrapped model's ``forward`` signature: ``torch.export`` (ONNX export,
+        QAT) matches inputs and their dynamic axes to the parameters by name."""
+        import inspect
+
+        signature = inspect.signature(model.forward)
+        me = inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD)
+
+        def forward(self: SelectOutput, *args: Any, **kwargs: Any) -> torch.Tensor:
+            return self.model(*args, **kwargs)[self.key]
+
+        forward.__signature__ = signature.replace(parameters=[me, *signature.parameters.values()])  # type: ignore[attr-defined]
+        return type(cls.__name__, (cls,), {"forward": forward, "__module__": cls.__module__})(model, key)
 
 
-def select_output(model: nn.Module, output: str | int | None, example: torch.Tensor) -> nn.Module:
+def select_output(model: nn.Module, output: str | int | None, example: Inputs) -> nn.Module:
     """``model`` as it is when it returns one tensor, else wrapped in :class:`SelectOutput`."""
     from collections.abc import Mapping
 
     was_training = model.training
     try:
         with torch.no_grad():
-            out = model.eval()(example)
+            out = call(model.eval(), example)
     except Exception:  # the forward check that follows reports it, with the input shape
         return model.train(was_training)
     model.train(was_training)
@@ -170,7 +190,7 @@ def select_output(model: nn.Module, output: str | int | None, example: torch.Ten
             raise UserError(f"{what}: the model returns {len(out)} outputs; give the index of the class scores")
     else:
         raise UserError(f"{what}: the model returns a {type(out).__name__}, not a tensor, dict or tuple of tensors")
-    return SelectOutput(model, key)
+    return SelectOutput.around(model, key)
 
 
 def save_torch_artifact(
@@ -205,7 +225,7 @@ def save_torch_artifact(
     return artifact
 
 
-def output_layer_name(model: nn.Module, example: torch.Tensor) -> str:
+def output_layer_name(model: nn.Module, example: Inputs) -> str:
     """The module whose output is the model's output (the classifier), else the last Linear."""
     outputs: dict[str, object] = {}
     hooks = [
@@ -216,7 +236,7 @@ def output_layer_name(model: nn.Module, example: torch.Tensor) -> str:
     try:
         model.eval()
         with torch.no_grad():
-            final = model(example)
+            final = call(model, example)
     finally:
         for h in hooks:
             h.remove()
@@ -245,7 +265,7 @@ def replace_head(model: nn.Module, spec: dict[str, Any]) -> None:
     setattr(parent, attr, layers[0] if len(layers) == 1 else nn.Sequential(*layers))
 
 
-def apply_edits(model: nn.Module, edits: list[Any], example: torch.Tensor) -> None:
+def apply_edits(model: nn.Module, edits: list[Any], example: Inputs) -> None:
     """Replay architecture edits in order: runs of pruning-history entries, head swaps, and the attention
     head counts a prune that removed whole heads recorded (``{"attention_heads": {name: count}}``)."""
     import torch_pruning as tp

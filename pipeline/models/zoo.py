@@ -78,8 +78,9 @@ class TinyCNN(nn.Module):
 class TextCNN(nn.Module):
     """A text classifier for token ids (Kim, 2014, with two stacked convs): embedding, 1-D convs over
     the sequence, max over time, linear head. ``in_channels`` is the vocabulary size (one input
-    channel per token id). Padding is masked out (``ids != pad_id``), so pad length never changes
-    the answer; every layer is one ONNX Runtime has integer kernels for (Gather, Conv, Gemm)."""
+    channel per token id). Padding is masked out (``attention_mask``, else ``input_ids != pad_id``),
+    so pad length never changes the answer; every layer is one ONNX Runtime has integer kernels for
+    (Gather, Conv, Gemm)."""
 
     def __init__(
         self,
@@ -100,9 +101,11 @@ class TextCNN(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.classifier = nn.Linear(width, num_classes)
 
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        mask = (ids != self.pad_id).unsqueeze(1).to(self.embed.weight.dtype)  # (N, 1, L)
-        h = self.embed(ids).transpose(1, 2) * mask
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        if attention_mask is None:
+            attention_mask = input_ids != self.pad_id
+        mask = attention_mask.unsqueeze(1).to(self.embed.weight.dtype)  # (N, 1, L)
+        h = self.embed(input_ids).transpose(1, 2) * mask
         h = self.conv2(self.conv1(h)) * mask  # after ReLU: >= 0, so masked positions never win the max
         return self.classifier(self.dropout(h.amax(dim=2)))
 

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 import torch_pruning as tp
 from torch import nn
 
+from edgeslim.data.batches import Inputs, call, count, select
 from edgeslim.train.importance import FisherDiagonal
 
 CRITERIA: dict[str, Callable[[], tp.importance.Importance]] = {}
@@ -47,7 +48,7 @@ class OBDHessianImportance(tp.importance.GroupHessianImportance):
     def reset(self) -> None:
         self.fisher = FisherDiagonal()
 
-    def accumulate(self, model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor) -> None:
+    def accumulate(self, model: nn.Module, inputs: Inputs, labels: torch.Tensor) -> None:
         self.fisher.add(model, inputs, labels)
 
     def load_into_grads(self, model: nn.Module) -> None:
@@ -73,7 +74,7 @@ def build_importance(name: str) -> tp.importance.Importance:
 def prepare_importance(
     importance: tp.importance.Importance,
     model: nn.Module,
-    inputs: torch.Tensor,
+    inputs: Inputs,
     labels: torch.Tensor,
     batch_size: int = 64,
 ) -> None:
@@ -85,7 +86,7 @@ def prepare_importance(
     elif isinstance(importance, tp.importance.GroupTaylorImportance):
         model.eval()
         model.zero_grad(set_to_none=True)
-        batches = range(0, len(inputs), batch_size)
+        batches = range(0, count(inputs), batch_size)
         for i in batches:
-            loss = F.cross_entropy(model(inputs[i : i + batch_size]), labels[i : i + batch_size])
+            loss = F.cross_entropy(call(model, select(inputs, slice(i, i + batch_size))), labels[i : i + batch_size])
             (loss / len(batches)).backward()

@@ -16,6 +16,9 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
+from edgeslim.data.batches import Inputs, call
+from edgeslim.errors import first_line
+
 
 @dataclass(frozen=True)
 class ForwardFailure:
@@ -32,7 +35,7 @@ class ForwardFailure:
         return f"{self.error} ({place}{after})"
 
 
-def locate_failure(model: nn.Module, example: torch.Tensor) -> ForwardFailure | None:
+def locate_failure(model: nn.Module, example: Inputs) -> ForwardFailure | None:
     """Run ``model(example)`` and, if it raises, say in which module: a pruned model that no longer
     runs must become a one-line error naming the layers involved, not a traceback from deep inside."""
     running: list[str] = []
@@ -55,11 +58,11 @@ def locate_failure(model: nn.Module, example: torch.Tensor) -> ForwardFailure | 
     model.eval()
     try:
         with torch.no_grad():
-            model(example)
+            call(model, example)
     except Exception as exc:  # any failure of the pruned model is reported, with its place
-        first_line = (str(exc).strip().splitlines() or [""])[0]
+        message = first_line(exc, 1000)
         after = next((n for n in reversed(finished) if n), None)
-        return ForwardFailure(running[-1] if running else "", after, f"{type(exc).__name__}: {first_line}")
+        return ForwardFailure(running[-1] if running else "", after, f"{type(exc).__name__}: {message}")
     finally:
         for handle in handles:
             handle.remove()
@@ -98,14 +101,14 @@ def graph_arguments(model: nn.Module, dead: list[str] | tuple[str, ...] = ()) ->
     return arguments
 
 
-def _forward_with_outputs_of(modules: list[nn.Module]) -> Callable[[nn.Module, torch.Tensor], tuple[Any, ...]]:
+def _forward_with_outputs_of(modules: list[nn.Module]) -> Callable[[nn.Module, Inputs], tuple[Any, ...]]:
     """A torch-pruning ``forward_fn``: the model's output followed by the outputs of ``modules``."""
 
-    def forward(model: nn.Module, example: torch.Tensor) -> tuple[Any, ...]:
+    def forward(model: nn.Module, example: Inputs) -> tuple[Any, ...]:
         captured: list[torch.Tensor] = []
         handles = [m.register_forward_hook(lambda _m, _i, out: captured.extend(_tensors(out)[:1])) for m in modules]
         try:
-            output = model(example)
+            output = call(model, example)
         finally:
             for handle in handles:
                 handle.remove()
@@ -128,7 +131,7 @@ class Unused:
         return self.never_called + self.dead
 
 
-def find_unused(model: nn.Module, example: torch.Tensor) -> Unused:
+def find_unused(model: nn.Module, example: Inputs) -> Unused:
     """Which parameter-holding modules the model's output does not depend on, found with forward hooks
     and a walk of the output's autograd graph (what torch-pruning traces, too). torch-pruning never sees
     them: a module that never runs is merely left as it is, but one that runs on a pruned tensor and
@@ -143,7 +146,7 @@ def find_unused(model: nn.Module, example: torch.Tensor) -> Unused:
     model.eval()
     try:
         with torch.enable_grad():
-            used = _leaf_tensors(_tensors(model(example)))
+            used = _leaf_tensors(_tensors(call(model, example)))
     finally:
         for handle in handles:
             handle.remove()

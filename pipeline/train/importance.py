@@ -14,6 +14,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
+from edgeslim.data.batches import Inputs, call, count, select
+
 
 class FisherDiagonal:
     """Running mean of per-sample squared gradients, per parameter name."""
@@ -21,24 +23,51 @@ class FisherDiagonal:
     def __init__(self) -> None:
         self.sums: dict[str, torch.Tensor] = {}
         self.count = 0
+        self.vmap = True  # False once the model turned out not to be vmappable
 
-    def add(self, model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, chunk: int = 32) -> None:
-        """Add the squared per-sample gradients of the cross-entropy loss for every sample."""
+    def add(self, model: nn.Module, inputs: Inputs, labels: torch.Tensor, chunk: int = 32) -> None:
+        """Add the squared per-sample gradients of the cross-entropy loss for every sample.
+
+        ``vmap`` computes a chunk of per-sample gradients in one pass; models whose forward has
+        data-dependent control flow (Hugging Face attention checks whether the mask is all ones)
+        cannot be vmapped, and fall back to one backward pass per sample: same numbers, slower."""
         model.eval()  # BatchNorm uses running statistics: each sample's gradient is its own
         params = {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
         buffers = {n: b.detach() for n, b in model.named_buffers()}
 
-        def sample_loss(p: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-            logits = functional_call(model, (p, buffers), (x.unsqueeze(0),))
+        def sample_loss(p: dict[str, torch.Tensor], x: Inputs, y: torch.Tensor) -> torch.Tensor:
+            if isinstance(x, dict):
+                logits = functional_call(model, (p, buffers), (), {k: v.unsqueeze(0) for k, v in x.items()})
+            else:
+                logits = functional_call(model, (p, buffers), (x.unsqueeze(0),))
             return F.cross_entropy(logits, y.unsqueeze(0))
 
         per_sample_grad = vmap(grad(sample_loss), in_dims=(None, 0, 0))
-        for i in range(0, len(inputs), chunk):
-            grads = per_sample_grad(params, inputs[i : i + chunk], labels[i : i + chunk])
+        for i in range(0, count(inputs), chunk):
+            x, y = select(inputs, slice(i, i + chunk)), labels[i : i + chunk]
+            if self.vmap:
+                try:
+                    grads = per_sample_grad(params, x, y)
+                except Exception:  # any vmap limitation: the loop below gives the same result
+                    self.vmap = False
+            if not self.vmap:
+                grads = self._sample_by_sample(model, x, y)
             for name, g in grads.items():
                 sq = g.pow(2).sum(0)
                 self.sums[name] = self.sums[name] + sq if name in self.sums else sq
-            self.count += len(inputs[i : i + chunk])
+            self.count += len(y)
+
+    @staticmethod
+    def _sample_by_sample(model: nn.Module, inputs: Inputs, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Per-sample gradients with one ordinary backward pass each, stacked like vmap's."""
+        named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        rows: list[tuple[torch.Tensor, ...]] = []
+        for j in range(len(labels)):
+            x = select(inputs, slice(j, j + 1))
+            loss = F.cross_entropy(call(model, x), labels[j : j + 1])
+            grads = torch.autograd.grad(loss, [p for _, p in named], allow_unused=True)
+            rows.append(tuple(torch.zeros_like(p) if g is None else g for (_, p), g in zip(named, grads, strict=True)))
+        return {n: torch.stack([r[k] for r in rows]) for k, (n, _) in enumerate(named)}
 
     def mean(self) -> dict[str, torch.Tensor]:
         return {name: s / self.count for name, s in self.sums.items()}
@@ -57,15 +86,15 @@ def weight_norm_importance(model: nn.Module, p: int) -> dict[str, float]:
 
 
 def grad_norm_importance(
-    model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, batch_size: int = 64
+    model: nn.Module, inputs: Inputs, labels: torch.Tensor, batch_size: int = 64
 ) -> dict[str, float]:
     """L2 norm of dL/dw per tensor, averaged over calibration batches."""
     model.eval()
     sums: dict[str, float] = {}
     batches = 0
-    for i in range(0, len(inputs), batch_size):
+    for i in range(0, count(inputs), batch_size):
         model.zero_grad(set_to_none=True)
-        F.cross_entropy(model(inputs[i : i + batch_size]), labels[i : i + batch_size]).backward()
+        F.cross_entropy(call(model, select(inputs, slice(i, i + batch_size))), labels[i : i + batch_size]).backward()
         for n, p in model.named_parameters():
             if p.grad is not None:
                 sums[n] = sums.get(n, 0.0) + float(p.grad.norm())
@@ -92,16 +121,16 @@ def hutchinson_trace(
 
 
 def hessian_trace_importance(
-    model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, samples: int = 8, batch_size: int = 64, seed: int = 0
+    model: nn.Module, inputs: Inputs, labels: torch.Tensor, samples: int = 8, batch_size: int = 64, seed: int = 0
 ) -> dict[str, float]:
     """Hutchinson trace of the loss Hessian per tensor, averaged over calibration batches."""
     model.eval()
     params = {n: p for n, p in model.named_parameters() if p.requires_grad}
     totals = dict.fromkeys(params, 0.0)
     batches = 0
-    for i in range(0, len(inputs), batch_size):
-        x, y = inputs[i : i + batch_size], labels[i : i + batch_size]
-        traces = hutchinson_trace(lambda x=x, y=y: F.cross_entropy(model(x), y), params, samples, seed + i)
+    for i in range(0, count(inputs), batch_size):
+        x, y = select(inputs, slice(i, i + batch_size)), labels[i : i + batch_size]
+        traces = hutchinson_trace(lambda x=x, y=y: F.cross_entropy(call(model, x), y), params, samples, seed + i)
         for n, t in traces.items():
             totals[n] += t
         batches += 1
@@ -111,7 +140,7 @@ def hessian_trace_importance(
 def parameter_importance(
     model: nn.Module,
     criterion: ParamCriterion,
-    inputs: torch.Tensor,
+    inputs: Inputs,
     labels: torch.Tensor,
     hutchinson_samples: int = 8,
     seed: int = 0,

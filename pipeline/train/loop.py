@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import copy
 import fnmatch
-import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -21,6 +20,7 @@ from torch.utils.data import TensorDataset
 
 from edgeslim.config.schema import StrictModel
 from edgeslim.data.augment import AugmentConfig, augment_batch
+from edgeslim.data.batches import Inputs, Split, as_split, call, count, select
 from edgeslim.engine.progress import progress_bar
 from edgeslim.errors import UserError
 from edgeslim.quant.qat import is_graph_module, observers_paused, set_mode
@@ -113,21 +113,26 @@ def train_mode(model: nn.Module, freeze_bn: bool) -> None:
 
 
 @torch.no_grad()
-def predict(model: nn.Module, inputs: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
+def predict(model: nn.Module, inputs: Inputs | Split, batch_size: int = 512) -> torch.Tensor:
+    """The model's outputs on a batch of inputs or on a whole split (read batch by batch)."""
     set_mode(model, False)
     with observers_paused(model):
-        return torch.cat([model(inputs[i : i + batch_size]) for i in range(0, len(inputs), batch_size)])
+        if isinstance(inputs, Split):
+            return torch.cat([call(model, x) for x, _ in inputs.batches(batch_size)])
+        n = count(inputs)
+        return torch.cat([call(model, select(inputs, slice(i, i + batch_size))) for i in range(0, n, batch_size)])
 
 
-def evaluate(model: nn.Module, data: TensorDataset, batch_size: int = 512) -> tuple[float, float]:
+def evaluate(model: nn.Module, data: Split | TensorDataset, batch_size: int = 512) -> tuple[float, float]:
     """(accuracy, mean cross-entropy) of a PyTorch model on a split."""
-    x, y = data.tensors
-    logits = predict(model, x, batch_size)
+    split = as_split(data)
+    logits = predict(model, split, batch_size)
+    y = split.labels
     return float((logits.argmax(1) == y).float().mean()), float(F.cross_entropy(logits, y))
 
 
 @torch.no_grad()
-def recalibrate_batchnorm(model: nn.Module, inputs: torch.Tensor, batches: int, batch_size: int) -> int:
+def recalibrate_batchnorm(model: nn.Module, data: Split | Inputs, batches: int, batch_size: int) -> int:
     """Re-estimate BatchNorm running statistics (needed after pruning changes activations)."""
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     if not norms or batches == 0:
@@ -138,8 +143,16 @@ def recalibrate_batchnorm(model: nn.Module, inputs: torch.Tensor, batches: int, 
         m.momentum = None  # cumulative average over the calibration batches
     model.train()
     seen = 0
-    for i in range(0, min(len(inputs), batches * batch_size), batch_size):
-        model(inputs[i : i + batch_size])
+    split = data if isinstance(data, Split) else None
+    chunks = (
+        (x for x, _ in split.batches(batch_size))
+        if split is not None
+        else (select(data, slice(i, i + batch_size)) for i in range(0, count(data), batch_size))  # type: ignore[arg-type]
+    )
+    for x in chunks:
+        if seen == batches:
+            break
+        call(model, x)
         seen += 1
     for m, momentum in zip(norms, momenta, strict=True):
         m.momentum = momentum
@@ -172,23 +185,22 @@ class _EpochLoop:
     def __post_init__(self) -> None:
         self.plateau = Plateau(self.cfg.schedule)
 
-    def run_epoch(self, epoch: int, train: TensorDataset, steps: int, advance: Callable[[], None]) -> float:
-        """Train on one shuffled pass over ``train``; returns the mean training loss."""
+    def run_epoch(self, epoch: int, train: Split, steps: int, advance: Callable[[], None]) -> float:
+        """Train on one shuffled pass over ``train`` (a stream in its own order); returns the mean
+        training loss."""
         cfg, optimizer = self.cfg, self.optimizer
-        x_train, y_train = train.tensors
         batch_size = cfg.batch_size_at(epoch)
-        order = torch.randperm(len(x_train), generator=self.generator)
+        order = torch.randperm(len(train), generator=self.generator)
         total_loss = 0.0
-        for step in range(steps):
+        done = 0
+        for step, (x, y) in zip(range(steps), train.batches(batch_size, order), strict=False):
             factor = lr_multiplier(cfg.schedule, epoch, step, steps, cfg.epochs) * self.plateau.factor
             for group, lr in zip(optimizer.param_groups, self.initial_lrs, strict=True):
                 group["lr"] = lr * factor
-            idx = order[step * batch_size : (step + 1) * batch_size]
-            x = x_train[idx]
             if cfg.augment is not None:
                 x = augment_batch(x, cfg.augment, self.generator)
             optimizer.zero_grad(set_to_none=True)
-            loss = self.loss_fn(self.model, x, y_train[idx])
+            loss = self.loss_fn(self.model, x, y)
             if not torch.isfinite(loss):
                 raise UserError(
                     f"{self.where}: training diverged (loss is {loss.item()} at epoch {epoch + 1}, step {step + 1}); "
@@ -199,14 +211,15 @@ class _EpochLoop:
                 nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], cfg.grad_clip)
             optimizer.step()
             total_loss += loss.item()
+            done += 1
             advance()
-        return total_loss / steps
+        return total_loss / max(done, 1)
 
 
 def fit(
     model: nn.Module,
-    train: TensorDataset,
-    val: TensorDataset,
+    train: Split | TensorDataset,
+    val: Split | TensorDataset,
     cfg: TrainLoopConfig,
     *,
     loss_fn: LossFn | None = None,
@@ -223,6 +236,9 @@ def fit(
     ``extra_params`` are trained too but are not part of the model (e.g. hint adapters).
     ``where`` names the config location in error messages (e.g. ``stages[3].finetune``).
     """
+    train, val = as_split(train), as_split(val)
+    if cfg.augment is not None and isinstance(train.head(1), dict):
+        raise UserError(f"{where}.augment: augmentation works on image tensors, not on named inputs")
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     loss_fn = loss_fn or compose_loss(cfg.loss)
@@ -235,7 +251,7 @@ def fit(
     params = dict(model.named_parameters())
     best_state = None
     since_best = 0
-    steps = [math.ceil(len(train.tensors[0]) / cfg.batch_size_at(e)) for e in range(cfg.epochs)]
+    steps = [train.steps(cfg.batch_size_at(e)) for e in range(cfg.epochs)]
     with progress_bar() as bar:
         task = bar.add_task(label, total=sum(steps))
         for epoch in range(cfg.epochs):

@@ -15,8 +15,9 @@ from pydantic import Field
 from torch import nn
 
 from edgeslim.config.schema import StrictModel
+from edgeslim.data.batches import Inputs, call
 
-LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
+LossFn = Callable[[nn.Module, Inputs, torch.Tensor], torch.Tensor]
 
 
 class LossConfig(StrictModel):
@@ -35,9 +36,9 @@ def classification_loss(logits: torch.Tensor, y: torch.Tensor, cfg: LossConfig) 
 
 
 @torch.no_grad()
-def ensemble_probs(teachers: Sequence[nn.Module], x: torch.Tensor, temperature: float) -> torch.Tensor:
+def ensemble_probs(teachers: Sequence[nn.Module], x: Inputs, temperature: float) -> torch.Tensor:
     """Mean of the teachers' softened output distributions."""
-    return torch.stack([F.softmax(t(x) / temperature, dim=1) for t in teachers]).mean(0)
+    return torch.stack([F.softmax(call(t, x) / temperature, dim=1) for t in teachers]).mean(0)
 
 
 def distillation_term(logits: torch.Tensor, teacher_probs: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -77,8 +78,8 @@ def compose_loss(
 ) -> LossFn:
     """``(1 - alpha) * task + alpha * distill + hint_weight * hint + l1 * sum|w|``."""
 
-    def loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        logits = model(x)
+    def loss(model: nn.Module, x: Inputs, y: torch.Tensor) -> torch.Tensor:
+        logits = call(model, x)
         task = classification_loss(logits, y, cfg)
         if teachers:
             total = (1 - alpha) * task + alpha * distillation_term(

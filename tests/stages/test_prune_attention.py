@@ -22,8 +22,8 @@ transformers = pytest.importorskip("transformers")
 
 
 class TinyBert(nn.Module):
-    """A 2-layer ``BertForSequenceClassification`` from a config (no download), taking only int64 token
-    ids: the attention mask is derived from the padding id, as for a Hugging Face model folder."""
+    """A 2-layer ``BertForSequenceClassification`` from a config (no download), wrapped as a user's own
+    module: named ``input_ids``/``attention_mask`` inputs (the mask derived from the padding id when absent)."""
 
     def __init__(self, num_classes: int = 2, in_channels: int = 30522, pad_id: int = 0) -> None:
         super().__init__()
@@ -40,8 +40,10 @@ class TinyBert(nn.Module):
         self.bert = transformers.BertForSequenceClassification(config)
         self.pad_id = pad_id
 
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        return self.bert(input_ids=ids, attention_mask=(ids != self.pad_id).long()).logits
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        if attention_mask is None:
+            attention_mask = (input_ids != self.pad_id).long()
+        return self.bert(input_ids=input_ids, attention_mask=attention_mask).logits
 
 
 @pytest.fixture(scope="module")
@@ -91,10 +93,10 @@ def test_bert_attention_prunes_runs_exports_and_rebuilds(tmp_path, reviews, sett
     saved = load_file(str(pruned.artifact.file("weights")))
     assert {k: v.shape for k, v in saved.items()} == {k: v.shape for k, v in model.state_dict().items()}
     again = loader.load(pruned.artifact)
-    ids = reviews.test.tensors[0][:32]
-    assert ids.dtype == torch.int64
+    batch = reviews.test.head(32)
+    assert batch["input_ids"].dtype == torch.int64 and batch["attention_mask"].dtype == torch.int64
     with torch.no_grad():
-        assert torch.equal(model(ids), again(ids))
+        assert torch.equal(model(**batch), again(**batch))
     assert exported.artifact.kind == ONNX
     assert exported.details["parity"]["top1_agreement"] == 1.0
     assert exported.details["parity"]["max_abs_diff"] < 1e-4

@@ -64,21 +64,24 @@ def test_a_folder_loads_with_its_own_tokenizer_and_maps_token_ids_to_logits(tiny
     assert config.data.tokenizer == str(tiny_bert)  # the model's tokenizer, unless data.tokenizer says otherwise
     loader = _loader(config)
     model = loader.source_model()
-    ids = loader.example
-    assert ids.dtype == torch.int64
-    assert model(ids).shape == (4, 2)
-    padded = torch.cat([ids, torch.zeros(4, 8, dtype=torch.int64)], dim=1)  # more padding: the same answer
-    torch.testing.assert_close(model.eval()(padded), model(ids), atol=1e-4, rtol=1e-4)
-    again = ModelLoader(config.model, loader.in_channels, 2, ids)
+    example = loader.example
+    ids, mask = example["input_ids"], example["attention_mask"]  # named inputs, as app code feeds them
+    assert ids.dtype == mask.dtype == torch.int64
+    assert model(**example).shape == (4, 2)
+    torch.testing.assert_close(model(ids), model(**example))  # without a mask: ids != pad id
+    pad = torch.zeros(4, 8, dtype=torch.int64)
+    padded = {"input_ids": torch.cat([ids, pad], dim=1), "attention_mask": torch.cat([mask, pad], dim=1)}
+    torch.testing.assert_close(model.eval()(**padded), model(**example), atol=1e-4, rtol=1e-4)  # same answer
+    again = ModelLoader(config.model, loader.in_channels, 2, example)
     assert again.source_hash() == loader.source_hash()
-    torch.testing.assert_close(again.source_model()(ids), model(ids))  # the new head is seeded
+    torch.testing.assert_close(again.source_model()(**example), model(**example))  # the new head is seeded
 
 
 def test_the_pretrained_minilm_is_a_built_in_folder() -> None:
     loader = _loader(_config("all-MiniLM-L6-v2"))
     model = loader.source_model()
     assert sum(p.numel() for p in model.hf.bert.parameters()) > 22_000_000  # the real 6-layer MiniLM
-    assert model(loader.example).shape == (4, 2)
+    assert model(**loader.example).shape == (4, 2)
 
 
 def test_folder_mistakes_are_one_line(tiny_bert: Path, tmp_path: Path) -> None:
@@ -115,6 +118,54 @@ def test_a_folder_goes_through_train_export_and_quantize(tiny_bert: Path, tmp_pa
     result = edgeslim.run(cfg, out=tmp_path)
     assert [s.status for s in result.stages] == ["ran"] * 4
     graph = onnx.load(str(result.model_file("export"))).graph
-    assert graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.INT64
+    assert [i.name for i in graph.input] == ["input_ids", "attention_mask"]
+    assert {i.type.tensor_type.elem_type for i in graph.input} == {onnx.TensorProto.INT64}
     exported = result.stage("export")
     assert exported.metrics.accuracy == result.stage("baseline").metrics.accuracy  # parity on real reviews
+
+
+def test_a_bert_with_named_inputs_goes_through_the_whole_pipeline(tiny_bert: Path, tmp_path: Path) -> None:
+    """input_ids + attention_mask, two named inputs, from training to the phone bundle: heads and FFN
+    pruned, distilled from the baseline, dynamic INT8, benchmarked, bundled with the tokenizer."""
+    cfg = {
+        "name": "bert",
+        "seed": 0,
+        "model": {"hf": str(tiny_bert)},
+        "data": {"name": "rotten_tomatoes", "max_length": 32, "max_samples": 600},
+        "measure": {"warmup": 2, "runs": 10, "max_seconds": 1.0},
+        "stages": [
+            {"train": {"epochs": 2, "batch_size": 32, "optimizer": {"lr": 0.001}}},
+            "baseline",
+            {"prune": {"pruning_ratio": 0.25, "head_pruning_ratio": 0.5, "importance": "taylor"}},
+            {"finetune": {"epochs": 1, "batch_size": 32, "distill": {"teacher": "baseline"}}},
+            "export",
+            {"quantize": {"method": "dynamic"}},
+            {"export": {"target": "mobile"}},
+            "benchmark",
+        ],
+    }
+    result = edgeslim.run(cfg, out=tmp_path)
+    assert [s.status for s in result.stages] == ["ran"] * 8
+    pruned, baseline = result.stage("prune"), result.stage("baseline")
+    assert pruned.metrics.params < 0.9 * baseline.metrics.params
+    assert any("distilled from baseline" in n for n in result.stage("finetune").notes)
+    graph = onnx.load(str(result.model_file("04-export"))).graph
+    assert [(i.name, [d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim]) for i in graph.input] == [
+        ("input_ids", ["batch", "sequence"]),
+        ("attention_mask", ["batch", "sequence"]),
+    ]
+    manifest = json.loads((result.stage_dir("04-export") / "manifest.json").read_text())
+    assert [(i["name"], i["dtype"], i["axes"], i["example"]) for i in manifest["input_spec"]] == [
+        ("input_ids", "int64", ["batch", "sequence"], [1, 32]),
+        ("attention_mask", "int64", ["batch", "sequence"], [1, 32]),
+    ]
+    artifact = json.loads((result.stage_dir("04-export") / "artifact.json").read_text())
+    assert artifact["meta"]["output_kind"] == "logits" and artifact["meta"]["input_spec"] == manifest["input_spec"]
+    bundle = result.stage_dir("06-export") / "mobile"
+    info = json.loads((bundle / "model_info.json").read_text())
+    assert [(i["name"], i["example_shape"]) for i in info["inputs"]] == [
+        ("input_ids", [1, 32]),
+        ("attention_mask", [1, 32]),
+    ]
+    assert info["output"]["kind"] == "logits" and (bundle / "tokenizer" / "vocab.txt").is_file()
+    assert result.stage("benchmark").metrics.accuracy == result.stage("quantize").metrics.accuracy

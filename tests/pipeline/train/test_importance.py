@@ -73,3 +73,27 @@ def test_parameter_importance_criteria_give_a_score_per_tensor(data):
         assert all(torch.isfinite(torch.tensor(v)) for v in scores.values())
     layers = aggregate_by_layer(parameter_importance(model, "fisher", x, y))
     assert set(layers) == {"features.0.0", "features.0.1", "features.1.0", "features.1.1", "classifier"}
+
+
+def test_fisher_of_a_bert_with_named_inputs_falls_back_from_vmap_to_the_same_numbers():
+    """Hugging Face attention checks ``torch.all(mask == 1)`` (data-dependent): vmap cannot run it."""
+    from tests.stages.test_prune_attention import TinyBert
+
+    torch.manual_seed(0)
+    model = TinyBert(in_channels=200)
+    ids = torch.randint(1, 200, (6, 16))
+    mask = torch.ones_like(ids)
+    mask[:3, 12:] = 0  # padded reviews: the mask matters
+    y = torch.randint(0, 2, (6,))
+    fisher = FisherDiagonal()
+    fisher.add(model, {"input_ids": ids, "attention_mask": mask}, y, chunk=4)
+    assert not fisher.vmap and fisher.count == 6
+    exact = {n: torch.zeros_like(p) for n, p in model.named_parameters()}
+    for i in range(6):
+        model.zero_grad()
+        F.cross_entropy(model(ids[i : i + 1], mask[i : i + 1]), y[i : i + 1]).backward()
+        for n, p in model.named_parameters():
+            exact[n] += p.grad.pow(2) / 6
+    ours = fisher.mean()
+    for name, ref in exact.items():
+        torch.testing.assert_close(ours[name], ref, rtol=1e-4, atol=1e-9)
