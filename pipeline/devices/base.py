@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
-import torch
 
 from edgeslim.config.schema import Arm64EmulatedProfile, HostProfile, RemoteProfile
+from edgeslim.data.batches import Inputs, Split, count, first, save_samples
 from edgeslim.devices.edgeslim_bench import make_report, sha256_file
 from edgeslim.devices.host import measure_latency
 from edgeslim.devices.latency_report import load_report
@@ -44,7 +44,7 @@ class BenchJob:
 
     model: Path
     latency_inputs: Path  # real test samples, tiled to the batch size by the runner
-    parity_inputs: torch.Tensor  # test samples whose outputs are compared with the host's
+    parity_inputs: Inputs | Split  # test samples whose outputs are compared with the host's
     label: str  # e.g. "mnist_cnn/06-benchmark"
     context: dict[str, Any]
     facts: dict[str, Any]  # this host's CPU and versions (edgeslim_bench.device_facts)
@@ -162,9 +162,9 @@ class Arm64EmulatedDevice(_ProfileDevice):
             return DeviceOutcome(
                 name, None, notes=[f"{name}: skipped, emulation unavailable here: {exc}"], skipped=str(exc)
             )
-        x = job.parity_inputs[: device.parity_samples]
-        samples, outputs = job.work_dir / f"{name}-inputs.npy", job.work_dir / f"{name}-outputs.npy"
-        np.save(samples, x.numpy())
+        x = first(job.parity_inputs, device.parity_samples)
+        samples = save_samples(job.work_dir / f"{name}-inputs", x)
+        outputs = job.work_dir / f"{name}-outputs.npy"
         args = [
             "--inputs",
             str(samples),
@@ -189,7 +189,7 @@ class Arm64EmulatedDevice(_ProfileDevice):
         report["notes"] = [EMULATED_NOTE, *report.get("notes", [])]
         note = (
             f"{name} (emulated {device.core}): top-1 agreement with host {parity['top1_agreement']:.2%} on "
-            f"{len(x)} test images, max abs diff {parity['max_abs_diff']:.2e}; latency not representative"
+            f"{count(x)} test samples, max abs diff {parity['max_abs_diff']:.2e}; latency not representative"
         )
         if parity["top1_agreement"] < device.min_top1_agreement:
             raise StageFailed(

@@ -253,12 +253,12 @@ def make_feed(
 ) -> tuple[dict, list[dict[str, object]]]:
     """Every input of the model, and the shape, dtype and source each one got.
 
-    The first input takes real samples from ``inputs_path`` (a .npy file, or the array itself), tiled
-    to the batch, when given. The others, and every input without samples, get seeded stand-ins of
-    their ONNX type shaped by ``shapes`` (``--shape``, by input name; key ``None`` for a one-input
-    model), else by ``info`` (a bundle's ``model_info.json`` example shapes), else by the model's
-    fixed axes. A dynamic axis other than the batch that nothing sizes raises ShapeError: a made-up 1
-    would time another model (a 1x1 image runs many times faster than the real one).
+    Inputs take real samples from ``inputs_path`` (see :func:`load_samples`), tiled to the batch, when
+    given. Every input without samples gets seeded stand-ins of their ONNX type shaped by ``shapes``
+    (``--shape``, by input name; key ``None`` for a one-input model), else by ``info`` (a bundle's
+    ``model_info.json`` example shapes), else by the model's fixed axes. A dynamic axis other than
+    the batch that nothing sizes raises ShapeError: a made-up 1 would time another model (a 1x1
+    image runs many times faster than the real one).
     """
     import numpy as np
 
@@ -272,15 +272,14 @@ def make_feed(
     unknown = sorted(set(shapes) - {m.name for m in metas})
     if unknown:
         raise ShapeError(f"--shape names {unknown[0]!r}, but the model's inputs are: {names}")
-    has_samples = inputs_path is not None and not (isinstance(inputs_path, str) and not inputs_path)
+    samples_by_name = load_samples(inputs_path, [m.name for m in metas])
     feed: dict = {}
     used: list[dict[str, object]] = []
     for i, meta in enumerate(metas):
         source = "--shape" if meta.name in shapes else INFO_FILE if meta.name in (info or {}) else "model"
         given = shapes.get(meta.name) or (info or {}).get(meta.name)
-        if i == 0 and has_samples:
-            is_file = isinstance(inputs_path, (str, os.PathLike))
-            samples = np.load(inputs_path, allow_pickle=False) if is_file else np.asarray(inputs_path)
+        if meta.name in samples_by_name:
+            samples = samples_by_name[meta.name]
             if meta.name in shapes and list(shapes[meta.name][1:]) != list(samples.shape[1:]):
                 raise ShapeError(
                     f"--shape gives input '{meta.name}' {shapes[meta.name]} but the samples are {samples.shape}"
@@ -294,6 +293,23 @@ def make_feed(
         feed[meta.name] = batch
         used.append({"name": meta.name, "shape": list(batch.shape), "dtype": str(batch.dtype), "source": source})
     return feed, used
+
+
+def load_samples(inputs: object, names: list[str]) -> dict[str, object]:
+    """Real input samples by input name: an ``.npz`` file or a dict (named arrays, one per input), or
+    an ``.npy`` file or one array (the first input's)."""
+    import numpy as np
+
+    if inputs is None or (isinstance(inputs, str) and not inputs):
+        return {}
+    if isinstance(inputs, dict):
+        return {k: np.asarray(v) for k, v in inputs.items() if k in names}
+    if isinstance(inputs, (str, os.PathLike)):
+        if str(inputs).endswith(".npz"):
+            with np.load(inputs, allow_pickle=False) as f:
+                return {k: f[k] for k in f.files if k in names}
+        return {names[0]: np.load(inputs, allow_pickle=False)}
+    return {names[0]: np.asarray(inputs)}
 
 
 def make_batch(session, batch_size: int, inputs_path: str | None, shapes: dict | None = None):
@@ -372,7 +388,8 @@ def measure(
             break
     rss_after = _rss_mb()
     if outputs_path and inputs_path:  # every input sample's outputs, for parity checks across devices
-        everything, _ = make_feed(session, len(np.load(inputs_path, allow_pickle=False)), inputs_path, shapes, info)
+        first = next(iter(load_samples(inputs_path, [m.name for m in session.get_inputs()]).values()))
+        everything, _ = make_feed(session, len(first), inputs_path, shapes, info)
         np.save(outputs_path, session.run(None, everything)[0])
     latency = summarize(samples_ms)
     return {
@@ -457,7 +474,11 @@ def _parser() -> argparse.ArgumentParser:
         help="ONNX Runtime's default U8S8 INT8 kernels, which saturate on x86 CPUs without VNNI "
         "(default: exact INT8 arithmetic there; no difference on VNNI or ARM CPUs)",
     )
-    parser.add_argument("--inputs", default=None, help=".npy file of real input samples (tiled to the batch)")
+    parser.add_argument(
+        "--inputs",
+        default=None,
+        help="real samples, tiled to the batch: .npy (the first input) or .npz (one array per input name)",
+    )
     parser.add_argument(
         "--shape",
         action="append",

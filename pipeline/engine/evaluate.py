@@ -33,9 +33,9 @@ def onnx_accuracy(path: Path, data: DataSplits, batch_size: int, split: str = "t
 
     ``batch_size`` only sets how many samples go through at once; the result does not depend on it.
     ``exact_int8=False``: ONNX Runtime's default INT8 kernels (they saturate on x86 without VNNI)."""
-    x, y = getattr(data, split).tensors
-    logits = onnx_logits(path, x, batch_size=batch_size, exact_int8=exact_int8)
-    return float((logits.argmax(1) == y.numpy()).mean())
+    samples = getattr(data, split)
+    logits = onnx_logits(path, samples, batch_size=batch_size, exact_int8=exact_int8)
+    return float((logits.argmax(1) == samples.labels.numpy()).mean())
 
 
 def output_parity(reference: np.ndarray, candidate: np.ndarray) -> dict[str, Any]:
@@ -52,10 +52,15 @@ def output_parity(reference: np.ndarray, candidate: np.ndarray) -> dict[str, Any
 def evaluate_artifact(
     artifact: Artifact, data: DataSplits, models: ModelLoader, work_dir: Path, eval_batch_size: int
 ) -> dict[str, Any]:
-    """Size, accuracy and identity of the file that would ship for ``artifact``."""
+    """Size, accuracy and identity of the file that would ship for ``artifact``, and whether its
+    output holds logits or probabilities (judged on the test split's outputs)."""
+    from edgeslim.export.mobile import output_kind
+
     onnx_path = deployable_onnx(artifact, models, work_dir)
+    logits = onnx_logits(onnx_path, data.test, batch_size=eval_batch_size)
     return {
-        "accuracy": onnx_accuracy(onnx_path, data, eval_batch_size),
+        "accuracy": float((logits.argmax(1) == data.test.labels.numpy()).mean()),
+        "output_kind": output_kind(logits),
         "val_accuracy": onnx_accuracy(onnx_path, data, eval_batch_size, split="val"),
         "size_bytes": onnx_path.stat().st_size,
         "params": artifact.meta.get("params"),

@@ -16,19 +16,17 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from edgeslim.config.schema import HostProfile, MeasureSpec
+from edgeslim.data.batches import save_samples
 from edgeslim.data.datasets import DataSplits
 from edgeslim.devices.edgeslim_bench import summarize
 from edgeslim.devices.host import measure_interleaved, measure_latency
 
 
 def latency_inputs(data: DataSplits, directory: Path, n: int = 64) -> Path:
-    """Real test samples for latency runs (tiled to the batch size by the worker)."""
-    path = directory / "latency_inputs.npy"
-    np.save(path, data.test.tensors[0][:n].numpy())
-    return path
+    """Real test samples for latency runs (tiled to the batch size by the worker): one tensor as
+    ``.npy`` (fed to the model's only input, whatever its name), named inputs as ``.npz``."""
+    return save_samples(directory / "latency_inputs", data.test.head(n))
 
 
 def host_latency(

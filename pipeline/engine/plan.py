@@ -8,11 +8,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edgeslim.config.schema import RunConfig, canonical_hash
+from edgeslim.data.batches import describe
 from edgeslim.data.datasets import DataSplits
 from edgeslim.engine.guard import check_guard_plan, reference_index
 from edgeslim.engine.stage import PlanRequest, Stage, StagePlan
 from edgeslim.engine.store import ONNX, TORCH, Artifact, sha256_file
-from edgeslim.errors import UserError
+from edgeslim.errors import UserError, first_line
 from edgeslim.export.onnx_io import check_onnx_file, onnx_logits
 
 
@@ -64,8 +65,8 @@ def onnx_source(path: Path, data: DataSplits) -> tuple[Artifact, str]:
         outputs = onnx_logits(path, data.example_batch(2))
     except Exception as exc:
         raise UserError(
-            f"model.name: {path.name} does not run on the data's inputs {tuple(data.example_batch(2).shape)}: "
-            f"{str(exc).splitlines()[0][:200]}"
+            f"model.name: {path.name} does not run on the data's inputs {describe(data.example_batch(2))}: "
+            f"{first_line(exc)}"
         ) from None
     if outputs.ndim != 2 or outputs.shape[1] < data.num_classes:
         raise UserError(

@@ -57,7 +57,7 @@ from edgeslim.engine.store import (
     write_json,
     write_text,
 )
-from edgeslim.errors import StageFailed, UserError, culprit
+from edgeslim.errors import StageFailed, UserError, culprit, first_line
 from edgeslim.models.loader import ModelLoader
 
 ERROR_LOG = "error.log"  # the traceback of the last unexpected failure
@@ -210,7 +210,7 @@ class Runner:
         log = self.run_dir / ERROR_LOG
         trace = "".join(traceback.format_exception(exc))
         write_text(log, f"{time.strftime('%Y-%m-%dT%H:%M:%S%z')} {planned.where}\n{trace}")
-        cause = " ".join((str(exc).strip().splitlines() or [""])[0].split())[:300]
+        cause = first_line(exc, 300)
         where, users_code = culprit(exc)
         message = f"{planned.where}: {type(exc).__name__}: {cause} ({where}traceback in {log})"
         return UserError(message) if users_code else StageFailed(message)
@@ -299,6 +299,10 @@ class Runner:
             if produced.directory is not None and produced.directory.resolve() != tmp.resolve():
                 raise RuntimeError(f"{where}: stage wrote its artifact outside its folder")
             metrics = evaluate_artifact(produced, ctx.data, ctx.models, tmp, self.config.measure.eval_batch_size)
+            if produced.directory is not None:  # what the model takes and gives, beside the model
+                produced.meta["input_spec"] = [f.to_json() for f in ctx.data.input_spec]
+                produced.meta["output_kind"] = metrics["output_kind"]
+                produced.save()
             return result, metrics
 
         result, metrics = attempt(planned.stage.execute)
@@ -321,6 +325,7 @@ class Runner:
                 "settings_hash": canonical_hash(entry.settings_with_guard()),
                 "upstream": upstream,
                 "data_fingerprint": data.fingerprint,
+                "input_spec": [f.to_json() for f in data.input_spec],
                 "versions": self.versions,
                 "code_version": self.code_versions[planned.index],
                 "files": files,

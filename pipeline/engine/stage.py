@@ -22,6 +22,7 @@ import torch
 from pydantic import BaseModel
 
 from edgeslim.config.schema import RunConfig
+from edgeslim.data.batches import Inputs
 from edgeslim.data.datasets import DataSplits
 from edgeslim.engine.store import ONNX_MODEL_FILE, TORCH, Artifact, stage_label
 from edgeslim.errors import UserError
@@ -101,15 +102,15 @@ class StageContext:
             raise UserError(f"{self.where}: stage '{ref}' must come before this stage")
         return self.earlier[i]
 
-    def example(self, n: int = 2) -> torch.Tensor:
+    def example(self, n: int = 2) -> Inputs:
         return self.data.example_batch(n)
 
-    def calibration_samples(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def calibration_samples(self, n: int) -> tuple[Inputs, torch.Tensor]:
         """``n`` training samples (inputs, labels) drawn with this stage's seed: what pruning criteria,
         importance-scaled learning rates and quantization calibrate on (never val or test)."""
-        x, y = self.data.train.tensors
-        pick = torch.randperm(len(x), generator=torch.Generator().manual_seed(self.seed))[:n]
-        return x[pick], y[pick]
+        train = self.data.train
+        pick = torch.randperm(len(train), generator=torch.Generator().manual_seed(self.seed))[:n]
+        return train.take(pick)
 
 
 def onnx_artifact(ctx: StageContext, kind: str, extra: dict[str, Any] | None = None) -> Artifact:

@@ -15,15 +15,18 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import shutil
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from edgeslim.config.schema import Preprocessing
+from edgeslim.data.batches import Inputs
 from edgeslim.engine.children import run_child
 from edgeslim.engine.store import ONNX_MODEL_FILE, write_json, write_text
 from edgeslim.errors import StageFailed
@@ -104,7 +107,9 @@ def output_kind(outputs: np.ndarray) -> str:
     return "probabilities" if bool((outputs >= 0).all() and np.abs(sums - 1).max() <= 1e-3) else "logits"
 
 
-def probe_outputs(model: Path, samples: np.ndarray | None, example: dict[str, list[int]]) -> tuple[str, str | None]:
+def probe_outputs(
+    model: Path, samples: dict[str, np.ndarray] | None, example: dict[str, list[int]]
+) -> tuple[str, str | None]:
     """The first output's kind, judged on the model's answers to real samples (or seeded random inputs).
 
     Returns the kind and what it was judged on (``None``: not checked, a dynamic axis had no size)."""
@@ -112,13 +117,27 @@ def probe_outputs(model: Path, samples: np.ndarray | None, example: dict[str, li
     from edgeslim.export.onnx_io import open_session
 
     session = open_session(model)
-    batch = len(samples) if samples is not None else PROBE_SAMPLES
+    batch = len(next(iter(samples.values()))) if samples else PROBE_SAMPLES
     try:
         feed, _ = make_feed(session, batch, samples, info=example)
     except ShapeError:
         return "logits", None
-    on = f"{batch} real input samples" if samples is not None else f"{batch} seeded random inputs"
+    on = f"{batch} real input samples" if samples else f"{batch} seeded random inputs"
     return output_kind(session.run(None, feed)[0]), on
+
+
+def named_samples(
+    samples: Inputs | np.ndarray | dict[str, np.ndarray] | None, names: list[str]
+) -> dict[str, np.ndarray] | None:
+    """A few samples by the model's input names: named inputs by name, one tensor or array for the
+    first input (whatever the ONNX file calls it)."""
+    if samples is None:
+        return None
+    if isinstance(samples, dict):
+        arrays = {k: np.asarray(v) for k, v in samples.items() if k in names}
+    else:
+        arrays = {names[0]: np.asarray(samples)}
+    return {k: v[:PROBE_SAMPLES] for k, v in arrays.items()} or None
 
 
 def model_info(
@@ -126,27 +145,29 @@ def model_info(
     preprocessing: Preprocessing | None,
     labels: list[str] | None,
     accuracy: float | None,
-    samples: np.ndarray | None = None,
+    samples: Inputs | np.ndarray | dict[str, np.ndarray] | None = None,
 ) -> dict[str, Any]:
     """Input/output description an app needs, read from the ONNX model itself.
 
-    ``samples`` (a few real inputs, first input) give the example shape for dynamic axes and show
+    ``samples`` (a few real inputs, by input name) give the example shapes for dynamic axes and show
     whether the model outputs probabilities or logits."""
     import onnx
 
     from edgeslim.export.onnx_io import load_onnx
 
     proto = load_onnx(model, external_data=False)
-    samples = samples[:PROBE_SAMPLES] if samples is not None else None
+    initializers = {i.name for i in proto.graph.initializer}
+    names = [v.name for v in proto.graph.input if v.name not in initializers]
+    samples = named_samples(samples, names)
 
     def describe(value: Any) -> dict[str, Any]:
         elem = value.type.tensor_type.elem_type
         return {"name": value.name, "shape": _dims(value), "dtype": onnx.helper.tensor_dtype_to_np_dtype(elem).name}
 
-    initializers = {i.name for i in proto.graph.initializer}
     inputs = [describe(v) for v in proto.graph.input if v.name not in initializers]
-    for k, inp in enumerate(inputs):  # real samples size the first input; the others keep their fixed axes
-        inp["example_shape"] = example_shape(inp["shape"], samples.shape if k == 0 and samples is not None else None)
+    for inp in inputs:  # real samples size their input; an input without samples keeps its fixed axes
+        given = samples.get(inp["name"]) if samples else None
+        inp["example_shape"] = example_shape(inp["shape"], given.shape if given is not None else None)
     outputs = [describe(v) for v in proto.graph.output]
     example = {i["name"]: i["example_shape"] for i in inputs if i["example_shape"]}
     kind, judged_on = probe_outputs(model, samples, example)
@@ -181,7 +202,7 @@ def copy_tokenizer(folder: Path, bundle: Path, pad_id: int, max_length: int) -> 
         "max_length": max_length,
         "pad_id": pad_id,
         "encode": f"token ids of the text (special tokens added), truncated to {max_length} and padded with "
-        f"{pad_id} to {max_length}; the model derives its attention mask from the padding",
+        f"{pad_id} to {max_length}; where the model has an attention_mask input: 1 for each token, 0 for padding",
     }
 
 
@@ -203,23 +224,9 @@ def readme(info: dict[str, Any]) -> str:
         )
     else:
         pre_text = "Preprocessing: as the training data factory produced its tensors (not recorded)."
-    # the example shape, never a made-up 1 for a dynamic axis: an unknown size stays a named placeholder
-    dims: list[int | str] = inp.get("example_shape") or [
-        d if isinstance(d, int) else (1 if i == 0 else d.upper()) for i, d in enumerate(inp["shape"])
-    ]
-    sized = all(isinstance(d, int) for d in dims)
-    numel: int | str = math.prod(int(d) for d in dims) if sized else " * ".join(str(d) for d in dims)
-    long_shape = ", ".join(f"{d}L" if isinstance(d, int) else f"{d}.toLong()" for d in dims)
-    java_shape = ", ".join(f"{d}L" if isinstance(d, int) else f"(long) {d}" for d in dims)
-    num_shape = ", ".join(f"{d}" if isinstance(d, int) else f"NSNumber(value: {d})" for d in dims)
-    objc_shape = ", ".join(f"@{d}" if isinstance(d, int) else f"@({d})" for d in dims)
-    kt_array, java_array, buffer, swift_type, ort_type, objc_type = SNIPPET_TYPES.get(
-        inp["dtype"], SNIPPET_TYPES["float32"]
-    )
-    type_note = "" if inp["dtype"] in SNIPPET_TYPES else f" (the input is {inp['dtype']}: use that element type)"
-    fill_note = f"fill with preprocessed values, {pre['layout'] if pre else 'NCHW'}{type_note}"
-    if info.get("tokenizer"):
-        fill_note = f"fill with the token ids (padded with {info['tokenizer']['pad_id']}){type_note}"
+    code = [_input_code(i, k, info) for k, i in enumerate(info["inputs"])]
+    dims = code[0].dims
+    sized = all(c.sized for c in code)
     inputs_text = "; ".join(
         f"input `{i['name']}` [{', '.join(str(d) for d in i['shape'])}] {i['dtype']}"
         + (f", example {'×'.join(str(d) for d in i['example_shape'])}" if i.get("example_shape") else "")
@@ -231,7 +238,20 @@ def readme(info: dict[str, Any]) -> str:
         else ""
     )
     if not sized:
-        size_text = f" Set {', '.join(str(d) for d in dims if isinstance(d, str))} to your input's size."
+        unknown = dict.fromkeys(str(d) for c in code for d in c.dims if isinstance(d, str))
+        size_text = f" Set {', '.join(unknown)} to your input's size."
+    kotlin_inputs = "\n".join(c.kotlin for c in code)
+    java_inputs = "\n".join(c.java for c in code)
+    swift_inputs = "\n".join(c.swift for c in code)
+    objc_inputs = "\n".join(c.objc for c in code)
+    kotlin_map = ", ".join(f'"{c.name}" to {c.tensor}' for c in code)
+    java_map = (
+        f'Collections.singletonMap("{code[0].name}", {code[0].tensor})'
+        if len(code) == 1
+        else "Map.of(" + ", ".join(f'"{c.name}", {c.tensor}' for c in code) + ")"
+    )
+    swift_map = ", ".join(f'"{c.name}": {c.tensor}' for c in code)
+    objc_map = ", ".join(f'@"{c.name}": {c.tensor}' for c in code)
     if kind == "probabilities":
         var = "probs"
         out_text = (
@@ -266,9 +286,8 @@ def readme(info: dict[str, Any]) -> str:
 ```kotlin
 val env = OrtEnvironment.getEnvironment()
 val session = env.createSession(assets.open("{ORT_FILE}").readBytes(), OrtSession.SessionOptions())
-val input = {kt_array}({numel})            // {fill_note}
-val tensor = OnnxTensor.createTensor(env, {buffer}.wrap(input), longArrayOf({long_shape}))
-session.run(mapOf("{inp["name"]}" to tensor)).use {{ result ->
+{kotlin_inputs}
+session.run(mapOf({kotlin_map})).use {{ result ->
     val {var} = (result[0].value as Array<FloatArray>)[0]
     val classId = {var}.indices.maxBy {{ {var}[it] }}
 }}
@@ -279,9 +298,8 @@ session.run(mapOf("{inp["name"]}" to tensor)).use {{ result ->
 ```java
 OrtEnvironment env = OrtEnvironment.getEnvironment();
 OrtSession session = env.createSession(modelBytes, new OrtSession.SessionOptions());
-{java_array} input = new {java_array[:-2]}[{numel}];  // preprocessed values
-OnnxTensor tensor = OnnxTensor.createTensor(env, {buffer}.wrap(input), new long[]{{{java_shape}}});
-try (OrtSession.Result result = session.run(Collections.singletonMap("{inp["name"]}", tensor))) {{
+{java_inputs}
+try (OrtSession.Result result = session.run({java_map})) {{
     float[] {var} = ((float[][]) result.get(0).getValue())[0];
 }}
 ```
@@ -292,10 +310,8 @@ try (OrtSession.Result result = session.run(Collections.singletonMap("{inp["name
 let env = try ORTEnv(loggingLevel: .warning)
 let path = Bundle.main.path(forResource: "model", ofType: "ort")!
 let session = try ORTSession(env: env, modelPath: path, sessionOptions: ORTSessionOptions())
-var input = [{swift_type}](repeating: 0, count: {numel})   // preprocessed values
-let data = NSMutableData(bytes: &input, length: input.count * MemoryLayout<{swift_type}>.size)
-let tensor = try ORTValue(tensorData: data, elementType: {ort_type}, shape: [{num_shape}])
-let outputs = try session.run(withInputs: ["{inp["name"]}": tensor], outputNames: ["{out["name"]}"], runOptions: nil)
+{swift_inputs}
+let outputs = try session.run(withInputs: [{swift_map}], outputNames: ["{out["name"]}"], runOptions: nil)
 let {var} = try outputs["{out["name"]}"]!.tensorData() as Data
 ```
 
@@ -306,9 +322,8 @@ ORTEnv *env = [[ORTEnv alloc] initWithLoggingLevel:ORTLoggingLevelWarning error:
 ORTSessionOptions *options = [[ORTSessionOptions alloc] initWithError:&error];
 ORTSession *session = [[ORTSession alloc] initWithEnv:env modelPath:path
                                        sessionOptions:options error:&error];
-ORTValue *tensor = [[ORTValue alloc] initWithTensorData:data
-    elementType:ORTTensorElementDataType{objc_type} shape:@[{objc_shape}] error:&error];
-NSDictionary *outputs = [session runWithInputs:@{{@"{inp["name"]}": tensor}}
+{objc_inputs}
+NSDictionary *outputs = [session runWithInputs:@{{{objc_map}}}
     outputNames:[NSSet setWithObject:@"{out["name"]}"] runOptions:nil error:&error];
 ```
 
@@ -316,6 +331,74 @@ Measure it on the device with `edgeslim-bench {ORT_FILE} --output device.json` (
 onnxruntime and numpy, e.g. in Termux; it feeds the example shapes from `{INFO_FILE}` next to the model,
 or pass `--shape NAME=1x3x224x224`) and compare with `edgeslim compare device.json RUN_FOLDER`.
 """
+
+
+@dataclass(frozen=True)
+class _InputCode:
+    """One model input written out for the app snippets: its array, tensor and shape in each language."""
+
+    name: str
+    tensor: str  # the variable holding its tensor
+    dims: list[int | str]  # example shape; an unknown dynamic size stays a named placeholder
+    sized: bool
+    kotlin: str
+    java: str
+    swift: str
+    objc: str
+
+
+def _input_code(inp: dict[str, Any], k: int, info: dict[str, Any]) -> _InputCode:
+    """Snippet lines that make input ``k``: the example shape, never a made-up 1 for a dynamic axis."""
+    dims: list[int | str] = inp.get("example_shape") or [
+        d if isinstance(d, int) else (1 if i == 0 else d.upper()) for i, d in enumerate(inp["shape"])
+    ]
+    sized = all(isinstance(d, int) for d in dims)
+    numel = math.prod(int(d) for d in dims) if sized else " * ".join(str(d) for d in dims)
+    long_shape = ", ".join(f"{d}L" if isinstance(d, int) else f"{d}.toLong()" for d in dims)
+    java_shape = ", ".join(f"{d}L" if isinstance(d, int) else f"(long) {d}" for d in dims)
+    num_shape = ", ".join(f"{d}" if isinstance(d, int) else f"NSNumber(value: {d})" for d in dims)
+    objc_shape = ", ".join(f"@{d}" if isinstance(d, int) else f"@({d})" for d in dims)
+    kt_array, java_array, buffer, swift_type, ort_type, objc_type = SNIPPET_TYPES.get(
+        inp["dtype"], SNIPPET_TYPES["float32"]
+    )
+    type_note = "" if inp["dtype"] in SNIPPET_TYPES else f" (the input is {inp['dtype']}: use that element type)"
+    pre, tok = info.get("preprocessing"), info.get("tokenizer")
+    if tok and "mask" in inp["name"]:
+        note = f"1 for each token, 0 for padding{type_note}"
+    elif tok and k == 0:
+        note = f"fill with the token ids (padded with {tok['pad_id']}){type_note}"
+    elif k == 0:
+        note = f"fill with preprocessed values, {pre['layout'] if pre else 'NCHW'}{type_note}"
+    else:
+        note = f"fill with the values of `{inp['name']}`{type_note}"
+    parts = [p for p in re.split(r"[^0-9a-zA-Z]+", inp["name"]) if p] or [f"input{k}"]
+    var = parts[0].lower() + "".join(p[:1].upper() + p[1:] for p in parts[1:])
+    var = var if var[0].isalpha() else f"input{var}"
+    tensor = "tensor" if len(info["inputs"]) == 1 else f"{var}Tensor"
+    data = "data" if len(info["inputs"]) == 1 else f"{var}Data"
+    return _InputCode(
+        name=inp["name"],
+        tensor=tensor,
+        dims=dims,
+        sized=sized,
+        kotlin=(
+            f"val {var} = {kt_array}({numel})            // {note}\n"
+            f"val {tensor} = OnnxTensor.createTensor(env, {buffer}.wrap({var}), longArrayOf({long_shape}))"
+        ),
+        java=(
+            f"{java_array} {var} = new {java_array[:-2]}[{numel}];  // {note}\n"
+            f"OnnxTensor {tensor} = OnnxTensor.createTensor(env, {buffer}.wrap({var}), new long[]{{{java_shape}}});"
+        ),
+        swift=(
+            f"var {var} = [{swift_type}](repeating: 0, count: {numel})   // {note}\n"
+            f"let {data} = NSMutableData(bytes: &{var}, length: {var}.count * MemoryLayout<{swift_type}>.size)\n"
+            f"let {tensor} = try ORTValue(tensorData: {data}, elementType: {ort_type}, shape: [{num_shape}])"
+        ),
+        objc=(
+            f"ORTValue *{tensor} = [[ORTValue alloc] initWithTensorData:{data}  // {note}\n"
+            f"    elementType:ORTTensorElementDataType{objc_type} shape:@[{objc_shape}] error:&error];"
+        ),
+    )
 
 
 def _pct(value: float | None) -> str:
@@ -330,7 +413,7 @@ def build_bundle(
     labels: list[str] | None,
     platform: str = "arm",
     accuracy_of: Any = None,
-    samples: np.ndarray | None = None,
+    samples: Inputs | np.ndarray | None = None,
     tokenizer: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Write the bundle into ``out_dir/mobile``; ``accuracy_of(path)`` checks the reloaded .ort model.

@@ -22,6 +22,17 @@ import onnx
 import torch
 from onnx import numpy_helper
 
+from edgeslim.data.batches import (
+    SINGLE_INPUT,
+    Inputs,
+    Split,
+    concat,
+    count,
+    dynamic_axes,
+    feeds,
+    names,
+    select,
+)
 from edgeslim.errors import UserError
 
 GRAPH_OPT_LEVELS = ("disable", "basic", "extended", "all")
@@ -38,17 +49,26 @@ def _quiet_exporter() -> contextlib.ExitStack:
     return stack
 
 
-def export_onnx(model: torch.nn.Module, example: torch.Tensor, path: Path, opset: int = 20) -> Path:
-    """Export with the dynamo exporter, a dynamic batch axis and weights inside the file."""
-    if example.shape[0] < 2:  # a batch of 1 would be specialised away by torch.export
-        example = torch.cat([example, example])
+def export_onnx(model: torch.nn.Module, example: Inputs, path: Path, opset: int = 20) -> Path:
+    """Export with the dynamo exporter and weights inside the file. Named inputs stay separate ONNX
+    inputs; the batch axis is dynamic, and so is a token input's sequence axis where the model
+    allows it (:func:`edgeslim.data.batches.dynamic_axes`). ONNX axis names follow the input spec."""
+    if count(example) < 2:  # a batch of 1 would be specialised away by torch.export
+        example = concat([example, example])
     batch = torch.export.Dim("batch", min=1, max=65536)
+    axes = dynamic_axes(example)
+    shapes = {
+        name: {i: batch if axis == "batch" else torch.export.Dim.AUTO for i, axis in spec.items()}
+        for name, spec in axes.items()
+    }
+    args, kwargs = ((), example) if isinstance(example, dict) else ((example,), None)
     with _quiet_exporter():
         program = torch.onnx.export(
             model,
-            (example,),
-            dynamic_shapes=({0: batch},),
-            input_names=["input"],
+            args,
+            kwargs=kwargs,
+            dynamic_shapes=shapes if isinstance(example, dict) else (shapes[SINGLE_INPUT],),
+            input_names=names(example),
             output_names=["logits"],
             opset_version=opset,
             dynamo=True,
@@ -60,14 +80,35 @@ def export_onnx(model: torch.nn.Module, example: torch.Tensor, path: Path, opset
     with _quiet_exporter():
         program.save(str(tmp), external_data=False)
     proto = load_onnx(tmp, "exported model")
+    renamed = name_dynamic_axes(proto, axes)
     if any(n.op_type == "DequantizeLinear" for n in proto.graph.node):  # a quantized (QAT) graph
         from edgeslim.quant.graph import mean_to_global_pool
 
         unshare_quantization_params(proto)
         mean_to_global_pool(proto)  # spatial means -> GlobalAveragePool: an integer kernel in ORT
+        renamed = True
+    if renamed:
         onnx.save(proto, str(tmp))
     os.replace(tmp, path)
     return path
+
+
+def name_dynamic_axes(proto: onnx.ModelProto, axes: dict[str, dict[int, str]]) -> bool:
+    """Give the graph inputs' dynamic axes the input spec's names (``batch``, ``sequence``) where the
+    exporter named them after its symbols (``s0``); renames the same symbol in the outputs too."""
+    rename: dict[str, str] = {}
+    for value in proto.graph.input:
+        for i, dim in enumerate(value.type.tensor_type.shape.dim):
+            wanted = axes.get(value.name, {}).get(i)
+            if wanted and dim.dim_param and dim.dim_param != wanted:
+                rename[dim.dim_param] = wanted
+    if not rename:
+        return False
+    for value in [*proto.graph.input, *proto.graph.output]:
+        for dim in value.type.tensor_type.shape.dim:
+            if dim.dim_param in rename:
+                dim.dim_param = rename[dim.dim_param]
+    return True
 
 
 def unshare_quantization_params(model: onnx.ModelProto) -> int:
@@ -297,11 +338,19 @@ def open_session(path: Path, threads: int = 1, graph_optimization: str = "all", 
 
 
 def onnx_logits(
-    path: Path, inputs: torch.Tensor, batch_size: int = 256, threads: int = 1, exact_int8: bool = True
+    path: Path,
+    inputs: Inputs | Split,
+    batch_size: int = 256,
+    threads: int = 1,
+    exact_int8: bool = True,
+    graph_optimization: str = "all",
 ) -> np.ndarray:
-    """Run a model over ``inputs`` in batches; returns the stacked outputs."""
-    session = open_session(path, threads=threads, exact_int8=exact_int8)
-    name = session.get_inputs()[0].name
-    array = inputs.numpy()
-    outs = [session.run(None, {name: array[i : i + batch_size]})[0] for i in range(0, len(array), batch_size)]
-    return np.concatenate(outs)
+    """Run a model over a batch of inputs or a whole split, ``batch_size`` samples at a time;
+    returns the stacked first outputs. Named inputs are fed by name."""
+    session = open_session(path, threads=threads, graph_optimization=graph_optimization, exact_int8=exact_int8)
+    input_names = [i.name for i in session.get_inputs()]
+    if isinstance(inputs, Split):
+        chunks = (x for x, _ in inputs.batches(batch_size))
+    else:
+        chunks = (select(inputs, slice(i, i + batch_size)) for i in range(0, count(inputs), batch_size))
+    return np.concatenate([session.run(None, feeds(x, input_names))[0] for x in chunks])

@@ -170,15 +170,17 @@ def runtime_coverage(
 def op_times(
     model: Path, sample: Any, graph_optimization: str = "all", exact_int8: bool = True, runs: int = 50
 ) -> dict[str, float]:
-    """Milliseconds per run by op type (ONNX Runtime's profiler, one thread) on ``sample`` (one batch)."""
+    """Milliseconds per run by op type (ONNX Runtime's profiler, one thread) on ``sample`` (one batch
+    of inputs: a tensor or named tensors)."""
+    from edgeslim.data.batches import feeds
     from edgeslim.devices.edgeslim_bench import op_profile
     from edgeslim.export.onnx_io import check_onnx_file, load_onnx, needs_exact_int8
 
     check_onnx_file(model)
-    name = load_onnx(model, external_data=False).graph.input[0].name
-    profile = op_profile(
-        str(model), 1, graph_optimization, {name: sample}, runs, exact_int8 and needs_exact_int8(model)
-    )
+    graph = load_onnx(model, external_data=False).graph
+    initializers = {i.name for i in graph.initializer}
+    feed = feeds(sample, [i.name for i in graph.input if i.name not in initializers])
+    profile = op_profile(str(model), 1, graph_optimization, feed, runs, exact_int8 and needs_exact_int8(model))
     return {op: v["mean_ms_per_run"] for op, v in profile.items()}
 
 

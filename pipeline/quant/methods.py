@@ -18,6 +18,7 @@ import numpy as np
 import onnx
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
+from edgeslim.data.batches import Inputs, count, feeds, select
 from edgeslim.export.onnx_io import load_onnx
 from edgeslim.quant.graph import shield_float_nodes
 
@@ -155,10 +156,20 @@ def _quant_type(name: str) -> Any:
 
 
 class _Reader:
-    """Feeds calibration batches to ONNX Runtime's calibrator."""
+    """Feeds calibration batches to ONNX Runtime's calibrator, every input by name.
 
-    def __init__(self, name: str, samples: np.ndarray, batch_size: int = 32):
-        self._batches = iter([{name: samples[i : i + batch_size]} for i in range(0, len(samples), batch_size)])
+    Every batch has the same size: the histogram calibrators (entropy, percentile) stack all
+    batches' activations into one array, which fails on a shorter last batch. The last batch
+    is topped up with the first samples instead."""
+
+    def __init__(self, names: list[str], samples: Inputs, batch_size: int = 32):
+        n = count(samples)
+        size = min(batch_size, n)
+        batches = []
+        for i in range(0, n, size):
+            index = np.arange(i, i + size) % n
+            batches.append(feeds(select(samples, index), names))
+        self._batches = iter(batches)
 
     def get_next(self) -> dict[str, np.ndarray] | None:
         return next(self._batches, None)
@@ -180,7 +191,7 @@ def _static(
     quantize_static(
         str(bench.prepared),
         str(out),
-        _Reader(bench.input_name, bench.calibration),
+        _Reader(bench.input_names, bench.calibration),
         quant_format=QuantFormat.QDQ if config.format == "qdq" else QuantFormat.QOperator,
         per_channel=config.per_channel and bench.per_channel_allowed,
         reduce_range=config.reduce_range,

@@ -35,8 +35,8 @@ from typing import Any, Literal
 
 import numpy as np
 import onnx
-import torch
 
+from edgeslim.data.batches import Inputs, Split, as_split, feeds, first
 from edgeslim.export.onnx_io import check_onnx_file, load_onnx, onnx_logits
 from edgeslim.quant import methods
 from edgeslim.quant.graph import (
@@ -121,8 +121,8 @@ class QuantBench:
         self,
         float_model: Path,
         work_dir: Path,
-        calibration: np.ndarray,
-        val: tuple[torch.Tensor, torch.Tensor],
+        calibration: Inputs | np.ndarray,
+        val: Split | tuple[Inputs, Any],
         *,
         preprocess_first: bool = True,
         eval_batch_size: int = 256,
@@ -130,9 +130,11 @@ class QuantBench:
         self.float_model = float_model
         self.work_dir = work_dir
         self.calibration = calibration
-        self.val_x, self.val_y = val
+        self.val = as_split(val)
         self.eval_batch_size = eval_batch_size
-        self.input_name = load_onnx(float_model, external_data=False).graph.input[0].name
+        graph = load_onnx(float_model, external_data=False).graph
+        initializers = {i.name for i in graph.initializer}
+        self.input_names = [i.name for i in graph.input if i.name not in initializers]
         self._trials = 0
         self.notes: list[str] = []  # what preparing the graph changed, for the stage's report
         self.per_channel_allowed = True
@@ -173,7 +175,7 @@ class QuantBench:
         return path
 
     def _same_logits(self, before: onnx.ModelProto, after: onnx.ModelProto) -> bool:
-        x = torch.from_numpy(self.calibration[:32])
+        x = first(self.calibration, 32)
         with tempfile.TemporaryDirectory(dir=self.work_dir) as tmp:
             paths = [Path(tmp) / "before.onnx", Path(tmp) / "after.onnx"]
             for model, path in zip((before, after), paths, strict=True):
@@ -215,37 +217,37 @@ class QuantBench:
 
     # ------------------------------------------------------------ judging
 
-    def _logits(self, path: Path, x: torch.Tensor) -> np.ndarray:
+    def _logits(self, path: Path, x: Inputs | Split) -> np.ndarray:
         return onnx_logits(path, x, batch_size=self.eval_batch_size)
 
     @cached_property
     def float_val_logits(self) -> np.ndarray:
-        return self._logits(self.float_model, self.val_x)
+        return self._logits(self.float_model, self.val)
 
     @cached_property
     def float_val_accuracy(self) -> float:
-        return float((self.float_val_logits.argmax(1) == self.val_y.numpy()).mean())
+        return float((self.float_val_logits.argmax(1) == self.val.labels.numpy()).mean())
 
     @cached_property
     def float_calibration_logits(self) -> np.ndarray:
-        return self._logits(self.float_model, torch.from_numpy(self.calibration))
+        return self._logits(self.float_model, self.calibration)
 
     def evaluate(self, path: Path) -> tuple[float, float]:
         """(validation accuracy, validation logits MSE vs the float model)."""
-        logits = self._logits(path, self.val_x)
-        accuracy = float((logits.argmax(1) == self.val_y.numpy()).mean())
+        logits = self._logits(path, self.val)
+        accuracy = float((logits.argmax(1) == self.val.labels.numpy()).mean())
         return accuracy, float(np.mean((logits - self.float_val_logits) ** 2))
 
     def output_error(self, path: Path) -> float:
         """Logits MSE vs the float model on the calibration samples: the cheap sensitivity proxy."""
-        logits = self._logits(path, torch.from_numpy(self.calibration))
+        logits = self._logits(path, self.calibration)
         return float(np.mean((logits - self.float_calibration_logits) ** 2))
 
 
 # ---------------------------------------------------------------- sensitivity and mixed precision
 
 
-def _tensor_values(path: Path, names: Sequence[str], x: np.ndarray, work_dir: Path) -> dict[str, np.ndarray]:
+def _tensor_values(path: Path, names: Sequence[str], x: Inputs, work_dir: Path) -> dict[str, np.ndarray]:
     """Values of the named intermediate tensors of ``path`` on ``x`` (Q/DQ run as written: no fusion)."""
     from edgeslim.export.onnx_io import open_session
 
@@ -260,7 +262,7 @@ def _tensor_values(path: Path, names: Sequence[str], x: np.ndarray, work_dir: Pa
         probe = Path(tmp) / "probe.onnx"
         onnx.save(model, str(probe))
         session = open_session(probe, graph_optimization="disable")
-        values = session.run(wanted, {session.get_inputs()[0].name: x})
+        values = session.run(wanted, feeds(x, [i.name for i in session.get_inputs()]))
     return dict(zip(wanted, values, strict=True))
 
 
@@ -305,7 +307,7 @@ def layer_sqnr(bench: QuantBench, quantized: Path, samples: int = 64) -> list[di
             continue  # not a QDQ node (QOperator, dynamic): nothing to compare by name
         out = qn.output[0] if qn.output[0] in float_tensors else node.output[0]
         pairs.append((node.name, node.op_type, node.input[0], qn.input[0], out, after_qdq(qn.output[0])))
-    x = bench.calibration[:samples]
+    x = first(bench.calibration, samples)
     reference = _tensor_values(bench.prepared, sorted({t for p in pairs for t in (p[2], p[4])}), x, bench.work_dir)
     noisy = _tensor_values(quantized, sorted({t for p in pairs for t in (p[3], p[5])}), x, bench.work_dir)
     rows = []

@@ -18,10 +18,10 @@ from typing import Any
 
 import numpy as np
 import onnx
-import torch
 
+from edgeslim.data.batches import Inputs, Split, first
 from edgeslim.engine.evaluate import output_parity
-from edgeslim.export.onnx_io import load_onnx, onnx_logits, open_session
+from edgeslim.export.onnx_io import load_onnx, onnx_logits
 
 
 @dataclass
@@ -54,20 +54,15 @@ class Hop:
         return text
 
 
-def logits_at(path: Path, x: torch.Tensor, level: str, exact_int8: bool, batch_size: int = 256) -> np.ndarray:
+def logits_at(path: Path, x: Inputs | Split, level: str, exact_int8: bool, batch_size: int = 256) -> np.ndarray:
     """Outputs of ``path`` on ``x`` at ONNX Runtime optimization ``level``."""
-    session = open_session(path, graph_optimization=level, exact_int8=exact_int8)
-    name = session.get_inputs()[0].name
-    array = x.numpy()
-    return np.concatenate(
-        [session.run(None, {name: array[i : i + batch_size]})[0] for i in range(0, len(array), batch_size)]
-    )
+    return onnx_logits(path, x, batch_size, graph_optimization=level, exact_int8=exact_int8)
 
 
 def quantized_hops(
     float_model: Path | None,
     int8_model: Path,
-    x: torch.Tensor,
+    x: Inputs | Split,
     level: str,
     exact_int8: bool,
     gate: float,
@@ -88,12 +83,12 @@ def quantized_hops(
     fused = logits_at(int8_model, x, level, exact_int8)
     fusion = Hop(f"ONNX INT8 (optimization disabled) -> ONNX INT8 ({level})", output_parity(written, fused), gate)
     if not fusion.passed:
-        fusion.first_divergent_node = first_divergent_node(int8_model, x[:64], level, exact_int8)
+        fusion.first_divergent_node = first_divergent_node(int8_model, first(x, 64), level, exact_int8)
     hops.append(fusion)
     return hops
 
 
-def first_divergent_node(model_path: Path, x: torch.Tensor, level: str, exact_int8: bool, tol: float = 0.05) -> str:
+def first_divergent_node(model_path: Path, x: Inputs, level: str, exact_int8: bool, tol: float = 0.05) -> str:
     """The first node (in graph order) whose dequantized output differs between optimization
     ``disable`` and ``level`` by more than ``tol`` of its range.
 

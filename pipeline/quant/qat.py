@@ -17,6 +17,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from edgeslim.data.batches import Inputs, concat, count
+
 
 def _torchao() -> ModuleType:
     """Import torchao's PT2E pieces quietly (it logs about optional CUDA kernels on import)."""
@@ -75,17 +77,22 @@ def onnxruntime_quantizer(weight_bits: int = 8) -> Any:
     return XNNPACKQuantizer().set_global(config)
 
 
-def prepare_qat(model: nn.Module, example: torch.Tensor, weight_bits: int = 8) -> torch.fx.GraphModule:
+def prepare_qat(model: nn.Module, example: Inputs, weight_bits: int = 8) -> torch.fx.GraphModule:
     """Insert fake quantization where ONNX Runtime will run integer kernels (:func:`onnxruntime_quantizer`)."""
     pt2e = _torchao()
     from torchao.quantization.pt2e.quantize_pt2e import prepare_qat_pt2e
 
-    if example.shape[0] < 2:
-        example = torch.cat([example, example])
+    if count(example) < 2:
+        example = concat([example, example])
+    batch = torch.export.Dim("batch")
+    if isinstance(example, dict):  # named inputs: keyword arguments, each with the same batch axis
+        args, kwargs, shapes = (), example, {k: {0: batch} for k in example}
+    else:
+        args, kwargs, shapes = (example,), None, ({0: batch},)
     model.train()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        program = torch.export.export(model, (example,), dynamic_shapes=({0: torch.export.Dim("batch")},))
+        program = torch.export.export(model, args, kwargs=kwargs, dynamic_shapes=shapes)
         prepared = prepare_qat_pt2e(program.module(), onnxruntime_quantizer(weight_bits))
     pt2e.move_exported_model_to_train(prepared)
     return prepared
