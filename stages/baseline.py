@@ -46,8 +46,8 @@ class Baseline(Stage[BaselineConfig]):
         model = ctx.models.load(ctx.input)
         test_acc, test_loss = evaluate(model, ctx.data.test)
         val_acc, _ = evaluate(model, ctx.data.val)
-        x, y = ctx.data.test.tensors
-        pred = predict(model, x).argmax(1)
+        y = ctx.data.test.labels
+        pred = predict(model, ctx.data.test).argmax(1)
         per_class = {int(c): float((pred[y == c] == c).float().mean()) for c in torch.unique(y)}
         artifact = save_same_architecture(ctx, model)
         params, macs = artifact.meta["params"], artifact.meta["macs"]

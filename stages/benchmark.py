@@ -96,7 +96,7 @@ class Benchmark(Stage[BenchmarkConfig]):
             job = BenchJob(
                 model=model,
                 latency_inputs=latency_inputs(ctx.data, Path(tmp)),
-                parity_inputs=ctx.data.test.tensors[0],
+                parity_inputs=ctx.data.test,
                 label=f"{ctx.config.name}/{ctx.label}",
                 context=context,
                 facts=device_facts(),

@@ -71,7 +71,7 @@ class Export(Stage[ExportConfig]):
         model = ctx.models.load_deployable(ctx.input)
         quantized = ctx.input.kind == TORCH_QAT
         path = export_onnx(model, ctx.example(), ctx.out_dir / ONNX_MODEL_FILE, opset=cfg.opset)
-        x, _ = ctx.data.test.tensors
+        x = ctx.data.test
         host = ctx.config.host
         reference = predict(model, x).numpy()
         exported = onnx_logits(path, x, batch_size=ctx.config.measure.eval_batch_size)
@@ -129,7 +129,7 @@ class Export(Stage[ExportConfig]):
         batch = ctx.config.measure.eval_batch_size
         # Like with like: an .ort file keeps the kernels ONNX Runtime chose when converting it, so the
         # ONNX model is judged here with the default kernels too (they differ only on x86 without VNNI).
-        x, y = ctx.data.test.tensors
+        x, y = ctx.data.test, ctx.data.test.labels
         onnx_out = onnx_logits(path, x, batch_size=batch, exact_int8=False)
         onnx_acc = float((onnx_out.argmax(1) == y.numpy()).mean())
         ort_out: list[np.ndarray] = []
@@ -145,7 +145,7 @@ class Export(Stage[ExportConfig]):
             labels=ctx.data.labels,
             platform=cfg.mobile_platform,
             accuracy_of=ort_accuracy,
-            samples=x[:16].numpy(),  # real test inputs: the example shape and the output's kind
+            samples=x.head(16),  # real test inputs: the example shapes and the output's kind
             tokenizer=(
                 {"folder": tokens.tokenizer, "pad_id": tokens.pad_id, "max_length": tokens.max_length}
                 if (tokens := ctx.data.tokens)

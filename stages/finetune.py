@@ -17,6 +17,7 @@ from pydantic import Field, model_validator
 from torch import nn
 
 from edgeslim.config.schema import StrictModel
+from edgeslim.data.batches import call
 from edgeslim.engine.stage import PlanRequest, Stage, StageContext, StagePlan, StageResult
 from edgeslim.engine.store import TORCH, TORCH_QAT
 from edgeslim.errors import UserError
@@ -121,7 +122,6 @@ class Finetune(Stage[FinetuneConfig]):
 
     def run(self, ctx: StageContext, cfg: FinetuneConfig) -> StageResult:
         model = ctx.models.load(ctx.input)
-        x_train = ctx.data.train.tensors[0]
         start_acc, _ = evaluate(model, ctx.data.val)
         notes: list[str] = []
         details: dict = {"val_accuracy_before": start_acc}
@@ -130,7 +130,7 @@ class Finetune(Stage[FinetuneConfig]):
             edits = [*edits, self._new_head(model, cfg.head, ctx, notes)]
         params, macs = count_params_and_macs(model, ctx.example())
         if cfg.bn_recalibration_batches:
-            recalibrate_batchnorm(model, x_train, cfg.bn_recalibration_batches, 64)
+            recalibrate_batchnorm(model, ctx.data.train, cfg.bn_recalibration_batches, 64)
             details["val_accuracy_bn_recalibrated"] = evaluate(model, ctx.data.val)[0]
         if cfg.dropout is not None:
             set_dropout(model, cfg.dropout)  # before QAT: the exported graph freezes dropout's p
@@ -230,7 +230,7 @@ class Finetune(Stage[FinetuneConfig]):
         """Teachers (checked to predict the data's classes), and the hint loss's feature taps and adapter."""
         teachers = [self._teacher(ref, ctx) for ref in cfg.teachers]
         with torch.no_grad():
-            widths = {t(ctx.example()).shape[-1] for t in teachers}
+            widths = {call(t, ctx.example()).shape[-1] for t in teachers}
         if widths != {ctx.data.num_classes}:
             raise UserError(
                 f"{ctx.where}.distill.teacher: teachers predict {sorted(widths)} classes, the data has "
@@ -269,8 +269,8 @@ class Finetune(Stage[FinetuneConfig]):
         s_tap, t_tap = FeatureTap(s_modules[cfg.layer]), FeatureTap(t_modules[t_name])
         with torch.no_grad():
             student.eval()
-            student(ctx.example())
-            teacher(ctx.example())
+            call(student, ctx.example())
+            call(teacher, ctx.example())
         s_out, t_out = s_tap.value, t_tap.value
         if s_out is None or t_out is None or s_out.shape[2:] != t_out.shape[2:]:
             raise UserError(f"{where}: layers '{cfg.layer}' and '{t_name}' give outputs of different spatial shape")

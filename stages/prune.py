@@ -42,9 +42,10 @@ from pydantic import Field, field_validator, model_validator
 from torch import nn
 
 from edgeslim.config.schema import StrictModel
+from edgeslim.data.batches import Inputs
 from edgeslim.engine.stage import Stage, StageContext, StageResult
 from edgeslim.engine.store import TORCH
-from edgeslim.errors import UserError
+from edgeslim.errors import UserError, first_line
 from edgeslim.models.loader import count_params_and_macs, output_layer_name, save_torch_artifact
 from edgeslim.prune.criteria import CRITERIA, build_importance, prepare_importance
 from edgeslim.prune.graph import (
@@ -225,7 +226,7 @@ class Prune(Stage[PruneConfig]):
             model.zero_grad(set_to_none=True)
             _check_still_runs(model, example, ctx.where)
             raw_acc, _ = evaluate(model, ctx.data.val)
-            recalibrate_batchnorm(model, ctx.data.train.tensors[0], cfg.bn_recalibration_batches, 64)
+            recalibrate_batchnorm(model, ctx.data.train, cfg.bn_recalibration_batches, 64)
             recal_acc, _ = evaluate(model, ctx.data.val)
             params, macs = count_params_and_macs(model, example)
             steps.append(
@@ -293,8 +294,8 @@ class Prune(Stage[PruneConfig]):
         model: nn.Module,
         ignored: list[nn.Module],
         dead: list[str],
-        example: torch.Tensor,
-        calib_x: torch.Tensor,
+        example: Inputs,
+        calib_x: Inputs,
         calib_y: torch.Tensor,
         params0: int,
         macs0: int,
@@ -449,17 +450,17 @@ def _step(pruner: _Pruner, where: str) -> None:
             pruner.current = group
             group.prune()
     except Exception as exc:  # a third-party failure on the user's model, reported in one line
-        first_line = (str(exc).strip().splitlines() or [""])[0]
+        message = first_line(exc, 1000)
         layers = pruner.current_layers()
         which = f" on the channels of {_few(layers)}" if layers else ""
         pattern = f" (e.g. '{layers[0]}')" if layers else ""
         raise UserError(
-            f"{where}: torch-pruning failed{which}: {type(exc).__name__}: {first_line}; it could not follow how the "
+            f"{where}: torch-pruning failed{which}: {type(exc).__name__}: {message}; it could not follow how the "
             f"model reshapes or groups these channels: keep them whole with {where}.ignore{pattern}"
         ) from exc
 
 
-def _check_still_runs(model: nn.Module, example: torch.Tensor, where: str) -> None:
+def _check_still_runs(model: nn.Module, example: Inputs, where: str) -> None:
     """A pruned model that no longer runs is a one-line error naming where it breaks, not a traceback:
     torch-pruning removed channels that a reshape, view or head split elsewhere still counts on."""
     failure = locate_failure(model, example)

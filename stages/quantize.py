@@ -44,6 +44,7 @@ import onnx
 from pydantic import Field, model_validator
 
 from edgeslim.config.schema import HostProfile, StrictModel
+from edgeslim.data.batches import count
 from edgeslim.devices.host import measure_interleaved
 from edgeslim.engine.measure import latency_inputs
 from edgeslim.engine.stage import PlanRequest, Stage, StageContext, StagePlan, StageResult, onnx_artifact
@@ -276,6 +277,11 @@ class Quantize(Stage[QuantizeConfig]):
         reason = inc_backend.inc_available()
         if reason is not None:
             raise UserError(f"{ctx.where}.backend: neural-compressor is not usable here: {reason}")
+        if isinstance(ctx.example(), dict):
+            raise UserError(
+                f"{ctx.where}.backend: neural-compressor here quantizes one-input models; this model takes named "
+                f"inputs ({', '.join(ctx.example())}): use backend onnxruntime"
+            )
         model = ctx.models.load(ctx.input)
         result = inc_backend.autotune_int8(
             model,
@@ -312,7 +318,7 @@ class Quantize(Stage[QuantizeConfig]):
             return self._neural_compressor(ctx)
         source = ctx.input.file("model")
         check_onnx_file(source)
-        samples = ctx.calibration_samples(cfg.calibration_samples)[0].numpy()
+        samples = ctx.calibration_samples(cfg.calibration_samples)[0]
         out = ctx.out_dir / ONNX_MODEL_FILE
         host = ctx.config.host
         with tempfile.TemporaryDirectory(prefix=".quantize-", dir=ctx.out_dir) as tmp:
@@ -320,7 +326,7 @@ class Quantize(Stage[QuantizeConfig]):
                 source,
                 Path(tmp),
                 samples,
-                ctx.data.val.tensors,
+                ctx.data.val,
                 preprocess_first=cfg.optimize in ("before", "both"),
                 eval_batch_size=ctx.config.measure.eval_batch_size,
             )
@@ -362,7 +368,7 @@ class Quantize(Stage[QuantizeConfig]):
             )
             if outcome.recipe is not None and outcome.recipe.method == "static":
                 hops = quantized_hops(
-                    bench.float_model, outcome.path, bench.val_x, host.graph_optimization, host.exact_int8, 0.99
+                    bench.float_model, outcome.path, bench.val, host.graph_optimization, host.exact_int8, 0.99
                 )
                 outcome.details["parity_ledger"] = [{**h.row(), "split": "validation"} for h in hops]
                 outcome.notes += [f"parity (validation split): {h.line()}" for h in hops]
@@ -388,7 +394,7 @@ class Quantize(Stage[QuantizeConfig]):
             "recipe": outcome.recipe.settings() if quantized else None,
             "deliverable": "int8" if quantized else "float",
             "settings": cfg.model_dump(mode="json"),
-            "calibration_samples": len(samples),
+            "calibration_samples": count(samples),
             "quantizable_nodes": [{"node": n.name, "op_type": n.op_type} for n in quantizable],
             "fp32_nodes": outcome.fp32_nodes,
             "quantized_weights": n_quantized,
@@ -535,7 +541,7 @@ class Quantize(Stage[QuantizeConfig]):
         nodes = bench.nodes(recipe.method)
         notes = [
             f"{recipe.label()}"
-            + (f", calibrated on {len(bench.calibration)} training images" if recipe.method == "static" else "")
+            + (f", calibrated on {count(bench.calibration)} training samples" if recipe.method == "static" else "")
         ]
         if recipe.method == "int4" and not nodes:
             raise UserError(
@@ -710,9 +716,9 @@ class Quantize(Stage[QuantizeConfig]):
 
 
 def _op_time_diagnosis(bench: QuantBench, int8_path: Path, notes: list[str], host: HostProfile) -> dict[str, Any]:
-    """Profile a rejected INT8 model and its float input by op type (one validation image, batch 1):
+    """Profile a rejected INT8 model and its float input by op type (one validation sample, batch 1):
     which ops make INT8 lose. Appends the sentence to ``notes``; returns the per-op times."""
-    sample = bench.val_x[:1].numpy()
+    sample = bench.val.head(1)
     int8_ops = op_times(int8_path, sample, host.graph_optimization, host.exact_int8)
     float_ops = op_times(bench.float_model, sample, host.graph_optimization, host.exact_int8)
     notes.append(why_int8_loses(int8_ops, float_ops))
