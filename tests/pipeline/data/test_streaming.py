@@ -20,6 +20,7 @@ from edgeslim.api import parse_config
 from edgeslim.data.batches import StreamSplit, TensorSplit
 from edgeslim.data.datasets import load_data
 from edgeslim.errors import UserError
+from edgeslim.models.loader import select_output
 from edgeslim.train.loop import evaluate
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -205,6 +206,6 @@ def test_memory_stays_flat_on_a_dataset_too_big_to_hold() -> None:
 
 def test_evaluate_reads_a_stream_once_per_pass() -> None:
     data = load_data(_spec(f"{__name__}:streamed_digits"))
-    net = two_input_net().eval()
+    net = select_output(two_input_net().eval(), None, data.example_batch(2))  # as the run loads it
     accuracy, loss = evaluate(net, data.test)
     assert 0 <= accuracy <= 1 and np.isfinite(loss)
