@@ -101,21 +101,22 @@ def test_folder_mistakes_are_one_line(tiny_bert: Path, tmp_path: Path) -> None:
         parse_config({"name": "x", "model": {"hf": str(tiny_bert), "name": "tiny_cnn"}, "stages": ["baseline"]})
 
 
-def test_a_folder_goes_through_train_export_and_quantize(tiny_bert: Path, tmp_path: Path) -> None:
+def _run_on_reviews(folder: Path, out: Path, max_samples: int, stages: list) -> edgeslim.RunResult:
+    """The folder's model on the real reviews (32 tokens), quick measurement settings."""
     cfg = {
-        "name": "hf",
+        "name": "bert",
         "seed": 0,
-        "model": {"hf": str(tiny_bert)},
-        "data": {"name": "rotten_tomatoes", "max_length": 32, "max_samples": 300},
+        "model": {"hf": str(folder)},
+        "data": {"name": "rotten_tomatoes", "max_length": 32, "max_samples": max_samples},
         "measure": {"warmup": 2, "runs": 10, "max_seconds": 1.0},
-        "stages": [
-            {"train": {"epochs": 1, "batch_size": 32}},
-            "baseline",
-            "export",
-            {"quantize": {"method": "dynamic"}},
-        ],
+        "stages": stages,
     }
-    result = edgeslim.run(cfg, out=tmp_path)
+    return edgeslim.run(cfg, out=out)
+
+
+def test_a_folder_goes_through_train_export_and_quantize(tiny_bert: Path, tmp_path: Path) -> None:
+    stages = [{"train": {"epochs": 1, "batch_size": 32}}, "baseline", "export", {"quantize": {"method": "dynamic"}}]
+    result = _run_on_reviews(tiny_bert, tmp_path, 300, stages)
     assert [s.status for s in result.stages] == ["ran"] * 4
     graph = onnx.load(str(result.model_file("export"))).graph
     assert [i.name for i in graph.input] == ["input_ids", "attention_mask"]
@@ -126,25 +127,19 @@ def test_a_folder_goes_through_train_export_and_quantize(tiny_bert: Path, tmp_pa
 
 def test_a_bert_with_named_inputs_goes_through_the_whole_pipeline(tiny_bert: Path, tmp_path: Path) -> None:
     """input_ids + attention_mask, two named inputs, from training to the phone bundle: heads and FFN
-    pruned, distilled from the baseline, dynamic INT8, benchmarked, bundled with the tokenizer."""
-    cfg = {
-        "name": "bert",
-        "seed": 0,
-        "model": {"hf": str(tiny_bert)},
-        "data": {"name": "rotten_tomatoes", "max_length": 32, "max_samples": 600},
-        "measure": {"warmup": 2, "runs": 10, "max_seconds": 1.0},
-        "stages": [
-            {"train": {"epochs": 2, "batch_size": 32, "optimizer": {"lr": 0.001}}},
-            "baseline",
-            {"prune": {"pruning_ratio": 0.25, "head_pruning_ratio": 0.5, "importance": "taylor"}},
-            {"finetune": {"epochs": 1, "batch_size": 32, "distill": {"teacher": "baseline"}}},
-            "export",
-            {"quantize": {"method": "dynamic"}},
-            {"export": {"target": "mobile"}},
-            "benchmark",
-        ],
-    }
-    result = edgeslim.run(cfg, out=tmp_path)
+    pruned (the default hessian criterion), distilled from the baseline, dynamic INT8, benchmarked,
+    bundled with the tokenizer."""
+    stages = [
+        {"train": {"epochs": 2, "batch_size": 32, "optimizer": {"lr": 0.001}}},
+        "baseline",
+        {"prune": {"pruning_ratio": 0.25, "head_pruning_ratio": 0.5}},
+        {"finetune": {"epochs": 1, "batch_size": 32, "distill": {"teacher": "baseline"}}},
+        "export",
+        {"quantize": {"method": "dynamic"}},
+        {"export": {"target": "mobile"}},
+        "benchmark",
+    ]
+    result = _run_on_reviews(tiny_bert, tmp_path, 600, stages)
     assert [s.status for s in result.stages] == ["ran"] * 8
     pruned, baseline = result.stage("prune"), result.stage("baseline")
     assert pruned.metrics.params < 0.9 * baseline.metrics.params
