@@ -27,6 +27,7 @@ import contextlib
 import io
 import logging
 import tempfile
+import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from functools import cached_property
@@ -70,11 +71,14 @@ def upgrade_opset(model: onnx.ModelProto, opset: int) -> onnx.ModelProto | None:
 
 @contextlib.contextmanager
 def quiet_ort() -> Iterator[None]:
-    """Silence onnxruntime.quantization's INFO/WARNING logging and its stray ``print`` calls."""
+    """Silence onnxruntime.quantization's INFO/WARNING logging, its stray ``print`` calls and numpy's
+    overflow warnings from its histogram calibrators (a transformer's -3.4e38 attention-mask values):
+    a calibration that really fails raises, and every candidate is judged on validation accuracy."""
     previous = logging.root.manager.disable
     logging.disable(logging.WARNING)
     try:
-        with contextlib.redirect_stdout(io.StringIO()):
+        with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
             yield
     finally:
         logging.disable(previous)
