@@ -226,8 +226,8 @@ class Prune(Stage[PruneConfig]):
             model.zero_grad(set_to_none=True)
             _check_still_runs(model, example, ctx.where)
             raw_acc, _ = evaluate(model, ctx.data.val)
-            recalibrate_batchnorm(model, ctx.data.train, cfg.bn_recalibration_batches, 64)
-            recal_acc, _ = evaluate(model, ctx.data.val)
+            recalibrated = recalibrate_batchnorm(model, ctx.data.train, cfg.bn_recalibration_batches, 64) > 0
+            recal_acc = evaluate(model, ctx.data.val)[0] if recalibrated else raw_acc  # no BatchNorm: unchanged
             params, macs = count_params_and_macs(model, example)
             steps.append(
                 {
@@ -281,8 +281,12 @@ class Prune(Stage[PruneConfig]):
                 f"{cfg.importance} importance, channel ratio {ratio:.3f} in {cfg.iterative_steps} step(s): "
                 f"params {params_before:,} → {params:,} ({params / params_before:.1%}), "
                 f"MACs {macs / macs_before:.1%} kept; val accuracy {acc_before:.4f} → "
-                f"{steps[-1]['val_accuracy_pruned']:.4f} pruned → "
-                f"{steps[-1]['val_accuracy_bn_recalibrated']:.4f} after BatchNorm re-estimation",
+                f"{steps[-1]['val_accuracy_pruned']:.4f} pruned"
+                + (
+                    f" → {steps[-1]['val_accuracy_bn_recalibrated']:.4f} after BatchNorm re-estimation"
+                    if recalibrated
+                    else ""
+                ),
                 *_head_notes(heads_before, heads_after),
                 *notes,
                 *warnings,
