@@ -159,8 +159,23 @@ class Terminated(BaseException):
     """SIGTERM, raised in the main thread so the unfinished stage is cleaned up like on Ctrl-C."""
 
 
-def _raise_terminated(signum: int, frame: object) -> None:
-    raise Terminated
+_signals: list[int] = []  # received this run: a stop request wins over whatever error it caused
+
+
+def _on_signal(signum: int, frame: object) -> None:
+    """Ctrl-C / SIGTERM: raise in the main thread so the unfinished stage is discarded. Inside a native
+    library (safetensors' Rust reader) the exception can come back as an unrelated error, such as a
+    ``ValueError``; the recorded signal still decides the exit."""
+    _signals.append(signum)
+    raise Terminated if signum == signal.SIGTERM else KeyboardInterrupt
+
+
+def _stopped(signum: int) -> int:
+    if signum == signal.SIGTERM:
+        print("edgeslim: terminated; finished stages are kept and a rerun resumes from there", file=sys.stderr)
+        return 143
+    print("edgeslim: interrupted; finished stages are kept and a rerun resumes from there", file=sys.stderr)
+    return 130
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -168,10 +183,11 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     console = Console(stderr=True)
     if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, _raise_terminated)
+        _signals.clear()
+        signal.signal(signal.SIGTERM, _on_signal)
         # a shell starts background jobs with SIGINT ignored, and Python keeps that: an explicit
         # interrupt (kill -INT) must still stop a run cleanly
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGINT, _on_signal)
     try:
         if args.command == "run":
             return _cmd_run(args, console)
@@ -179,16 +195,18 @@ def main(argv: list[str] | None = None) -> int:
             return _cmd_compare(args, console)
         return _cmd_report(args, console)
     except (UserError, StageFailed) as exc:
+        if _signals:
+            return _stopped(_signals[0])
         message = " ".join(str(exc).split())  # always one line
         print(f"edgeslim: error: {message}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
-        print("edgeslim: interrupted; finished stages are kept and a rerun resumes from there", file=sys.stderr)
-        return 130
+        return _stopped(signal.SIGINT)
     except Terminated:
-        print("edgeslim: terminated; finished stages are kept and a rerun resumes from there", file=sys.stderr)
-        return 143
+        return _stopped(signal.SIGTERM)
     except OSError as exc:
+        if _signals:
+            return _stopped(_signals[0])
         if exc.errno not in ENVIRONMENT_ERRNOS:
             raise
         where = f" ({exc.filename})" if exc.filename else ""

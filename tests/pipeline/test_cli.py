@@ -220,3 +220,31 @@ def test_output_path_blocked_by_a_file(tmp_path):
     proc = edgeslim("run", str(cfg), "--out", str(blocker), cwd=ROOT)
     assert_one_line_error(proc, r"cannot create output folder .*occupied/t")
     assert blocker.read_text() == "not a folder"
+
+
+@pytest.mark.parametrize(("signum", "code", "word"), [(2, 130, "interrupted"), (15, 143, "terminated")])
+def test_a_stop_request_that_a_native_library_turns_into_another_error_still_stops(
+    monkeypatch, capsys, tmp_path, signum, code, word
+) -> None:
+    """safetensors' Rust reader can hand Ctrl-C back as a ValueError; the stage then fails with it.
+    The recorded signal decides the exit, not the error it caused."""
+    import signal
+
+    from edgeslim import cli
+    from edgeslim.errors import StageFailed
+
+    def run_hit_by_a_signal(args, console) -> int:
+        try:
+            cli._on_signal(signum, None)
+        except BaseException:  # what the native library does with it
+            raise StageFailed("stages[3].finetune: ValueError: could not determine the shape") from None
+        return 0
+
+    monkeypatch.setattr(cli, "_cmd_run", run_hit_by_a_signal)
+    previous = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    try:
+        assert cli.main(["run", str(tmp_path / "x.yaml")]) == code
+    finally:
+        signal.signal(signal.SIGINT, previous[0])
+        signal.signal(signal.SIGTERM, previous[1])
+    assert f"edgeslim: {word};" in capsys.readouterr().err
