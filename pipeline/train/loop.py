@@ -19,7 +19,7 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from edgeslim.config.schema import StrictModel
-from edgeslim.data.augment import AugmentConfig, augment_batch
+from edgeslim.data.augment import AugmentConfig, augment_inputs, check_augment
 from edgeslim.data.batches import Inputs, Split, as_split, call, count, select
 from edgeslim.engine.progress import progress_bar
 from edgeslim.errors import UserError
@@ -198,7 +198,7 @@ class _EpochLoop:
             for group, lr in zip(optimizer.param_groups, self.initial_lrs, strict=True):
                 group["lr"] = lr * factor
             if cfg.augment is not None:
-                x = augment_batch(x, cfg.augment, self.generator)
+                x = augment_inputs(x, cfg.augment, self.generator)
             optimizer.zero_grad(set_to_none=True)
             loss = self.loss_fn(self.model, x, y)
             if not torch.isfinite(loss):
@@ -237,8 +237,8 @@ def fit(
     ``where`` names the config location in error messages (e.g. ``stages[3].finetune``).
     """
     train, val = as_split(train), as_split(val)
-    if cfg.augment is not None and isinstance(train.head(1), dict):
-        raise UserError(f"{where}.augment: augmentation works on image tensors, not on named inputs")
+    if cfg.augment is not None:
+        check_augment(cfg.augment, train.head(1), f"{where}.augment")
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     loss_fn = loss_fn or compose_loss(cfg.loss)

@@ -76,14 +76,15 @@ def test_text_settings_are_checked(tmp_path: Path) -> None:
 
 
 def test_a_text_model_goes_through_every_stage_on_token_ids(tmp_path: Path) -> None:
-    """text_cnn on real reviews: int64 ids through train, prune, fine-tune, export, INT8 and benchmark."""
+    """text_cnn on real reviews: int64 ids through train, prune, fine-tune (with token deletion and
+    swaps), export, INT8 and benchmark."""
     import edgeslim
 
     stages = [
         {"train": {"epochs": 3, "batch_size": 32, "optimizer": {"lr": 0.003}}},
         "baseline",
         {"prune": {"pruning_ratio": 0.5}},
-        {"finetune": {"epochs": 1, "batch_size": 32}},
+        {"finetune": {"epochs": 1, "batch_size": 32, "augment": {"token_delete": 0.1, "token_swap": 0.05}}},
         "export",
         "quantize",
         {"export": {"target": "mobile"}},
