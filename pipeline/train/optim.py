@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import fnmatch
 import math
+import re
 from typing import Literal
 
 import torch
@@ -32,9 +33,9 @@ class OptimizerConfig(StrictModel):
 
 
 class ScheduleConfig(StrictModel):
-    name: Literal["constant", "cosine", "step", "exponential", "plateau"] = "cosine"
+    name: Literal["constant", "cosine", "linear", "step", "exponential", "plateau"] = "cosine"
     warmup_epochs: float = Field(0.0, ge=0, description="linear warm-up from 0 before the schedule")
-    min_lr_ratio: float = Field(0.0, ge=0, le=1, description="cosine floor as a fraction of lr")
+    min_lr_ratio: float = Field(0.0, ge=0, le=1, description="cosine/linear floor as a fraction of lr")
     step_epochs: int = Field(1, ge=1, description="step: epochs between decays")
     gamma: float = Field(0.5, gt=0, le=1, description="step/exponential/plateau decay factor")
     plateau_patience: int = Field(1, ge=1, description="plateau: epochs without val improvement before decaying")
@@ -89,13 +90,32 @@ def importance_scales(scores: dict[str, float], cfg: ImportanceLRConfig, param_n
     return scales
 
 
+_BLOCK = re.compile(r"(?:^|\.)(?:layer|layers|blocks|block|h)\.(\d+)\.")
+
+
 def layer_depths(model: nn.Module) -> dict[str, int]:
-    """Depth from the top per layer: the last parameterised module (the head) is 0."""
+    """Depth from the top per layer, the head being 0. In a transformer (numbered blocks such as
+    ``encoder.layer.N`` or ``blocks.N``) a whole block is one depth: the head (what follows the last
+    block) is 0, block N-1 is 1, ..., block 0 is N, and what precedes the blocks (embeddings) N+1, so
+    layer-wise decay scales by block as in BERT fine-tuning. Otherwise every parameterised module is
+    one depth, the last one (the head) 0."""
     layers: list[str] = []
     for name, _ in model.named_parameters():
         if layer_of(name) not in layers:
             layers.append(layer_of(name))
-    return {layer: len(layers) - 1 - i for i, layer in enumerate(layers)}
+    blocks = {layer: int(m.group(1)) for layer in layers if (m := _BLOCK.search(layer + "."))}
+    if len(set(blocks.values())) < 2:
+        return {layer: len(layers) - 1 - i for i, layer in enumerate(layers)}
+    last, first = max(blocks.values()), min(blocks.values())
+    index = {layer: i for i, layer in enumerate(layers)}
+    first_at = min(index[layer] for layer in blocks)
+    depths = {}
+    for layer in layers:
+        if layer in blocks:
+            depths[layer] = last - blocks[layer] + 1
+        else:  # before the blocks: embeddings (deepest); after them: the head
+            depths[layer] = last - first + 2 if index[layer] < first_at else 0
+    return depths
 
 
 def build_param_groups(
@@ -146,6 +166,8 @@ def lr_multiplier(cfg: ScheduleConfig, epoch: int, step: int, steps_in_epoch: in
         return cfg.gamma ** (t - warmup)
     span = max(total_epochs - warmup, 1e-9)
     progress = min((t - warmup) / span, 1.0)
+    if cfg.name == "linear":  # BERT's get_linear_schedule_with_warmup
+        return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * (1 - progress)
     return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 

@@ -123,3 +123,28 @@ def test_reduce_on_plateau():
         factors.append(plateau.factor)
     assert factors == pytest.approx([1, 1, 1, 0.1, 0.1, 0.1, 0.01, 0.01])
     assert math.isclose(curve(ScheduleConfig(name="plateau"))[17], 1.0)
+
+
+def test_layer_decay_in_a_transformer_goes_by_block_from_the_head_down():
+    """BERT fine-tuning's layer-wise decay: head 0, the last block 1, ..., embeddings deepest."""
+    from tests.stages.test_prune_attention import TinyBert
+
+    model = TinyBert(in_channels=100)  # 2 encoder blocks
+    depths = layer_depths(model)
+    assert depths["bert.classifier"] == 0 and depths["bert.bert.pooler.dense"] == 0
+    assert depths["bert.bert.encoder.layer.1.attention.self.query"] == 1
+    assert depths["bert.bert.encoder.layer.1.output.dense"] == 1
+    assert depths["bert.bert.encoder.layer.0.intermediate.dense"] == 2
+    assert depths["bert.bert.embeddings.word_embeddings"] == depths["bert.bert.embeddings.LayerNorm"] == 3
+    groups = build_param_groups(model, OptimizerConfig(lr=1.0), layer_decay=0.5)
+    lrs = {g["params"][0].data_ptr(): g["lr"] for g in groups}
+    embeddings = model.bert.bert.embeddings.word_embeddings.weight
+    assert lrs[embeddings.data_ptr()] == 0.125 and lrs[model.bert.classifier.weight.data_ptr()] == 1.0
+
+
+def test_linear_schedule_warms_up_then_decays_linearly_to_the_floor():
+    cfg = ScheduleConfig(name="linear", warmup_epochs=1.0, min_lr_ratio=0.0)
+    assert lr_multiplier(cfg, 0, 4, 10, 3) == pytest.approx(0.5)  # warm-up
+    assert lr_multiplier(cfg, 1, 0, 10, 3) == pytest.approx(1.0)
+    assert lr_multiplier(cfg, 2, 0, 10, 3) == pytest.approx(0.5)
+    assert lr_multiplier(cfg, 2, 9, 10, 3) == pytest.approx(0.05)
