@@ -60,6 +60,7 @@ from edgeslim.prune.graph import (
     sync_head_dims,
     unwrapped_parameters,
 )
+from edgeslim.prune.vocab import prune_vocabulary, seen_tokens, token_embedding
 from edgeslim.train.loop import evaluate, recalibrate_batchnorm
 
 FALLBACK_FACTOR = 0.7  # accuracy-guard fallback: each retry prunes 30% less
@@ -109,6 +110,14 @@ def match_modules(model: nn.Module, patterns: list[str], where: str) -> dict[str
     return matches
 
 
+def _vocabulary_note(v: dict[str, Any]) -> str:
+    return (
+        f"vocabulary: {v['module']} keeps {v['rows_after']:,} of {v['rows_before']:,} token rows (the tokens the "
+        f"training data uses + special tokens; the others read [UNK]): {v['params_removed']:,} params fewer; "
+        f"val accuracy {v['val_accuracy_after']:.4f}"
+    )
+
+
 def _union(matches: dict[str, list[str]]) -> list[str]:
     """Every matched name once, in first-matched order."""
     return list(dict.fromkeys(n for found in matches.values() for n in found))
@@ -134,6 +143,11 @@ class PruneConfig(StrictModel):
     ignore: list[str] = Field(
         default_factory=list,
         description="module names or glob patterns (fnmatch on dotted names, e.g. '*.attention.*') to leave unpruned",
+    )
+    vocabulary: bool = Field(
+        False,
+        description="text models: keep only the token embeddings of the tokens the training data uses (plus the "
+        "tokenizer's special tokens); other tokens read the [UNK] row",
     )
 
     @field_validator("importance")
@@ -165,6 +179,30 @@ class Prune(Stage[PruneConfig]):
             return None if keep > 0.99 else Prune(cfg.model_copy(update={key: round(keep, 4)}))
         ratio = cfg.pruning_ratio * factor
         return None if ratio < 0.01 else Prune(cfg.model_copy(update={"pruning_ratio": round(ratio, 4)}))
+
+    @staticmethod
+    def _prune_vocabulary(ctx: StageContext, model: nn.Module, example: Any, history: list[Any]) -> dict[str, Any]:
+        """Keep the token rows the training data uses (and the special tokens); appends the edit."""
+        tokens = ctx.data.tokens
+        name = token_embedding(model, example) if tokens is not None else None
+        if tokens is None or name is None:
+            raise UserError(
+                f"{ctx.where}.vocabulary: needs text data (token ids from a tokenizer) and a model whose token "
+                "embedding reads input_ids directly"
+            )
+        fallback = tokens.unk_id if tokens.unk_id is not None else tokens.pad_id
+        keep = sorted(seen_tokens(ctx.data.train) | set(tokens.special_ids) | {fallback, tokens.pad_id})
+        before = model.get_submodule(name)
+        rows_before, dim = before.num_embeddings, before.embedding_dim
+        history.append(prune_vocabulary(model, name, keep, fallback))
+        accuracy, _ = evaluate(model, ctx.data.val)
+        return {
+            "module": name,
+            "rows_before": rows_before,
+            "rows_after": len(keep),
+            "params_removed": (rows_before - len(keep)) * dim,
+            "val_accuracy_after": accuracy,
+        }
 
     def run(self, ctx: StageContext, cfg: PruneConfig) -> StageResult:
         model = ctx.models.load(ctx.input)
@@ -242,6 +280,7 @@ class Prune(Stage[PruneConfig]):
         heads_after = head_counts(model)
         if heads_after != heads_before:  # the pruned shapes do not tell how many heads are left
             ours.append({HEAD_COUNTS: heads_after})
+        vocabulary = self._prune_vocabulary(ctx, model, example, ours) if cfg.vocabulary else None
         history = ctx.models.history_of(ctx.input) + ours
         params, macs = count_params_and_macs(model, example)
         removed_channels = sum(len(h[2]) for h in ours if isinstance(h, list) and h[1])
@@ -269,6 +308,7 @@ class Prune(Stage[PruneConfig]):
                 "macs_kept": macs / macs_before,
                 "val_accuracy_before": acc_before,
                 "steps": steps,
+                "vocabulary": vocabulary,
                 "conv_channels": channels,
                 "ignore_matches": matches,
                 "channels_removed": removed_channels,
@@ -288,6 +328,7 @@ class Prune(Stage[PruneConfig]):
                     else ""
                 ),
                 *_head_notes(heads_before, heads_after),
+                *([_vocabulary_note(vocabulary)] if vocabulary else []),
                 *notes,
                 *warnings,
             ],

@@ -75,6 +75,8 @@ class TokenInfo:
     pad_id: int
     max_length: int
     tokenizer: Path  # the Hugging Face tokenizer folder the ids came from
+    special_ids: tuple[int, ...] = ()
+    unk_id: int | None = None
 
 
 def _mnist5k() -> tuple[np.ndarray, np.ndarray]:
@@ -261,7 +263,14 @@ def load_data(spec: DataSpec) -> DataSplits:
         for name, index, labels in zip(("train", "val", "test"), parts[0::2], parts[1::2], strict=True):
             inputs = {"input_ids": tokenized.ids[index], "attention_mask": tokenized.mask[index]}
             raw[name] = TensorSplit({k: torch.from_numpy(v) for k, v in inputs.items()}, torch.from_numpy(labels))
-        tokens = TokenInfo(tokenized.vocab_size, tokenized.pad_id, spec.max_length, tokenized.folder)
+        tokens = TokenInfo(
+            tokenized.vocab_size,
+            tokenized.pad_id,
+            spec.max_length,
+            tokenized.folder,
+            tokenized.special_ids,
+            tokenized.unk_id,
+        )
         source_labels = texts.classes
         extra_meta = {"tokenizer_sha256": tokenized.tokenizer_sha256, "max_length": spec.max_length}
     elif spec.name in BUILTIN_DATASETS:

@@ -44,6 +44,8 @@ class Tokenized:
     vocab_size: int
     tokenizer_sha256: str  # over the tokenizer's files: another tokenizer is other data
     folder: Path
+    special_ids: tuple[int, ...] = ()  # [CLS], [SEP], [PAD], [UNK], [MASK]...
+    unk_id: int | None = None
 
 
 def package_folder(package: str, what: str) -> Path:
@@ -131,4 +133,6 @@ def tokenize(texts: list[str], spec: DataSpec) -> Tokenized:
         len(tokenizer),
         digest.hexdigest(),
         folder,
+        tuple(sorted(int(i) for i in tokenizer.all_special_ids)),
+        None if tokenizer.unk_token_id is None else int(tokenizer.unk_token_id),
     )
