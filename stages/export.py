@@ -1,5 +1,11 @@
 """``export``: PyTorch -> ONNX (dynamo exporter, dynamic batch axis), checked against PyTorch.
 
+``exporter: optimum`` exports a Hugging Face model (``model: {hf: folder}``) with optimum-onnx's
+task-aware exporter instead; ``fuse`` then runs ONNX Runtime's transformer optimizer (fused
+Attention, SkipLayerNormalization, BiasGelu, ...; ``details.fusions`` counts them). The fused graph
+ships only if it passes the same parity gate; otherwise the unfused one does, with a note
+(``edgeslim.export.transformer``).
+
 A QAT model is converted to its INT8 form first. The parity check runs the whole test split
 through both and records the max/mean absolute difference and top-1 agreement; the stage
 fails when agreement is below ``min_top1_agreement``.
@@ -12,6 +18,7 @@ after ``quantize``), which it bundles as is.
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 from typing import Any, Literal
@@ -23,9 +30,10 @@ from edgeslim.config.schema import StrictModel
 from edgeslim.engine.evaluate import output_parity
 from edgeslim.engine.stage import PlanRequest, Stage, StageContext, StagePlan, StageResult, onnx_artifact
 from edgeslim.engine.store import ONNX, ONNX_INT8, ONNX_MODEL_FILE, TORCH, TORCH_QAT
-from edgeslim.errors import StageFailed, UserError
+from edgeslim.errors import StageFailed, UserError, first_line
 from edgeslim.export.mobile import build_bundle
 from edgeslim.export.onnx_io import export_onnx, onnx_logits
+from edgeslim.export.transformer import export_optimum, fuse_transformer, hf_model, ort_model_type
 from edgeslim.quant.coverage import runtime_coverage
 from edgeslim.quant.parity import Hop, quantized_hops
 from edgeslim.train.loop import predict
@@ -34,6 +42,14 @@ from edgeslim.train.loop import predict
 class ExportConfig(StrictModel):
     target: Literal["onnx", "mobile"] = Field("onnx", description="mobile: also build the phone bundle")
     opset: int = Field(20, ge=17, le=23)
+    exporter: Literal["torch", "optimum"] = Field(
+        "torch", description="optimum: optimum-onnx's task-aware exporter, for Hugging Face models (model.hf)"
+    )
+    fuse: Literal["auto", "transformer", "none"] = Field(
+        "auto",
+        description="ONNX Runtime's transformer optimizer (fused attention, layer norms, GELU); auto: after "
+        "exporter: optimum; transformer: after either exporter; the fused graph ships only if it passes parity",
+    )
     min_top1_agreement: float = Field(0.99, ge=0, le=1, description="fail below this ONNX-vs-PyTorch agreement")
     mobile_platform: Literal["arm", "amd64"] = Field("arm", description="CPU the .ort optimizations target")
     max_ort_accuracy_drop: float = Field(
@@ -53,11 +69,24 @@ class Export(Stage[ExportConfig]):
     accepts = (TORCH, TORCH_QAT, ONNX, ONNX_INT8)
 
     def plan(self, request: PlanRequest) -> StagePlan:
-        kind = request.input_kind
-        if kind in (ONNX, ONNX_INT8) and self.config.target != "mobile":
+        kind, cfg = request.input_kind, self.config
+        if kind in (ONNX, ONNX_INT8) and cfg.target != "mobile":
             raise UserError(
                 f"{request.where}: the input is already an ONNX model; use target: mobile to build a phone bundle "
                 "from it"
+            )
+        asked = "exporter: optimum" if cfg.exporter == "optimum" else ""  # what needs a float PyTorch input
+        asked = asked or ("fuse: transformer" if cfg.fuse == "transformer" else "")
+        if asked and kind in (ONNX, ONNX_INT8):
+            raise UserError(
+                f"{request.where}: {asked} is for the export of a PyTorch model; the input is already ONNX ({kind})"
+            )
+        if asked and kind == TORCH_QAT:
+            raise UserError(f"{request.where}: {asked} is for float models; a QAT model exports with exporter: torch")
+        if cfg.exporter == "optimum" and request.config.model.hf is None:
+            raise UserError(
+                f"{request.where}: exporter: optimum exports Hugging Face models (model: {{hf: folder}}); "
+                "this run's model is not one: use exporter: torch"
             )
         return StagePlan(output_kind=output_kind(kind))
 
@@ -70,7 +99,10 @@ class Export(Stage[ExportConfig]):
             return self._mobile(ctx, path, result)
         model = ctx.models.load_deployable(ctx.input)
         quantized = ctx.input.kind == TORCH_QAT
-        path = export_onnx(model, ctx.example(), ctx.out_dir / ONNX_MODEL_FILE, opset=cfg.opset)
+        if cfg.exporter == "optimum":
+            path = export_optimum(model, ctx.example(), ctx.out_dir / ONNX_MODEL_FILE, cfg.opset, ctx.where)
+        else:
+            path = export_onnx(model, ctx.example(), ctx.out_dir / ONNX_MODEL_FILE, opset=cfg.opset)
         x = ctx.data.test
         host = ctx.config.host
         reference = predict(model, x).numpy()
@@ -94,12 +126,14 @@ class Export(Stage[ExportConfig]):
                 f"{ctx.where}: ONNX and PyTorch agree on top-1 for only {agreement:.2%} of {len(x)} test samples "
                 f"(min_top1_agreement: {cfg.min_top1_agreement}); max abs diff {parity['max_abs_diff']:.3g}{blame}"
             )
-        details: dict[str, Any] = {"parity": parity, "opset": cfg.opset}
+        details: dict[str, Any] = {"parity": parity, "opset": cfg.opset, "exporter": cfg.exporter}
         if not hops:  # a float export is one hop: PyTorch -> ONNX FP32
             hops = [Hop("PyTorch -> ONNX FP32", parity, cfg.min_top1_agreement)]
         details["parity_ledger"] = [{**h.row(), "split": "test"} for h in hops]
         label = "FP32"
         notes = []
+        if cfg.fuse == "transformer" or (cfg.fuse == "auto" and cfg.exporter == "optimum"):
+            notes.append(self._fuse(ctx, cfg, path, ort_model_type(hf_model(model)), reference, exported, details))
         if quantized:  # INT8 only if ONNX Runtime really runs its convs/linears in integer kernels
             host = ctx.config.host
             coverage = runtime_coverage(path, host.graph_optimization, host.exact_int8)
@@ -112,14 +146,69 @@ class Export(Stage[ExportConfig]):
                     "warning: most convolutions/linears of this QAT model still run in float in ONNX Runtime: "
                     "it is not an INT8 model in practice"
                 )
-        artifact = onnx_artifact(ctx, output_kind(ctx.input.kind), {"quantized": quantized, "opset": cfg.opset})
+        extra = {"quantized": quantized, "opset": cfg.opset, "exporter": cfg.exporter, "fused": details.get("fused")}
+        artifact = onnx_artifact(ctx, output_kind(ctx.input.kind), extra)
+        exporter = " (optimum exporter)" if cfg.exporter == "optimum" else ""
         notes.insert(
             0,
-            f"{label} ONNX, opset {cfg.opset}: top-1 agreement with PyTorch {agreement:.2%}, "
+            f"{label} ONNX{exporter}, opset {cfg.opset}: top-1 agreement with PyTorch {agreement:.2%}, "
             f"max abs diff {parity['max_abs_diff']:.2e}",
         )
         result = StageResult(artifact, details=details, notes=notes)
         return self._mobile(ctx, path, result)
+
+    def _fuse(
+        self,
+        ctx: StageContext,
+        cfg: ExportConfig,
+        path: Path,
+        model_type: str,
+        reference: np.ndarray,
+        unfused: np.ndarray,
+        details: dict[str, Any],
+    ) -> str:
+        """Replace ``path`` by ONNX Runtime's transformer-optimized graph if it passes the parity gate
+        against PyTorch; record the fused operator counts and the hop; return the report line."""
+        fused_path = ctx.out_dir / f".fused.{path.name}"
+        details["fused"] = False
+        try:
+            fusion = fuse_transformer(path, fused_path, model_type)
+        except Exception as exc:  # any optimizer failure: the unfused graph, which passed parity, ships
+            fused_path.unlink(missing_ok=True)
+            details["fusions"] = {}
+            return (
+                f"kept the unfused graph: ONNX Runtime's transformer optimizer failed "
+                f"({type(exc).__name__}: {first_line(exc)})"
+            )
+        details["fusions"] = fusion.counts
+        if not fusion.counts:
+            fused_path.unlink(missing_ok=True)
+            return f"ONNX Runtime's transformer optimizer ({model_type}) fused nothing: the unfused graph ships"
+        batch = ctx.config.measure.eval_batch_size
+        fused = onnx_logits(fused_path, ctx.data.test, batch_size=batch)
+        parity = output_parity(reference, fused)
+        hop = Hop(
+            "ONNX FP32 -> fused (ORT transformer optimizer)", output_parity(unfused, fused), cfg.min_top1_agreement
+        )
+        details["parity_ledger"].append({**hop.row(), "split": "test"})
+        if parity["top1_agreement"] < cfg.min_top1_agreement:
+            fused_path.unlink(missing_ok=True)
+            return (
+                f"kept the unfused graph: fused by ONNX Runtime's transformer optimizer ({fusion.line()}), it agrees "
+                f"with PyTorch on top-1 for only {parity['top1_agreement']:.2%} (min_top1_agreement: "
+                f"{cfg.min_top1_agreement})"
+            )
+        os.replace(fused_path, path)
+        details.update(fused=True, parity=parity)
+        untyped = (
+            "; its tensor types could not be inferred, so ONNX Runtime's quantizers may fail on it (fuse: none)"
+            if not fusion.typed
+            else ""
+        )
+        return (
+            f"fused by ONNX Runtime's transformer optimizer ({model_type}): {fusion.line()}; top-1 agreement with "
+            f"PyTorch {parity['top1_agreement']:.2%}, max abs diff {parity['max_abs_diff']:.2e}{untyped}"
+        )
 
     def _mobile(self, ctx: StageContext, path: Path, result: StageResult) -> StageResult:
         """Build and check the phone bundle when ``target: mobile`` (the ONNX model stays the artifact)."""

