@@ -92,12 +92,17 @@ def bring_your_own_examples() -> list[str]:
 def test_bring_your_own_has_image_text_and_hf_examples() -> None:
     text = "\n".join(bring_your_own_examples())
     assert "image_folder" in text and "text_csv" in text and "hf: all-MiniLM-L6-v2" in text
+    assert "exporter: optimum" in text
 
 
 @pytest.mark.parametrize("example", bring_your_own_examples())
 def test_bring_your_own_example_validates(example: str, tmp_path: Path) -> None:
     settings = yaml.safe_load(example)
-    config = parse_config({"name": "readme", "stages": ["baseline"], **settings}, base_dir=tmp_path)
+    stages = settings.pop("stages", ["baseline"])
+    config = parse_config({"name": "readme", "stages": stages, **settings}, base_dir=tmp_path)
     for section, values in settings.items():
         for key in values:
             assert key in type(getattr(config, section)).model_fields
+    for entry, given in zip(config.stages, stages, strict=True):
+        for options in given.values() if isinstance(given, dict) else []:
+            assert set(options) <= set(type(entry.settings).model_fields)
