@@ -62,16 +62,25 @@ class ModelSpec(StrictModel):
         """The ONNX model to start from, when ``name`` names one (ONNX-only stages then)."""
         return Path(self.name) if self.name.endswith(".onnx") else None
 
-    @model_validator(mode="after")
-    def _onnx_has_no_checkpoint(self) -> ModelSpec:
-        if self.onnx_file is not None and (self.checkpoint is not None or self.kwargs):
-            raise ValueError("an ONNX model carries its own weights: remove checkpoint and kwargs")
-        if self.hf is not None and (
-            self.name != type(self).model_fields["name"].default or self.checkpoint is not None or self.kwargs
+    @field_validator("hf")
+    @classmethod
+    def _hf_alone(cls, hf: str | None, info: ValidationInfo) -> str | None:
+        """Named at ``model.hf`` (the fields before it are validated already)."""
+        others = info.data
+        if hf is not None and (
+            others.get("name", cls.model_fields["name"].default) != cls.model_fields["name"].default
+            or others.get("checkpoint") is not None
+            or others.get("kwargs")
         ):
             raise ValueError(
                 "a Hugging Face folder (hf) carries its architecture and weights: remove name, checkpoint and kwargs"
             )
+        return hf
+
+    @model_validator(mode="after")
+    def _onnx_has_no_checkpoint(self) -> ModelSpec:
+        if self.onnx_file is not None and (self.checkpoint is not None or self.kwargs):
+            raise ValueError("an ONNX model carries its own weights: remove checkpoint and kwargs")
         return self
 
 

@@ -72,7 +72,7 @@ def test_folder_mistakes_are_one_line(tiny_bert: Path, tmp_path: Path) -> None:
     (remote / "model.safetensors").unlink()
     with pytest.raises(UserError, match=r"has no model\.safetensors \(or pytorch_model\.bin\)"):
         _loader(_config(str(remote))).source_model()
-    with pytest.raises(UserError, match=r"model: .*carries its architecture and weights: remove name"):
+    with pytest.raises(UserError, match=r"^model\.hf: .*carries its architecture and weights: remove name"):
         parse_config({"name": "x", "model": {"hf": str(tiny_bert), "name": "tiny_cnn"}, "stages": ["baseline"]})
 
 
