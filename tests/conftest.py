@@ -47,6 +47,14 @@ def write_config(path: Path, cfg: dict[str, Any]) -> Path:
 
 
 @pytest.fixture(scope="session")
+def reviews() -> DataSplits:
+    """300 real Rotten Tomatoes reviews as 32 token ids + mask (MiniLM's tokenizer)."""
+    cfg = {"name": "t", "model": {"name": "text_cnn"}, "stages": ["baseline"]}
+    cfg["data"] = {"name": "rotten_tomatoes", "max_length": 32, "max_samples": 300}
+    return load_data(parse_config(cfg).data)
+
+
+@pytest.fixture(scope="session")
 def data() -> DataSplits:
     return load_data(parse_config(small_config(["baseline"])).data)
 

@@ -9,9 +9,8 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from edgeslim.api import parse_config
 from edgeslim.config.schema import ModelSpec
-from edgeslim.data.datasets import DataSplits, load_data
+from edgeslim.data.datasets import DataSplits
 from edgeslim.engine.store import ONNX, TORCH, Artifact
 from edgeslim.errors import UserError
 from edgeslim.models.loader import ModelLoader
@@ -44,13 +43,6 @@ class TinyBert(nn.Module):
         if attention_mask is None:
             attention_mask = (input_ids != self.pad_id).long()
         return self.bert(input_ids=input_ids, attention_mask=attention_mask).logits
-
-
-@pytest.fixture(scope="module")
-def reviews() -> DataSplits:
-    cfg = {"name": "t", "model": {"name": "text_cnn"}, "stages": ["baseline"]}
-    cfg["data"] = {"name": "rotten_tomatoes", "max_length": 32, "max_samples": 300}
-    return load_data(parse_config(cfg).data)
 
 
 def _prune_then_export(tmp_path, data: DataSplits, loader: ModelLoader, **settings):

@@ -6,16 +6,16 @@ import torch
 
 from edgeslim.prune.vocab import VocabEmbedding, seen_tokens, token_embedding
 from tests.conftest import make_context, stage_for
-from tests.stages.test_prune_attention import _bert_loader, _prune_then_export, reviews  # noqa: F401
+from tests.stages.test_prune_attention import _bert_loader, _prune_then_export
 
 
-def test_the_token_embedding_is_the_one_that_reads_input_ids(reviews):  # noqa: F811
+def test_the_token_embedding_is_the_one_that_reads_input_ids(reviews):
     model = _bert_loader(reviews).source_model()
     assert token_embedding(model, reviews.example_batch(2)) == "bert.bert.embeddings.word_embeddings"
     assert token_embedding(model, torch.zeros(2, 3)) is None
 
 
-def test_vocabulary_pruning_keeps_the_seen_tokens_rebuilds_and_exports(tmp_path, reviews):  # noqa: F811
+def test_vocabulary_pruning_keeps_the_seen_tokens_rebuilds_and_exports(tmp_path, reviews):
     loader = _bert_loader(reviews)
     pruned, exported = _prune_then_export(tmp_path, reviews, loader, pruning_ratio=0.25, vocabulary=True)
     v = pruned.details["vocabulary"]
