@@ -66,18 +66,18 @@ def prune_vocabulary(model: nn.Module, name: str, keep: list[int], fallback: int
     """Replace embedding ``name`` by the rows ``keep`` (sorted ids); other ids read ``fallback``'s row.
     Returns the pruning-history entry that rebuilds it."""
     old = model.get_submodule(name)
+    pruned_before = isinstance(old, VocabEmbedding)  # a second vocabulary prune: rows are found via its table
+    size = old.table.numel() if pruned_before else old.num_embeddings
+    padding = old.padding_idx
+    if pruned_before and padding is not None:
+        padding = int((old.table == padding).nonzero()[0])  # back to a tokenizer id
     edit = {
-        VOCABULARY: {
-            "module": name,
-            "keep": sorted(keep),
-            "fallback": fallback,
-            "size": old.num_embeddings,
-            "padding_idx": old.padding_idx,
-        }
+        VOCABULARY: {"module": name, "keep": sorted(keep), "fallback": fallback, "size": size, "padding_idx": padding}
     }
+    rows = torch.tensor(edit[VOCABULARY]["keep"])
     new = apply_vocabulary(model, edit[VOCABULARY])
     with torch.no_grad():
-        new.weight.copy_(old.weight[edit[VOCABULARY]["keep"]])
+        new.weight.copy_(old.weight[old.table[rows] if pruned_before else rows])
     return edit
 
 

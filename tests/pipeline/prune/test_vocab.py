@@ -42,3 +42,18 @@ def test_vocabulary_pruning_needs_text(tmp_path, data, loader, trained):
     stages = [{"prune": {"vocabulary": True}}]
     with pytest.raises(UserError, match=r"^stages\[0\]\.prune\.vocabulary: needs text data"):
         stage_for(stages).execute(make_context(tmp_path, data, loader, trained, stages))
+
+
+def test_a_second_vocabulary_prune_finds_the_rows_through_the_first_table():
+    from torch import nn
+
+    from edgeslim.prune.vocab import prune_vocabulary
+
+    model = nn.Sequential(nn.Embedding(10, 3, padding_idx=0))
+    weight = model[0].weight.detach().clone()
+    prune_vocabulary(model, "0", [0, 2, 5, 7, 9], fallback=2)
+    edit = prune_vocabulary(model, "0", [0, 2, 7], fallback=2)
+    assert edit["vocabulary"]["size"] == 10 and edit["vocabulary"]["padding_idx"] == 0
+    ids = torch.arange(10)
+    expected = weight[torch.tensor([0, 2, 2, 2, 2, 2, 2, 7, 2, 2])]  # unseen ids read the fallback's row
+    torch.testing.assert_close(model(ids), expected)
