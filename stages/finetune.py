@@ -3,12 +3,14 @@
 Every option of the training engine is available (optimizers, schedules, layer-wise and
 importance-scaled learning rates, freezing, augmentation, losses). On top: distillation from
 one or an ensemble of teachers (earlier stages or weight files of the original architecture),
-an optional intermediate-feature (hint) loss, BatchNorm re-estimation before training, and
+an optional intermediate-feature (hint) loss, layer-by-layer hidden-state and attention-map
+distillation for transformers (``distill.layers``), BatchNorm re-estimation before training, and
 ``qat: true`` for PT2E quantization-aware training so the result exports as real INT8.
 """
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Literal
 
@@ -26,6 +28,7 @@ from edgeslim.models.zoo import load_state_dict_file, load_weights
 from edgeslim.quant import qat
 from edgeslim.quant.methods import host_u8s8_saturates
 from edgeslim.train.importance import parameter_importance
+from edgeslim.train.layer_distill import LayerDistiller, attention_outputs, transformer_blocks, uniform_mapping
 from edgeslim.train.loop import TrainLoopConfig, evaluate, fit, recalibrate_batchnorm, set_dropout
 from edgeslim.train.losses import FeatureTap, compose_loss, make_adapter
 from edgeslim.train.optim import ImportanceLRConfig, OptimizerConfig, importance_scales
@@ -48,6 +51,22 @@ class HeadConfig(StrictModel):
     layer: str | None = Field(None, description="module to replace (default: the layer producing the logits)")
 
 
+class LayerDistillConfig(StrictModel):
+    """Transformer blocks matched one by one (TinyBERT/MiniLM-style), beside the logits."""
+
+    hidden: float = Field(1.0, ge=0, description="weight of the hidden-state MSE (real tokens)")
+    attention: float = Field(1.0, ge=0, description="weight of KL between head-averaged attention maps")
+    mapping: dict[int, int] | None = Field(
+        None, description="student block -> teacher block (0-based); default: uniform, the last to the last"
+    )
+
+    @model_validator(mode="after")
+    def _some_weight(self) -> LayerDistillConfig:
+        if self.hidden == 0 and self.attention == 0:
+            raise ValueError("hidden and attention are both 0: set a weight or drop layers")
+        return self
+
+
 class DistillConfig(StrictModel):
     teacher: str | list[str] = Field(
         "baseline", description="earlier stage(s) by name/index, or weight files of the original architecture"
@@ -55,6 +74,9 @@ class DistillConfig(StrictModel):
     temperature: float = Field(4.0, gt=0, le=100)
     alpha: float = Field(0.5, ge=0, le=1, description="weight of the distillation term")
     hint: HintConfig | None = None
+    layers: LayerDistillConfig | None = Field(
+        None, description="also match hidden states / attention maps block by block (transformers)"
+    )
 
     @property
     def teachers(self) -> list[str]:
@@ -77,8 +99,9 @@ class FinetuneConfig(TrainLoopConfig):
 
     @model_validator(mode="after")
     def _compatible(self) -> FinetuneConfig:
-        if self.qat and self.distill is not None and self.distill.hint is not None:
-            raise ValueError("distill.hint cannot be combined with qat: a QAT graph has no named layers to tap")
+        for key in ("hint", "layers"):
+            if self.qat and self.distill is not None and getattr(self.distill, key) is not None:
+                raise ValueError(f"distill.{key} cannot be combined with qat: a QAT graph has no named layers to tap")
         if self.distill is not None and not self.distill.teachers:
             raise ValueError("distill.teacher: name at least one teacher")
         return self
@@ -149,28 +172,36 @@ class Finetune(Stage[FinetuneConfig]):
                 + (", for its exact fast kernels on x86 without VNNI)" if bits == 7 else ")")
             )
 
+        layers = cfg.distill.layers if cfg.distill else None
+        distiller = self._layer_distiller(model, teachers[0], layers, ctx, notes) if layers else None
+        if distiller is not None:
+            extra |= {f"layer_adapter.{n}": p for n, p in distiller.adapters.named_parameters()}
         loss_fn = compose_loss(
             cfg.loss,
             teachers=teachers,
             hint=hint,
+            layers=distiller,
             temperature=cfg.distill.temperature if cfg.distill else 1.0,
             alpha=cfg.distill.alpha if cfg.distill else 0.0,
         )
-        result = fit(
-            model,
-            ctx.data.train,
-            ctx.data.val,
-            cfg,
-            loss_fn=loss_fn,
-            lr_scales=lr_scales,
-            extra_params=extra,
-            seed=ctx.seed,
-            label="finetune" + (" (QAT)" if cfg.qat else ""),
-            where=ctx.where,
-        )
+        with attention_outputs(model, *teachers) if layers and layers.attention > 0 else nullcontext():
+            result = fit(
+                model,
+                ctx.data.train,
+                ctx.data.val,
+                cfg,
+                loss_fn=loss_fn,
+                lr_scales=lr_scales,
+                extra_params=extra,
+                seed=ctx.seed,
+                label="finetune" + (" (QAT)" if cfg.qat else ""),
+                where=ctx.where,
+            )
         if hint is not None:
             hint[0].remove()
             hint[1].remove()
+        if distiller is not None:
+            distiller.remove()
         if cfg.qat:
             qat.freeze_observers(model)
         test_acc, _ = evaluate(model, ctx.data.test)
@@ -242,6 +273,41 @@ class Finetune(Stage[FinetuneConfig]):
         hint, adapter = self._hint(model, teachers[0], cfg.hint, ctx)
         notes.append(f"hint loss on {cfg.hint.layer} (weight {cfg.hint.weight})")
         return teachers, hint, {f"hint_adapter.{n}": p for n, p in adapter.named_parameters()}
+
+    def _layer_distiller(
+        self, model: nn.Module, teacher: nn.Module, cfg: LayerDistillConfig, ctx: StageContext, notes: list[str]
+    ) -> LayerDistiller:
+        """Hooks on both models' transformer blocks, the block mapping checked, hidden adapters sized."""
+        where = f"{ctx.where}.distill.layers"
+        n_student, n_teacher = len(transformer_blocks(model)), len(transformer_blocks(teacher))
+        if not n_student or not n_teacher:
+            raise UserError(
+                f"{where}: no transformer blocks found in the {'model' if not n_student else 'teacher'} "
+                "(modules named like encoder.layer.0, layers.0, blocks.0 or h.0)"
+            )
+        mapping = cfg.mapping or uniform_mapping(n_student, n_teacher)
+        bad = {s: t for s, t in mapping.items() if not (0 <= s < n_student and 0 <= t < n_teacher)}
+        if bad:
+            raise UserError(
+                f"{where}.mapping: {bad} is out of range (the model has {n_student} blocks, the teacher {n_teacher})"
+            )
+        distiller = LayerDistiller(model, teacher, cfg.hidden, cfg.attention, mapping)
+        was_training = model.training
+        model.eval()
+        try:
+            with attention_outputs(model, teacher) if cfg.attention > 0 else nullcontext():
+                distiller.fit_adapters(ctx.example(), call)
+        except ValueError as exc:
+            distiller.remove()
+            raise UserError(f"{where}: {exc}") from None
+        model.train(was_training)
+        adapters = f", learned adapters on {len(distiller.adapters)} (pruned width)" if distiller.adapters else ""
+        notes.append(
+            f"layer distillation: hidden x{cfg.hidden}, attention x{cfg.attention} over blocks "
+            + ", ".join(f"{s}←{t}" for s, t in sorted(mapping.items()))
+            + adapters
+        )
+        return distiller
 
     def _teacher(self, ref: str, ctx: StageContext) -> nn.Module:
         where = f"{ctx.where}.distill.teacher"

@@ -1,5 +1,6 @@
 """Training losses: cross-entropy (with label smoothing), focal loss, distillation from one or
-an ensemble of teachers, intermediate-feature (hint) loss and an L1 weight penalty.
+an ensemble of teachers, intermediate-feature (hint) loss, layer-by-layer transformer distillation
+(``layer_distill``) and an L1 weight penalty.
 
 A loss is a callable ``(model, x, y) -> scalar``; ``compose_loss`` builds one from config.
 """
@@ -16,6 +17,7 @@ from torch import nn
 
 from edgeslim.config.schema import StrictModel
 from edgeslim.data.batches import Inputs, call
+from edgeslim.train.layer_distill import LayerDistiller
 
 LossFn = Callable[[nn.Module, Inputs, torch.Tensor], torch.Tensor]
 
@@ -75,8 +77,9 @@ def compose_loss(
     temperature: float = 4.0,
     alpha: float = 0.5,
     hint: tuple[FeatureTap, FeatureTap, nn.Module, float] | None = None,
+    layers: LayerDistiller | None = None,
 ) -> LossFn:
-    """``(1 - alpha) * task + alpha * distill + hint_weight * hint + l1 * sum|w|``."""
+    """``(1 - alpha) * task + alpha * distill + hint_weight * hint + layers + l1 * sum|w|``."""
 
     def loss(model: nn.Module, x: Inputs, y: torch.Tensor) -> torch.Tensor:
         logits = call(model, x)
@@ -90,6 +93,8 @@ def compose_loss(
         if hint is not None:  # the taps were filled by the student's and the teachers' forward passes above
             student_tap, teacher_tap, adapter, weight = hint
             total = total + weight * F.mse_loss(adapter(student_tap.value), teacher_tap.value.detach())
+        if layers is not None:  # its hooks, too, were filled by the forward passes above
+            total = total + layers.loss(x)
         if cfg.l1_penalty > 0:
             total = total + cfg.l1_penalty * sum(p.abs().sum() for p in model.parameters() if p.dim() > 1)
         return total

@@ -93,6 +93,21 @@ def test_invalid_finetune_combinations_are_config_errors():
         parse_config(small_config([{"finetune": {"importance_lr": {"min_scale": 3.0}}}]))
     with pytest.raises(UserError, match=r"importance_lr\.criterion: Input should be 'weight_l1', 'weight_l2', "):
         parse_config(small_config([{"finetune": {"importance_lr": {"criterion": "random"}}}]))
+    with pytest.raises(UserError, match=r"finetune\.distill\.layers: .*hidden and attention are both 0"):
+        parse_config(small_config([{"finetune": {"distill": {"layers": {"hidden": 0, "attention": 0}}}}]))
+    with pytest.raises(UserError, match=r"finetune: .*distill\.layers cannot be combined with qat"):
+        parse_config(small_config([{"finetune": {"qat": True, "distill": {"layers": {}}}}]))
+
+
+def test_layer_distillation_on_a_model_without_transformer_blocks_is_a_one_line_error(tmp_path, data, loader, trained):
+    import pytest
+
+    from edgeslim.errors import UserError
+
+    stages = ["baseline", {"finetune": {"epochs": 1, "distill": {"teacher": "baseline", "layers": {}}}}]
+    ctx = make_context(tmp_path, data, loader, trained, stages, index=1, earlier={0: trained})
+    with pytest.raises(UserError, match=r"finetune\.distill\.layers: no transformer blocks found in the model"):
+        stage_for(stages, 1).execute(ctx)
 
 
 def test_new_head_adapts_a_model_to_another_task(tmp_path, trained, run_config):

@@ -45,7 +45,8 @@ def test_stage_settings_get_their_own_model_and_defaults():
         ),
         (
             {"stages": [{"finetune": {"distill": {"temp": 2}}}]},
-            r"^stages\[0\]\.finetune\.distill\.temp: unknown key; allowed keys: teacher, temperature, alpha, hint$",
+            r"^stages\[0\]\.finetune\.distill\.temp: unknown key; "
+            r"allowed keys: teacher, temperature, alpha, hint, layers$",
         ),
         ({"stages": [{"compress": {}}]}, r"^stages\[0\]: unknown stage 'compress'; allowed: .*prune.*"),
         ({"stages": []}, r"^stages: must be a non-empty list"),

@@ -102,13 +102,14 @@ def test_a_folder_goes_through_train_export_and_quantize(tiny_bert: Path, tmp_pa
 
 def test_a_bert_with_named_inputs_goes_through_the_whole_pipeline(tiny_bert: Path, tmp_path: Path) -> None:
     """input_ids + attention_mask, two named inputs, from training to the phone bundle: heads and FFN
-    pruned (the default hessian criterion), distilled from the baseline, dynamic INT8, benchmarked,
+    pruned (the default hessian criterion), distilled from the baseline (logits, hidden states and
+    attention maps), dynamic INT8, benchmarked,
     bundled with the tokenizer."""
     stages = [
         {"train": {"epochs": 2, "batch_size": 32, "optimizer": {"lr": 0.001}}},
         "baseline",
         {"prune": {"pruning_ratio": 0.25, "head_pruning_ratio": 0.5}},
-        {"finetune": {"epochs": 1, "batch_size": 32, "distill": {"teacher": "baseline"}}},
+        {"finetune": {"epochs": 1, "batch_size": 32, "distill": {"teacher": "baseline", "layers": {}}}},
         "export",
         {"quantize": {"method": "dynamic"}},
         {"export": {"target": "mobile"}},
@@ -118,7 +119,13 @@ def test_a_bert_with_named_inputs_goes_through_the_whole_pipeline(tiny_bert: Pat
     assert [s.status for s in result.stages] == ["ran"] * 8
     pruned, baseline = result.stage("prune"), result.stage("baseline")
     assert pruned.metrics.params < 0.9 * baseline.metrics.params
-    assert any("distilled from baseline" in n for n in result.stage("finetune").notes)
+    finetune_notes = result.stage("finetune").notes
+    assert any("distilled from baseline" in n for n in finetune_notes)
+    # the pruned hidden size (0.25 of 32) is matched to the teacher's through learned adapters
+    assert any(
+        n.startswith("layer distillation: hidden x1.0, attention x1.0 over blocks 0←0, 1←1, learned adapters on 2")
+        for n in finetune_notes
+    ), finetune_notes
     graph = onnx.load(str(result.model_file("04-export"))).graph
     assert [(i.name, [d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim]) for i in graph.input] == [
         ("input_ids", ["batch", "sequence"]),
