@@ -23,12 +23,14 @@ from edgeslim.data.batches import call
 from edgeslim.engine.stage import PlanRequest, Stage, StageContext, StagePlan, StageResult
 from edgeslim.engine.store import TORCH, TORCH_QAT
 from edgeslim.errors import UserError
+from edgeslim.models.blocks import transformer_blocks
 from edgeslim.models.loader import count_params_and_macs, output_layer_name, replace_head, save_torch_artifact
 from edgeslim.models.zoo import load_state_dict_file, load_weights
+from edgeslim.prune.layers import kept_blocks
 from edgeslim.quant import qat
 from edgeslim.quant.methods import host_u8s8_saturates
 from edgeslim.train.importance import parameter_importance
-from edgeslim.train.layer_distill import LayerDistiller, attention_outputs, transformer_blocks, uniform_mapping
+from edgeslim.train.layer_distill import LayerDistiller, attention_outputs, uniform_mapping
 from edgeslim.train.loop import TrainLoopConfig, evaluate, fit, recalibrate_batchnorm, set_dropout
 from edgeslim.train.losses import FeatureTap, compose_loss, make_adapter
 from edgeslim.train.optim import ImportanceLRConfig, OptimizerConfig, importance_scales
@@ -285,7 +287,13 @@ class Finetune(Stage[FinetuneConfig]):
                 f"{where}: no transformer blocks found in the {'model' if not n_student else 'teacher'} "
                 "(modules named like encoder.layer.0, layers.0, blocks.0 or h.0)"
             )
-        mapping = cfg.mapping or uniform_mapping(n_student, n_teacher)
+        kept = kept_blocks(ctx.models.history_of(ctx.input))  # blocks a prune dropped: map to their originals
+        if cfg.mapping:
+            mapping = cfg.mapping
+        elif kept is not None and len(kept) == n_student and max(kept) < n_teacher:
+            mapping = dict(enumerate(kept))
+        else:
+            mapping = uniform_mapping(n_student, n_teacher)
         bad = {s: t for s, t in mapping.items() if not (0 <= s < n_student and 0 <= t < n_teacher)}
         if bad:
             raise UserError(

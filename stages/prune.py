@@ -19,6 +19,8 @@ BERT-style attention layer's heads whole (torch-pruning's ``prune_num_heads``); 
 go into the pruning history (``{"attention_heads": {name: count}}``), since the pruned shapes alone
 do not tell them, so a rebuilt model matches. torch-pruning cannot remove heads of
 ``nn.MultiheadAttention``: asking it to is a one-line error, as is a model with no attention.
+``drop_layers`` first removes whole transformer blocks, measured one by one
+(:mod:`edgeslim.prune.layers`).
 
 What torch-pruning cannot see is handled before it runs (:mod:`edgeslim.prune.graph`): bare
 parameters (a ViT's ``cls_token``/``pos_embed``) shrink with the embedding, or keep the layers
@@ -37,6 +39,7 @@ import math
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 import torch_pruning as tp
 from pydantic import Field, field_validator, model_validator
 from torch import nn
@@ -60,6 +63,7 @@ from edgeslim.prune.graph import (
     sync_head_dims,
     unwrapped_parameters,
 )
+from edgeslim.prune.layers import DROP_LAYERS, drop_blocks
 from edgeslim.prune.vocab import prune_vocabulary, seen_tokens, token_embedding
 from edgeslim.train.loop import evaluate, recalibrate_batchnorm
 
@@ -118,6 +122,14 @@ def _vocabulary_note(v: dict[str, Any]) -> str:
     )
 
 
+def _depth_note(d: dict[str, Any]) -> str:
+    return (
+        f"dropped blocks {d['indices']} of {d['container']} (kept {d['kept']}; each the one whose absence raised "
+        f"the calibration loss least): params {d['params_before']:,} → {d['params_after']:,}, val accuracy "
+        f"{d['val_accuracy_before']:.4f} → {d['val_accuracy_after']:.4f}"
+    )
+
+
 def _union(matches: dict[str, list[str]]) -> list[str]:
     """Every matched name once, in first-matched order."""
     return list(dict.fromkeys(n for found in matches.values() for n in found))
@@ -143,6 +155,12 @@ class PruneConfig(StrictModel):
     ignore: list[str] = Field(
         default_factory=list,
         description="module names or glob patterns (fnmatch on dotted names, e.g. '*.attention.*') to leave unpruned",
+    )
+    drop_layers: int = Field(
+        0,
+        ge=0,
+        description="transformers: remove this many whole blocks first, each time the one whose absence raises "
+        "the calibration loss least (measured by skipping it)",
     )
     vocabulary: bool = Field(
         False,
@@ -204,9 +222,33 @@ class Prune(Stage[PruneConfig]):
             "val_accuracy_after": accuracy,
         }
 
+    @staticmethod
+    def _drop_layers(ctx: StageContext, cfg: PruneConfig, model: nn.Module, example: Any) -> dict[str, Any]:
+        """Depth pruning before anything else (the other steps then see the shorter model)."""
+        where = f"{ctx.where}.drop_layers"
+        x, y = ctx.calibration_samples(cfg.calibration_samples)
+        params_before, _ = count_params_and_macs(model, example)
+        acc_before, _ = evaluate(model, ctx.data.val)
+        try:
+            edit = drop_blocks(model, cfg.drop_layers, x, y, F.cross_entropy)
+        except ValueError as exc:
+            raise UserError(f"{where}: {exc}") from None
+        _check_still_runs(model, example, where)
+        params, _ = count_params_and_macs(model, example)
+        return {
+            "edit": edit,
+            **{k: v for k, v in edit[DROP_LAYERS].items() if k != "scores"},
+            "skip_losses": edit[DROP_LAYERS]["scores"],
+            "params_before": params_before,
+            "params_after": params,
+            "val_accuracy_before": acc_before,
+            "val_accuracy_after": evaluate(model, ctx.data.val)[0],
+        }
+
     def run(self, ctx: StageContext, cfg: PruneConfig) -> StageResult:
         model = ctx.models.load(ctx.input)
         example = ctx.example()
+        depth = self._drop_layers(ctx, cfg, model, example) if cfg.drop_layers else None
         modules = dict(model.named_modules())
         matches = match_modules(model, cfg.ignore, f"{ctx.where}.ignore")
         protected = output_layer_name(model, example)
@@ -276,7 +318,8 @@ class Prune(Stage[PruneConfig]):
                     "val_accuracy_bn_recalibrated": recal_acc,
                 }
             )
-        ours: list[Any] = [list(h) for h in pruner.pruning_history()]
+        ours: list[Any] = [depth["edit"]] if depth else []  # replayed first, as it happened
+        ours += [list(h) for h in pruner.pruning_history()]
         heads_after = head_counts(model)
         if heads_after != heads_before:  # the pruned shapes do not tell how many heads are left
             ours.append({HEAD_COUNTS: heads_after})
@@ -309,6 +352,7 @@ class Prune(Stage[PruneConfig]):
                 "val_accuracy_before": acc_before,
                 "steps": steps,
                 "vocabulary": vocabulary,
+                "drop_layers": {k: v for k, v in depth.items() if k != "edit"} if depth else None,
                 "conv_channels": channels,
                 "ignore_matches": matches,
                 "channels_removed": removed_channels,
@@ -318,6 +362,7 @@ class Prune(Stage[PruneConfig]):
                 "attention_heads": {n: [heads_before[n], heads_after[n]] for n in heads_before},
             },
             notes=[
+                *([_depth_note(depth)] if depth else []),
                 f"{cfg.importance} importance, channel ratio {ratio:.3f} in {cfg.iterative_steps} step(s): "
                 f"params {params_before:,} → {params:,} ({params / params_before:.1%}), "
                 f"MACs {macs / macs_before:.1%} kept; val accuracy {acc_before:.4f} → "

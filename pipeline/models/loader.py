@@ -267,11 +267,12 @@ def replace_head(model: nn.Module, spec: dict[str, Any]) -> None:
 
 def apply_edits(model: nn.Module, edits: list[Any], example: Inputs) -> None:
     """Replay architecture edits in order: runs of pruning-history entries, head swaps, and the attention
-    head counts a prune that removed whole heads recorded (``{"attention_heads": {name: count}}``), and
-    vocabulary pruning (``{"vocabulary": {...}}``)."""
+    head counts a prune that removed whole heads recorded (``{"attention_heads": {name: count}}``),
+    removed transformer blocks (``{"drop_layers": {...}}``) and vocabulary pruning (``{"vocabulary": {...}}``)."""
     import torch_pruning as tp
 
     from edgeslim.prune.graph import HEAD_COUNTS, find_unused, graph_arguments, set_head_counts, sync_head_dims
+    from edgeslim.prune.layers import DROP_LAYERS, apply_drop
     from edgeslim.prune.vocab import VOCABULARY, apply_vocabulary
 
     pending: list[Any] = []
@@ -292,6 +293,9 @@ def apply_edits(model: nn.Module, edits: list[Any], example: Inputs) -> None:
         elif isinstance(edit, dict) and HEAD_COUNTS in edit:
             flush()
             set_head_counts(model, edit[HEAD_COUNTS])
+        elif isinstance(edit, dict) and DROP_LAYERS in edit:
+            flush()
+            apply_drop(model, edit[DROP_LAYERS])
         elif isinstance(edit, dict) and VOCABULARY in edit:
             flush()
             apply_vocabulary(model, edit[VOCABULARY])

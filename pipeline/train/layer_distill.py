@@ -23,7 +23,6 @@ teacher block ``ceil((i + 1) * T / S) - 1``: the last learns from the last) unle
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -34,20 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from edgeslim.data.batches import Inputs
-
-_BLOCK_NAME = re.compile(r"^(?P<prefix>(?:.*\.)?(?:layer|layers|blocks|block|h))\.(?P<index>\d+)$")
-
-
-def transformer_blocks(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    """The model's transformer blocks in order: the longest ``prefix.N`` module list."""
-    groups: dict[str, dict[int, tuple[str, nn.Module]]] = {}
-    for name, module in model.named_modules():
-        if m := _BLOCK_NAME.match(name):
-            groups.setdefault(m["prefix"], {})[int(m["index"])] = (name, module)
-    if not groups:
-        return []
-    best = max(groups.values(), key=len)
-    return [best[i] for i in sorted(best)]
+from edgeslim.models.blocks import transformer_blocks
 
 
 def uniform_mapping(student_blocks: int, teacher_blocks: int) -> dict[int, int]:

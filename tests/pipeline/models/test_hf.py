@@ -146,3 +146,26 @@ def test_a_bert_with_named_inputs_goes_through_the_whole_pipeline(tiny_bert: Pat
     ]
     assert info["output"]["kind"] == "logits" and (bundle / "tokenizer" / "vocab.txt").is_file()
     assert result.stage("benchmark").metrics.accuracy == result.stage("quantize").metrics.accuracy
+
+
+def test_a_bert_block_is_dropped_and_distilled_from_the_teacher_block_it_was(tiny_bert: Path, tmp_path: Path) -> None:
+    """drop_layers removes a whole block (measured), later stages rebuild the shorter model from the
+    history, and layer distillation maps the surviving block to its original teacher block."""
+    stages = [
+        {"train": {"epochs": 1, "batch_size": 32, "optimizer": {"lr": 0.001}}},
+        "baseline",
+        {"prune": {"drop_layers": 1, "pruning_ratio": 0.25}},
+        {"finetune": {"epochs": 1, "batch_size": 32, "distill": {"teacher": "baseline", "layers": {}}}},
+        "export",
+    ]
+    result = _run_on_reviews(tiny_bert, tmp_path, 300, stages)
+    assert [s.status for s in result.stages] == ["ran"] * 5
+    dropped = result.stage("prune").details["drop_layers"]
+    assert dropped["container"] == "hf.bert.encoder.layer" and len(dropped["kept"]) == 1
+    assert len(dropped["skip_losses"][0]["losses"]) == 2
+    kept = dropped["kept"][0]
+    assert any(f"over blocks 0←{kept}" in n for n in result.stage("finetune").notes)
+    graph = onnx.load(str(result.model_file("export"))).graph
+    layer_norms = [n for n in graph.node if n.op_type == "LayerNormalization"]
+    assert len(layer_norms) == 3  # embeddings + the one block's two (two blocks would have five)
+    assert result.stage("export").metrics.accuracy == result.stage("finetune").metrics.accuracy

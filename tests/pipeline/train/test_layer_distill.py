@@ -8,11 +8,11 @@ from torch import nn
 
 from edgeslim.data.batches import call
 from edgeslim.models import hf
+from edgeslim.models.blocks import transformer_blocks
 from edgeslim.train.layer_distill import (
     LayerDistiller,
     attention_loss,
     attention_outputs,
-    transformer_blocks,
     uniform_mapping,
 )
 from edgeslim.train.losses import LossConfig, compose_loss

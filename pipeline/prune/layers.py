@@ -1,0 +1,132 @@
+"""Whole transformer blocks removed: depth pruning, before heads and FFN neurons are pruned.
+
+Channel and head pruning make every block cheaper; dropping blocks removes their cost entirely,
+which is what latency on a phone rewards most for a 6- or 12-block encoder. Which blocks go is
+decided by measurement, not a proxy: each remaining block is skipped in turn (replaced by the
+identity, so its residual stream passes through unchanged) and the block whose absence raises
+the loss on the calibration samples the least is removed; then the rest are scored again, until
+the requested number is gone (greedy, as in "block influence" depth pruning of LLMs).
+
+Blocks are the model's ``…layer.N`` / ``…layers.N`` / ``…blocks.N`` / ``…h.N`` modules held in an
+``nn.ModuleList`` or ``nn.Sequential`` the forward iterates (Hugging Face encoders, most
+hand-written ViTs). The edit goes into the pruning history as
+``{"drop_layers": {"container": name, "indices": [...], "kept": [...]}}`` and is replayed when the
+model is loaded; ``kept`` (the surviving blocks' original indices) lets layer distillation map each
+student block to the teacher block it came from.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+
+from edgeslim.data.batches import Inputs, call
+from edgeslim.models.blocks import transformer_blocks
+
+DROP_LAYERS = "drop_layers"
+
+
+class SkippedBlock(nn.Module):
+    """Returns the block's input as the block would return its output (tensor or 1-tuple)."""
+
+    def __init__(self, as_tuple: bool):
+        super().__init__()
+        self.as_tuple = as_tuple
+
+    def forward(self, hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+        return (hidden_states,) if self.as_tuple else hidden_states
+
+
+def block_container(model: nn.Module) -> tuple[str, nn.Module]:
+    """The name and module (``ModuleList``/``Sequential``) holding the transformer blocks."""
+    blocks = transformer_blocks(model)
+    if len(blocks) < 2:
+        raise ValueError("no transformer blocks found (modules named like encoder.layer.0, layers.0 or blocks.0)")
+    name = blocks[0][0].rsplit(".", 1)[0]
+    container = model.get_submodule(name)
+    if not isinstance(container, (nn.ModuleList, nn.Sequential)):
+        raise ValueError(f"the blocks' container {name} is a {type(container).__name__}, not a ModuleList")
+    return name, container
+
+
+def _returns_tuple(model: nn.Module, block: nn.Module, example: Inputs) -> bool:
+    seen: list[bool] = []
+    handle = block.register_forward_hook(lambda _m, _i, out: seen.append(isinstance(out, tuple)))
+    try:
+        with torch.no_grad():
+            call(model, example)
+    finally:
+        handle.remove()
+    return bool(seen and seen[0])
+
+
+@torch.no_grad()
+def skip_losses(
+    model: nn.Module, container: nn.Module, x: Inputs, y: torch.Tensor, loss: Callable[[Any, torch.Tensor], Any]
+) -> list[float]:
+    """The loss on ``(x, y)`` with each block skipped in turn (the model is left unchanged)."""
+    model.eval()
+    as_tuple = _returns_tuple(model, container[0], x)
+    out = []
+    for i in range(len(container)):
+        block = container[i]
+        container[i] = SkippedBlock(as_tuple)
+        try:
+            out.append(float(loss(call(model, x), y)))
+        finally:
+            container[i] = block
+    return out
+
+
+def remove_blocks(model: nn.Module, container_name: str, indices: list[int]) -> None:
+    """Delete blocks by index and keep a Hugging Face config's layer count in step."""
+    container = model.get_submodule(container_name)
+    kept = [container[i] for i in range(len(container)) if i not in set(indices)]
+    for i in reversed(range(len(container))):
+        del container[i]
+    for block in kept:
+        container.append(block)
+    for module in model.modules():
+        config = getattr(module, "config", None)
+        if hasattr(config, "num_hidden_layers"):
+            config.num_hidden_layers = len(container)
+    for i, block in enumerate(container):  # Hugging Face blocks know their index (caches, logging)
+        for sub in block.modules():
+            if isinstance(getattr(sub, "layer_idx", None), int):
+                sub.layer_idx = i
+
+
+def drop_blocks(
+    model: nn.Module, count: int, x: Inputs, y: torch.Tensor, loss: Callable[[Any, torch.Tensor], Any]
+) -> dict[str, Any]:
+    """Remove ``count`` blocks greedily (least loss increase first); returns the history edit."""
+    name, container = block_container(model)
+    if count >= len(container):
+        raise ValueError(f"cannot drop {count} of {len(container)} blocks: at least one must stay")
+    original = list(range(len(container)))
+    dropped, scores = [], []
+    for _ in range(count):
+        losses = skip_losses(model, container, x, y, loss)
+        best = min(range(len(losses)), key=losses.__getitem__)
+        scores.append({"block": original[best], "loss_without": losses[best], "losses": losses})
+        dropped.append(original.pop(best))
+        remove_blocks(model, name, [best])
+    return {DROP_LAYERS: {"container": name, "indices": sorted(dropped), "kept": original, "scores": scores}}
+
+
+def apply_drop(model: nn.Module, edit: dict[str, Any]) -> None:
+    """Replay a recorded ``drop_layers`` edit on a freshly built model."""
+    remove_blocks(model, edit["container"], list(edit["indices"]))
+
+
+def kept_blocks(history: list[Any]) -> list[int] | None:
+    """The surviving blocks' original indices after every recorded drop (None: none dropped)."""
+    kept: list[int] | None = None
+    for edit in history:
+        if isinstance(edit, dict) and DROP_LAYERS in edit:
+            now = edit[DROP_LAYERS]["kept"]
+            kept = now if kept is None else [kept[i] for i in now]
+    return kept
