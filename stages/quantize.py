@@ -10,6 +10,12 @@
 * ``int4``: weight-only INT4 of Linear weights (``MatMulNBits``, ``block_size``); refused for
   models without Linear layers. The dynamo exporter emits ``Gemm`` for ``nn.Linear``, which
   ONNX Runtime's INT4 quantizer skips: eligible Gemm nodes become MatMul (+ Add) first.
+* ``optimum``: Hugging Face optimum's ``ORTQuantizer``, dynamic INT8 with one of its CPU presets
+  (``optimum_preset``: ``avx512_vnni`` (default), ``avx512``, ``avx2`` (uint8 weights), ``arm64``),
+  per-channel unless ``per_channel: false``; for transformers exported to ONNX. It quantizes what
+  ``dynamic`` does and also attention's activation-by-activation MatMuls. 7-bit weights
+  (``reduce_range``) only with ``avx512``/``avx2``, where ``reduce_range: auto`` gives them if the
+  U8S8 kernels saturate. Not an ``auto`` candidate (see :mod:`edgeslim.quant.methods`).
 * ``auto``: measures the candidates that apply (validation accuracy, latency on the run's host
   profile in a fresh process) and keeps the fastest within ``auto.max_accuracy_drop``.
 
@@ -52,7 +58,15 @@ from edgeslim.engine.store import ONNX, ONNX_INT8, ONNX_MODEL_FILE, TORCH
 from edgeslim.errors import UserError
 from edgeslim.export.onnx_io import check_onnx_file, exact_int8_unavailable, load_onnx, needs_exact_int8
 from edgeslim.quant.coverage import Coverage, op_times, runtime_coverage, why_int8_loses
-from edgeslim.quant.methods import Recipe, host_u8s8_saturates, recipe_from
+from edgeslim.quant.methods import (
+    OPTIMUM_REDUCE_RANGE_PRESETS,
+    Recipe,
+    host_u8s8_saturates,
+    optimum_installed,
+    optimum_missing,
+    optimum_versions,
+    recipe_from,
+)
 from edgeslim.quant.ort import (
     ACCURACY_EPS,
     KEEP_FLOAT,
@@ -118,7 +132,7 @@ class QuantizeConfig(StrictModel):
         "onnxruntime", description="neural-compressor: accuracy-aware tuning of the PyTorch model (before export)"
     )
     inc: IncConfig = Field(default_factory=IncConfig, description="neural-compressor backend settings")
-    method: Literal["static", "dynamic", "int4", "auto"] = "static"
+    method: Literal["static", "dynamic", "int4", "optimum", "auto"] = "static"
     # static (and dynamic: per_channel, weight_type, reduce_range)
     format: Literal["qdq", "qoperator"] = "qdq"
     per_channel: bool = True
@@ -140,6 +154,12 @@ class QuantizeConfig(StrictModel):
         4,
         description="int4: MatMulNBits compute type: 4 int8 (about 3x faster than 0/1 on x86 here), 1 fp32, "
         "2 fp16, 3 bf16, 0 ONNX Runtime's default",
+    )
+    # optimum (and per_channel, reduce_range)
+    optimum_preset: Literal["avx512_vnni", "avx512", "avx2", "arm64"] = Field(
+        "avx512_vnni",
+        description="optimum: AutoQuantizationConfig's CPU preset; avx2 has uint8 weights; 7-bit weights "
+        "(reduce_range) only with avx512 and avx2",
     )
     # all methods
     optimize: Literal["none", "before", "after", "both"] = Field(
@@ -199,8 +219,22 @@ class QuantizeConfig(StrictModel):
             raise ValueError(f"block_size: must be a power of two >= 16 (got {self.block_size})")
         if self.activation_type == "int8" and self.weight_type == "uint8":
             raise ValueError("activation_type: int8 with weight_type: uint8 is not supported by ONNX Runtime")
-        if self.method == "dynamic" and self.activation_type != "uint8":
+        if self.method in ("dynamic", "optimum") and self.activation_type != "uint8":
             raise ValueError("activation_type: dynamic quantization always uses uint8 activations (static only)")
+        if self.method == "optimum":
+            if self.weight_type != "int8":
+                raise ValueError(
+                    "weight_type: method: optimum takes its weight type from optimum_preset "
+                    "(avx2: uint8, the others int8)"
+                )
+            if self.reduce_range is True and self.optimum_preset not in OPTIMUM_REDUCE_RANGE_PRESETS:
+                raise ValueError(
+                    f"reduce_range: optimum_preset: {self.optimum_preset} always uses 8-bit weights; "
+                    f"7-bit weights need optimum_preset: {' or '.join(OPTIMUM_REDUCE_RANGE_PRESETS)}"
+                )
+        preset_default = type(self).model_fields["optimum_preset"].default
+        if self.optimum_preset != preset_default and self.method not in ("optimum", "auto"):
+            raise ValueError("optimum_preset: only used with method: optimum")
         percentile_default = type(self).model_fields["percentile"].default  # to_plain() writes it back unchanged
         if self.percentile != percentile_default and self.calibration != "percentile" and self.method != "auto":
             raise ValueError("percentile: only used with calibration: percentile")
@@ -257,6 +291,8 @@ class Quantize(Stage[QuantizeConfig]):
                 f"{where}: the model is already INT8 (quantization-aware training); "
                 "remove this stage or set finetune.qat: false"
             )
+        if self.config.method == "optimum" and not optimum_installed():
+            raise UserError(f"{where}.method: optimum needs Hugging Face optimum with optimum-onnx installed")
         key_parts = {}
         if self.config.method == "auto" or self.config.never_slower:  # the choice depends on where it is timed
             host = request.config.host
@@ -267,6 +303,8 @@ class Quantize(Stage[QuantizeConfig]):
             }
         if self.config.reduce_range == "auto" or self.config.method == "auto":  # 7-bit weights where needed
             key_parts["u8s8_saturates"] = host_u8s8_saturates()
+        if self.config.method == "optimum":  # its quantizer's settings are optimum's: another version, another model
+            key_parts["optimum"] = optimum_versions()
         return StagePlan(output_kind=ONNX_INT8, key_parts=key_parts)
 
     def _neural_compressor(self, ctx: StageContext) -> StageResult:
@@ -316,6 +354,8 @@ class Quantize(Stage[QuantizeConfig]):
     def run(self, ctx: StageContext, cfg: QuantizeConfig) -> StageResult:
         if cfg.backend == "neural-compressor":
             return self._neural_compressor(ctx)
+        if cfg.method == "optimum" and (missing := optimum_missing()) is not None:
+            raise UserError(f"{ctx.where}.method: optimum: {missing}")
         source = ctx.input.file("model")
         check_onnx_file(source)
         samples = ctx.calibration_samples(cfg.calibration_samples)[0]
@@ -549,11 +589,18 @@ class Quantize(Stage[QuantizeConfig]):
                 "use method: static"
             )
         convs = [n for n in nodes if n.op_type in ("Conv", "ConvTranspose")]
-        if recipe.method == "dynamic" and convs:
+        if recipe.method in ("dynamic", "optimum") and convs:
             notes.append(
                 f"warning: dynamic quantization turns the model's {len(convs)} Conv layers into ConvInteger, which "
                 "ran 5-20x slower than FP32 in ONNX Runtime on x86 here; prefer method: static (or auto) for "
                 "convolutional models"
+            )
+        eight_bit = recipe.method == "optimum" and recipe.weight_type == "int8" and not recipe.reduce_range
+        if eight_bit and host_u8s8_saturates():
+            notes.append(
+                f"optimum_preset: {recipe.preset} keeps 8-bit weights, which ONNX Runtime's default U8S8 "
+                "kernels saturate on this CPU (x86 without VNNI): exact only in its slower exact INT8 mode "
+                "(host.exact_int8); optimum_preset: avx512 with reduce_range: auto gives 7-bit weights"
             )
         exclude = list(cfg.exclude_nodes)
         details: dict[str, Any] = {}

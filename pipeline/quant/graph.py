@@ -15,6 +15,7 @@ WEIGHTED_OPS: dict[str, tuple[str, ...]] = {
     "static": ("Conv", "ConvTranspose", "Gemm", "MatMul"),
     "dynamic": ("Conv", "MatMul"),  # after gemm_to_matmul
     "int4": ("MatMul",),  # after gemm_to_matmul
+    "optimum": ("Conv", "MatMul"),  # optimum's ORTQuantizer, dynamic: the same graph as dynamic
 }
 LINEAR_OPS = ("Gemm", "MatMul")
 LARGE_MATMUL_WEIGHT = 16_384  # elements (128x128): below this, INT4 saves little and costs accuracy

@@ -52,7 +52,7 @@ from edgeslim.quant.graph import (
 )
 from edgeslim.quant.methods import Recipe, host_u8s8_saturates, recipe_from
 
-Method = Literal["static", "dynamic", "int4"]
+Method = Literal["static", "dynamic", "int4", "optimum"]
 ACCURACY_EPS = 1e-9  # drops are fractions of a finite split: compare with a little slack
 PER_CHANNEL_OPSET = 13  # DequantizeLinear's ``axis`` (per-channel weights) exists from opset 13
 
@@ -473,7 +473,9 @@ class Candidate:
 
 def auto_recipes(bench: QuantBench, base: Mapping[str, Any]) -> list[tuple[str, Recipe]]:
     """The candidates that apply to this model (``base``, the stage's flat settings, supplies format,
-    percentile, reduce_range and the INT4 settings)."""
+    percentile, reduce_range and the INT4 settings). optimum's ORTQuantizer is not one: with its
+    default preset it is the ``dynamic`` candidate plus quantized attention MatMuls (see
+    :mod:`edgeslim.quant.methods`); ``method: optimum`` runs it on its own."""
     static = recipe_from({**base, "per_channel": True, "activation_type": "uint8", "weight_type": "int8"}, "static")
 
     def variant(**changes: Any) -> Recipe:
@@ -639,10 +641,13 @@ QUANTIZED_OPS = ("QLinearConv", "QGemm", "QLinearMatMul", "ConvInteger", "MatMul
 
 
 def quantized_weight_count(model: onnx.ModelProto) -> int:
-    """How many weighted nodes compute with quantized weights (QDQ, QOperator, dynamic or INT4)."""
+    """How many weighted nodes compute with quantized weights (QDQ, QOperator, dynamic or INT4). A
+    MatMulInteger of two activations (optimum's dynamic INT8 also quantizes attention's) has no weight."""
     producers = {out: node.op_type for node in model.graph.node for out in node.output}
     count = 0
     for node in model.graph.node:
+        if node.op_type == "MatMulInteger" and producers.get(node.input[1]) == "DynamicQuantizeLinear":
+            continue
         if node.op_type in QUANTIZED_OPS or node.op_type == "MatMulNBits":
             count += 1
         elif node.op_type in WEIGHTED_OPS["static"] and len(node.input) > 1:

@@ -23,6 +23,7 @@ from edgeslim.engine.stage import StageResult
 from edgeslim.engine.store import ONNX, ONNX_INT8, Artifact
 from edgeslim.errors import UserError
 from edgeslim.export.onnx_io import export_onnx, onnx_logits
+from edgeslim.quant.methods import recipe_from
 from edgeslim.stages.quantize import Quantize
 from edgeslim.train.loop import TrainLoopConfig, fit
 from tests.conftest import make_context, plan_for, small_config, stage_for
@@ -213,6 +214,44 @@ def test_int4_refuses_a_conv_only_model(tmp_path, data, loader):
     artifact = onnx_artifact_of(conv_only, data, tmp_path / "in")
     with pytest.raises(UserError, match=r"^stages\[0\]\.quantize\.method: int4 .*has none") as err:
         run_quantize(tmp_path, data, loader, artifact, method="int4")
+    assert "\n" not in str(err.value)
+
+
+# ---------------------------------------------------------------- optimum
+
+
+def test_optimum_on_mlp_is_another_quantized_model(tmp_path, data, loader, mlp_onnx):
+    result = run_quantize(tmp_path, data, loader, mlp_onnx, method="optimum", optimum_preset="avx512", per_channel=True)
+    path = result.artifact.file("model")
+    assert result.artifact.kind == ONNX_INT8 and result.details["deliverable"] == "int8"
+    ops = {n.op_type for n in onnx.load(str(path)).graph.node}
+    assert {"MatMulInteger", "DynamicQuantizeLinear"} <= ops and "Gemm" not in ops
+    assert result.details["quantized_weights"] == 3 and result.details["int8_coverage"]["integer_fraction"] == 1
+    recipe = result.details["recipe"]
+    assert recipe["method"] == "optimum" and recipe["optimum_preset"] == "avx512" and recipe["per_channel"] is True
+    assert result.notes[0].startswith("optimum ORTQuantizer avx512 dynamic per-channel u8s8")
+    assert accuracy_on_test_split(path, data) > accuracy_on_test_split(mlp_onnx.file("model"), data) - 0.05
+    only_model_left(result)
+    safer = stage_for([{"quantize": {"method": "optimum", "optimum_preset": "avx512"}}]).fallback(
+        1, StageResult(result.artifact, details={**result.details, "recipe": {**recipe, "reduce_range": False}})
+    )
+    assert safer is not None and (safer.config.method, safer.config.optimum_preset) == ("optimum", "avx512")
+    assert safer.config.exclude_most_sensitive == 2 and safer.config.recipe() == recipe_from(
+        {**recipe, "reduce_range": False}
+    )
+
+
+def test_optimum_missing_is_one_line_at_plan_and_run_time(tmp_path, data, loader, mlp_onnx, monkeypatch):
+    from edgeslim.stages import quantize as stage_module
+
+    versions = plan_for([{"quantize": {"method": "optimum"}}], ONNX).key_parts["optimum"]
+    assert set(versions) == {"optimum", "optimum-onnx"}  # another optimum, another model
+    monkeypatch.setattr(stage_module, "optimum_installed", lambda: False)
+    with pytest.raises(UserError, match=r"^stages\[0\]\.quantize\.method: optimum needs Hugging Face optimum"):
+        plan_for([{"quantize": {"method": "optimum"}}], ONNX)
+    monkeypatch.setattr(stage_module, "optimum_missing", lambda: "optimum's ORTQuantizer is not importable (x)")
+    with pytest.raises(UserError, match=r"^stages\[0\]\.quantize\.method: optimum: optimum's ORTQuantizer") as err:
+        run_quantize(tmp_path, data, loader, mlp_onnx, method="optimum")
     assert "\n" not in str(err.value)
 
 
@@ -438,6 +477,10 @@ def test_config_defaults_and_migration():
         ({"percentile": 99.0}, r"percentile: only used with calibration: percentile"),
         ({"activation_type": "int8", "weight_type": "uint8"}, r"not supported by ONNX Runtime"),
         ({"method": "float16"}, r"quantize\.method: Input should be"),
+        ({"method": "optimum", "optimum_preset": "avx9"}, r"quantize\.optimum_preset: Input should be 'avx512_vnni'"),
+        ({"method": "optimum", "reduce_range": True}, r"reduce_range: optimum_preset: avx512_vnni always uses 8-bit"),
+        ({"method": "optimum", "weight_type": "uint8"}, r"weight_type: method: optimum takes its weight type from"),
+        ({"optimum_preset": "arm64"}, r"optimum_preset: only used with method: optimum"),
         ({"mixed_precision": {"proxy": "kl"}}, r"quantize\.mixed_precision\.proxy"),
         ({"calibrate": "minmax"}, r"quantize\.calibrate: unknown key; allowed keys: backend, inc, method, format"),
     ],

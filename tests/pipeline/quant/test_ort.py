@@ -163,7 +163,7 @@ def test_weighted_nodes_and_linear_heavy(tmp_path, data, mlp_layers):
     assert is_linear_heavy(nodes)
 
 
-@pytest.mark.parametrize("method", ["static", "dynamic", "int4"])
+@pytest.mark.parametrize("method", ["static", "dynamic", "int4", "optimum"])
 def test_quantize_one_node_or_all_but_one(tmp_path, data, mlp_layers, method):
     """``only`` and ``exclude`` name the exporter's Gemm nodes for every method (ORT renames them in
     quantize_dynamic and ignores nodes_to_include in MatMulNBitsQuantizer)."""
@@ -179,6 +179,39 @@ def test_quantize_one_node_or_all_but_one(tmp_path, data, mlp_layers, method):
     for path in (full, only, but):
         accuracy, _ = bench.evaluate(path)
         assert accuracy >= bench.float_val_accuracy - 0.05
+
+
+def _matmul_integer_weights(path: Path) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(quantized weight, its zero points) of every MatMulInteger with a constant weight, in graph order."""
+    model = onnx.load(str(path))
+    inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    nodes = [n for n in model.graph.node if n.op_type == "MatMulInteger" and n.input[1] in inits]
+    return [(inits[n.input[1]], inits[n.input[3]]) for n in nodes]
+
+
+@pytest.mark.parametrize(
+    "settings, dtype, per_channel, seven_bit",
+    [
+        ({}, np.int8, True, False),  # avx512_vnni: u8s8, per-channel, 8-bit
+        ({"optimum_preset": "avx2"}, np.uint8, True, False),  # avx2: u8u8
+        ({"optimum_preset": "avx512", "reduce_range": True, "per_channel": False}, np.int8, False, True),
+    ],
+)
+def test_optimum_presets_set_weight_type_granularity_and_range(
+    tmp_path, data, mlp_layers, settings, dtype, per_channel, seven_bit
+):
+    bench = make_bench(tmp_path, data, mlp_layers)
+    recipe = recipe_from({"method": "optimum", **settings})
+    path = bench.quantize(recipe, tmp_path / "optimum.onnx")
+    assert not list(bench.work_dir.glob("optimum-*"))  # optimum's folder (its ort_config.json) is gone
+    weights = _matmul_integer_weights(path)
+    assert len(weights) == 3 and {w.dtype for w, _ in weights} == {np.dtype(dtype)}
+    assert all((zero_points.size > 1) is per_channel for _, zero_points in weights)
+    if dtype == np.int8:
+        biggest = max(int(np.abs(w.astype(np.int32)).max()) for w, _ in weights)
+        assert biggest <= 64 if seven_bit else biggest == 127
+    accuracy, _ = bench.evaluate(path)
+    assert accuracy >= bench.float_val_accuracy - 0.05
 
 
 @pytest.mark.parametrize("proxy", ["accuracy", "output_error"])
