@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import onnx
 import pytest
 import torch
@@ -14,6 +16,7 @@ import edgeslim
 from edgeslim.api import parse_config
 from edgeslim.data.datasets import load_data
 from edgeslim.errors import UserError
+from edgeslim.export.onnx_io import onnx_logits
 from edgeslim.models.loader import ModelLoader
 
 
@@ -98,6 +101,36 @@ def test_a_folder_goes_through_train_export_and_quantize(tiny_bert: Path, tmp_pa
     assert {i.type.tensor_type.elem_type for i in graph.input} == {onnx.TensorProto.INT64}
     exported = result.stage("export")
     assert exported.metrics.accuracy == result.stage("baseline").metrics.accuracy  # parity on real reviews
+
+
+def test_optimum_quantizes_a_bert_export_into_integer_kernels(tiny_bert: Path, tmp_path: Path) -> None:
+    """quantize: {method: optimum} on the torch exporter's graph: optimum's ORTQuantizer (avx512_vnni
+    preset, per-channel) turns every MatMul into MatMulInteger, the Linear layers' and attention's two
+    activation-by-activation ones, and the result passes the stage's accuracy guard."""
+    stages = [
+        {"train": {"epochs": 1, "batch_size": 32}},
+        "baseline",
+        {"export": {}},
+        {"quantize": {"method": "optimum", "never_slower": False}},  # a 2-layer BERT is too small to be faster
+    ]
+    result = _run_on_reviews(tiny_bert, tmp_path, 300, stages)
+    assert [s.status for s in result.stages] == ["ran"] * 4
+    quantized = result.stage("quantize")
+    assert quantized.details["deliverable"] == "int8" and not any("accuracy guard" in n for n in quantized.notes)
+    assert quantized.details["recipe"] == {
+        "method": "optimum",
+        "optimum_preset": "avx512_vnni",
+        "per_channel": True,
+        "reduce_range": False,
+    }
+    ops = Counter(n.op_type for n in onnx.load(str(result.model_file("quantize"))).graph.node)
+    # 2 blocks x (Q, K, V, output, 2 FFN) + pooler + classifier = 14 weights, and 2 x 2 attention products
+    assert ops["MatMulInteger"] == ops["DynamicQuantizeLinear"] == 18 and "MatMul" not in ops and "Gemm" not in ops
+    assert quantized.details["quantized_weights"] == 14
+    data = load_data(_config(str(tiny_bert)).data)
+    before, after = (onnx_logits(result.model_file(s), data.test) for s in ("export", "quantize"))
+    cosine = (before * after).sum(1) / np.linalg.norm(before, axis=1) / np.linalg.norm(after, axis=1)
+    assert cosine.min() > 0.99 and (before.argmax(1) == after.argmax(1)).mean() >= 0.98
 
 
 def test_a_bert_with_named_inputs_goes_through_the_whole_pipeline(tiny_bert: Path, tmp_path: Path) -> None:
