@@ -178,6 +178,10 @@ def test_a_bert_with_named_inputs_goes_through_the_whole_pipeline(tiny_bert: Pat
         ("attention_mask", [1, 32]),
     ]
     assert info["output"]["kind"] == "logits" and (bundle / "tokenizer" / "vocab.txt").is_file()
+    assert (bundle / "model.ort").read_bytes()[4:8] == b"ORTM" and info["labels"] == ["rotten", "fresh"]
+    # BERT's tokenizer makes token_type_ids, but the exported model does not take them: not in the bundle
+    assert info["tokenizer"]["app_encoder"] == "wordpiece" and info["tokenizer"]["token_type_ids"] is False
+    assert "enc.inputIds" in (bundle / "README.md").read_text()
     assert result.stage("benchmark").metrics.accuracy == result.stage("quantize").metrics.accuracy
 
 
