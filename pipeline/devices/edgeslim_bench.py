@@ -229,7 +229,8 @@ def input_shape(meta, batch_size: int, given: list[int] | None, source: str, fir
 
 
 def _values(meta, shape: list[int], seed: int):
-    """Stand-in values by the input's ONNX type: normal floats, small ints (ones for masks), True."""
+    """Stand-in values by the input's ONNX type: normal floats, small ints (ones for masks, zeros for
+    token types and segment ids: BERT has only 2 of them), True."""
     import numpy as np
 
     if meta.type in FLOAT_TYPES:
@@ -238,6 +239,8 @@ def _values(meta, shape: list[int], seed: int):
         dtype = INT_TYPES[meta.type]
         if "mask" in meta.name.lower():
             return np.ones(shape, dtype=dtype)
+        if "type" in meta.name.lower() or "segment" in meta.name.lower():
+            return np.zeros(shape, dtype=dtype)
         return np.random.default_rng(seed).integers(0, 100, size=shape).astype(dtype)
     if meta.type == "tensor(bool)":
         return np.ones(shape, dtype=bool)

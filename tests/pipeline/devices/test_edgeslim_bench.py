@@ -192,3 +192,13 @@ def _fixed_batch(folder: Path) -> Path:
     model.ir_version = 8
     save(model, str(folder / "fixed.onnx"))
     return folder / "fixed.onnx"
+
+
+def test_token_types_are_zeros_not_random_ids():
+    """BERT has 2 token types: random ids would index past its token-type embedding on a device."""
+    from types import SimpleNamespace
+
+    meta = SimpleNamespace(name="token_type_ids", type="tensor(int64)")
+    assert (edgeslim_bench._values(meta, [2, 16], 0) == 0).all()
+    ids = edgeslim_bench._values(SimpleNamespace(name="input_ids", type="tensor(int64)"), [2, 16], 0)
+    assert len(np.unique(ids)) > 1
