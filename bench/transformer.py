@@ -483,7 +483,9 @@ def build_olive(method: Method, hf_dir: Path, venv: Path, heads: int, hidden: in
             raise Skipped(f"olive run failed (exit {proc.returncode}): {tail[0][:300]}")
         import onnx
 
-        onnx.save(onnx.load(str(produced)), str(out))  # one file, weights inside
+        from edgeslim.export.onnx_io import load_onnx
+
+        onnx.save(load_onnx(produced, "Olive's model"), str(out))  # one file, weights inside
         method.notes = [f"olive-ai {versions.get('olive-ai')} in its own venv; config: {rel(config_path)}"]
 
     return build
