@@ -198,6 +198,7 @@ class Finetune(Stage[FinetuneConfig]):
                 seed=ctx.seed,
                 label="finetune" + (" (QAT)" if cfg.qat else ""),
                 where=ctx.where,
+                tokenizer=ctx.data.tokens.tokenizer if ctx.data.tokens else None,
             )
         if hint is not None:
             hint[0].remove()

@@ -45,7 +45,7 @@ from pydantic import Field, field_validator, model_validator
 from torch import nn
 
 from edgeslim.config.schema import StrictModel
-from edgeslim.data.batches import Inputs
+from edgeslim.data.batches import Inputs, seen_tokens
 from edgeslim.engine.stage import Stage, StageContext, StageResult
 from edgeslim.engine.store import TORCH
 from edgeslim.errors import UserError, first_line
@@ -64,7 +64,7 @@ from edgeslim.prune.graph import (
     unwrapped_parameters,
 )
 from edgeslim.prune.layers import DROP_LAYERS, drop_blocks
-from edgeslim.prune.vocab import prune_vocabulary, seen_tokens, token_embedding
+from edgeslim.prune.vocab import prune_vocabulary, token_embedding
 from edgeslim.train.loop import evaluate, recalibrate_batchnorm
 
 FALLBACK_FACTOR = 0.7  # accuracy-guard fallback: each retry prunes 30% less

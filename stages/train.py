@@ -21,7 +21,10 @@ class Train(Stage[TrainConfig]):
 
     def run(self, ctx: StageContext, cfg: TrainConfig) -> StageResult:
         model = ctx.models.load(ctx.input)
-        result = fit(model, ctx.data.train, ctx.data.val, cfg, seed=ctx.seed, label="train", where=ctx.where)
+        tokenizer = ctx.data.tokens.tokenizer if ctx.data.tokens else None
+        result = fit(
+            model, ctx.data.train, ctx.data.val, cfg, seed=ctx.seed, label="train", where=ctx.where, tokenizer=tokenizer
+        )
         test_acc, test_loss = evaluate(model, ctx.data.test)
         artifact = save_same_architecture(ctx, model)
         return StageResult(

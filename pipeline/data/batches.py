@@ -306,3 +306,13 @@ def fixed_mmap_threshold(threshold: int = 1 << 20) -> bool:
         return bool(libc.mallopt(-3, threshold))  # M_MMAP_THRESHOLD
     except (OSError, AttributeError):  # not glibc (musl has no mallopt): nothing to tune
         return False
+
+
+def seen_tokens(split: Split, batch_size: int = 512) -> set[int]:
+    """Every token id the split's texts use (padding excluded)."""
+    seen: set[int] = set()
+    for x, _ in split.batches(batch_size):
+        ids = x["input_ids"]  # type: ignore[index]
+        mask = x.get("attention_mask") if isinstance(x, dict) else None
+        seen.update((ids[mask.bool()] if mask is not None else ids.flatten()).unique().tolist())
+    return seen

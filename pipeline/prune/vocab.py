@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from edgeslim.data.batches import Inputs, Split, call
+from edgeslim.data.batches import Inputs, call
 
 VOCABULARY = "vocabulary"  # the pruning-history entry
 
@@ -50,16 +50,6 @@ def token_embedding(model: nn.Module, example: Inputs) -> str | None:
         for h in hooks:
             h.remove()
     return found[0] if len(set(found)) == 1 else None
-
-
-def seen_tokens(split: Split, batch_size: int = 512) -> set[int]:
-    """Every token id the split's texts use (padding excluded)."""
-    seen: set[int] = set()
-    for x, _ in split.batches(batch_size):
-        ids = x["input_ids"]  # type: ignore[index]
-        mask = x.get("attention_mask") if isinstance(x, dict) else None
-        seen.update((ids[mask.bool()] if mask is not None else ids.flatten()).unique().tolist())
-    return seen
 
 
 def prune_vocabulary(model: nn.Module, name: str, keep: list[int], fallback: int) -> dict[str, Any]:

@@ -11,6 +11,7 @@ import copy
 import fnmatch
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -19,8 +20,8 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from edgeslim.config.schema import StrictModel
-from edgeslim.data.augment import AugmentConfig, augment_inputs, check_augment
-from edgeslim.data.batches import Inputs, Split, as_split, call, count, select
+from edgeslim.data.augment import AugmentConfig, SynonymTable, augment_inputs, build_synonym_table, check_augment
+from edgeslim.data.batches import Inputs, Split, as_split, call, count, seen_tokens, select
 from edgeslim.engine.progress import progress_bar
 from edgeslim.errors import UserError
 from edgeslim.quant.qat import is_graph_module, observers_paused, set_mode
@@ -180,6 +181,7 @@ class _EpochLoop:
     cfg: TrainLoopConfig
     generator: torch.Generator
     where: str
+    synonyms: SynonymTable | None = None
     plateau: Plateau = field(init=False)
 
     def __post_init__(self) -> None:
@@ -198,7 +200,7 @@ class _EpochLoop:
             for group, lr in zip(optimizer.param_groups, self.initial_lrs, strict=True):
                 group["lr"] = lr * factor
             if cfg.augment is not None:
-                x = augment_inputs(x, cfg.augment, self.generator)
+                x = augment_inputs(x, cfg.augment, self.generator, self.synonyms)
             optimizer.zero_grad(set_to_none=True)
             loss = self.loss_fn(self.model, x, y)
             if not torch.isfinite(loss):
@@ -229,16 +231,26 @@ def fit(
     label: str = "train",
     where: str = "train",
     on_epoch_end: Callable[[int, nn.Module], None] | None = None,
+    tokenizer: Path | None = None,
 ) -> FitResult:
     """Train with early stopping on validation accuracy; the best state is restored at the end.
 
     ``lr_scales`` multiplies each parameter's learning rate (importance scaling);
     ``extra_params`` are trained too but are not part of the model (e.g. hint adapters).
-    ``where`` names the config location in error messages (e.g. ``stages[3].finetune``).
+    ``where`` names the config location in error messages (e.g. ``stages[3].finetune``);
+    ``tokenizer``: the folder of the tokenizer the text data came from (synonym augmentation).
     """
     train, val = as_split(train), as_split(val)
+    synonyms = None
     if cfg.augment is not None:
         check_augment(cfg.augment, train.head(1), f"{where}.augment")
+        if cfg.augment.token_synonym:
+            if tokenizer is None:
+                raise UserError(
+                    f"{where}.augment.token_synonym: needs text the pipeline tokenized (data.name "
+                    "rotten_tomatoes or text_csv): the synonyms are looked up in its tokenizer"
+                )
+            synonyms = build_synonym_table(cfg.augment, tokenizer, seen_tokens(train), f"{where}.augment")
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     loss_fn = loss_fn or compose_loss(cfg.loss)
@@ -246,7 +258,9 @@ def fit(
         set_dropout(model, cfg.dropout)
     groups = build_param_groups(model, cfg.optimizer, lr_scales, cfg.layer_decay, extra_params)
     optimizer = build_optimizer(groups, cfg.optimizer)
-    loop = _EpochLoop(model, optimizer, [g["lr"] for g in optimizer.param_groups], loss_fn, cfg, generator, where)
+    loop = _EpochLoop(
+        model, optimizer, [g["lr"] for g in optimizer.param_groups], loss_fn, cfg, generator, where, synonyms
+    )
     result = FitResult(best_val_accuracy=-1.0, initial_lrs={g["name"]: g["lr"] for g in optimizer.param_groups})
     params = dict(model.named_parameters())
     best_state = None

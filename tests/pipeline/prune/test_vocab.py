@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from edgeslim.prune.vocab import VocabEmbedding, seen_tokens, token_embedding
+from edgeslim.data.batches import seen_tokens
+from edgeslim.prune.vocab import VocabEmbedding, token_embedding
 from tests.conftest import make_context, stage_for
 from tests.stages.test_prune_attention import _bert_loader, _prune_then_export
 
