@@ -28,6 +28,7 @@ from pydantic import Field
 
 from edgeslim.config.schema import StrictModel
 from edgeslim.engine.evaluate import output_parity
+from edgeslim.engine.keys import versions_of
 from edgeslim.engine.stage import PlanRequest, Stage, StageContext, StagePlan, StageResult, onnx_artifact
 from edgeslim.engine.store import ONNX, ONNX_INT8, ONNX_MODEL_FILE, TORCH, TORCH_QAT
 from edgeslim.errors import StageFailed, UserError, first_line
@@ -88,7 +89,9 @@ class Export(Stage[ExportConfig]):
                 f"{request.where}: exporter: optimum exports Hugging Face models (model: {{hf: folder}}); "
                 "this run's model is not one: use exporter: torch"
             )
-        return StagePlan(output_kind=output_kind(kind))
+        # optimum's exporter decides the graph: its versions join the key (transformers' already does)
+        key_parts = {"optimum": versions_of("optimum", "optimum-onnx")} if cfg.exporter == "optimum" else {}
+        return StagePlan(output_kind=output_kind(kind), key_parts=key_parts)
 
     def run(self, ctx: StageContext, cfg: ExportConfig) -> StageResult:
         if ctx.input.kind in (ONNX, ONNX_INT8):

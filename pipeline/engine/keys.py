@@ -47,15 +47,26 @@ NON_NUMERIC_MODULES = frozenset({"edgeslim.engine.progress", "edgeslim.engine.ch
 MEASUREMENT_MODULES = ("edgeslim.engine.measure",)
 
 
-def package_versions() -> dict[str, str]:
-    """Python and the numeric packages' versions: part of every stage key."""
-    versions = {"python": platform.python_version()}
-    for name in NUMERIC_PACKAGES:
+# Hugging Face's modeling code computes a Hugging Face model's outputs: part of those runs' keys only.
+HUGGING_FACE_PACKAGES = ("transformers",)
+
+
+def versions_of(*names: str) -> dict[str, str]:
+    """Installed versions of these distributions ("not installed" where absent)."""
+    versions = {}
+    for name in names:
         try:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             versions[name] = "not installed"
     return versions
+
+
+def package_versions(hugging_face: bool = False) -> dict[str, str]:
+    """Python and the numeric packages' versions: part of every stage key (plus transformers' for a
+    run whose model is a Hugging Face model)."""
+    extra = HUGGING_FACE_PACKAGES if hugging_face else ()
+    return {"python": platform.python_version(), **versions_of(*NUMERIC_PACKAGES, *extra)}
 
 
 @cache

@@ -105,7 +105,7 @@ class Runner:
         self.console = console or Console(stderr=True)
         self.planned = build_plan(config)
         self.first_forced = 0 if force else (config.stage_index(from_stage) if from_stage else None)
-        self.versions = keys.package_versions()
+        self.versions = keys.package_versions(hugging_face=config.model.hf is not None)
         # each stage's code version, hashed once: its key and its manifest both record it
         self.code_versions = {p.index: keys.stage_code_version(type(p.stage)) for p in self.planned}
         self.listeners = list(listeners)

@@ -333,15 +333,9 @@ def optimum_installed() -> bool:
 
 def optimum_versions() -> dict[str, str]:
     """The installed versions of optimum and optimum-onnx (their presets decide the quantized model)."""
-    from importlib import metadata
+    from edgeslim.engine.keys import versions_of
 
-    versions = {}
-    for name in ("optimum", "optimum-onnx"):
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            versions[name] = "not installed"
-    return versions
+    return versions_of("optimum", "optimum-onnx")
 
 
 def optimum_missing() -> str | None:

@@ -144,7 +144,7 @@ def test_a_run_wide_input_reruns_every_stage(finished: Path, tmp_path: Path, mon
         files = rewritten(finished / "digits.npz", lambda: write_data(finished, samples=480))
     elif change == "package version":
         versions = keys.package_versions()
-        monkeypatch.setattr(keys, "package_versions", lambda: {**versions, "onnxruntime": "changed"})
+        monkeypatch.setattr(keys, "package_versions", lambda **_: {**versions, "onnxruntime": "changed"})
     elif change == "seed":
         overrides["seed"] = 1
     elif change == "engine evaluation code":  # every stage's recorded accuracy comes from it

@@ -66,9 +66,7 @@ def test_token_options_need_token_inputs_and_image_options_need_images(data):
     from edgeslim.data.augment import check_augment
     from edgeslim.errors import UserError
 
-    with pytest.raises(
-        UserError, match=r"^f\.augment: token_delete/token_swap/token_synonym need input_ids and"
-    ):
+    with pytest.raises(UserError, match=r"^f\.augment: token_delete/token_swap/token_synonym need input_ids and"):
         check_augment(AugmentConfig(token_delete=0.1), data.train.head(1), "f.augment")
     with pytest.raises(UserError, match=r"^f\.augment: shift/rotate/scale/noise work on image tensors"):
         check_augment(AugmentConfig(shift=1), _reviews(1), "f.augment")

@@ -198,3 +198,22 @@ def test_a_fusion_that_breaks_parity_or_fails_ships_the_unfused_graph(
     else:
         assert "agrees with PyTorch on top-1 for only 0.00% (min_top1_agreement: 0.99)" in note
         assert export.details["parity_ledger"][-1]["passed"] is False
+
+
+def test_the_cache_key_follows_optimum_and_transformers_versions(tiny_bert: Path) -> None:
+    """optimum's exporter decides the exported graph and transformers computes a Hugging Face model's
+    outputs: their versions join the keys of the stages they affect, and only of those."""
+    from edgeslim.api import parse_config
+    from edgeslim.engine import keys
+    from edgeslim.engine.stage import PlanRequest
+    from edgeslim.engine.store import TORCH
+
+    cfg = {"name": "b", "model": {"hf": str(tiny_bert)}, "data": {"name": "rotten_tomatoes", "max_length": 32}}
+    config = parse_config({**cfg, "stages": ["baseline", {"export": {"exporter": "optimum"}}, "export"]})
+    parts = [
+        config.stages[i].stage_class(config.stages[i].settings).plan(PlanRequest(TORCH, config, i)).key_parts
+        for i in (1, 2)
+    ]
+    assert set(parts[0]["optimum"]) == {"optimum", "optimum-onnx"} and "optimum" not in parts[1]
+    assert keys.package_versions(hugging_face=True)["transformers"] == keys.versions_of("transformers")["transformers"]
+    assert "transformers" not in keys.package_versions()
