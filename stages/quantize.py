@@ -446,7 +446,7 @@ class Quantize(Stage[QuantizeConfig]):
         }
         notes = [
             *outcome.notes,
-            ("" if quantized else "the rejected INT8 model's ")
+            ("" if quantized else "the rejected quantized model's ")
             + coverage.summary()
             + " (the graph ONNX Runtime executes on the host profile)",
             f"validation accuracy {outcome.val_accuracy:.2%} vs {float_val_accuracy:.2%} for the float input "
@@ -529,10 +529,11 @@ class Quantize(Stage[QuantizeConfig]):
         }
         ratio = f"{speedup:.2f}x [{ci[0]:.2f}-{ci[1]:.2f}]"
         pooled = " (two measurements pooled)" if measurements > 1 else ""
+        bits = "INT4" if getattr(outcome.recipe, "method", None) == "int4" else "INT8"
         # INT8 ships when it is faster, or within the noise and not slower at the median: its size is then free
         if verdict == "faster" or (verdict == "within noise" and speedup >= 1.0):
             outcome.notes.append(
-                f"INT8 p50 {int8.p50_ms:.3f} ms vs {keep.p50_ms:.3f} ms for the float input: {ratio} "
+                f"{bits} p50 {int8.p50_ms:.3f} ms vs {keep.p50_ms:.3f} ms for the float input: {ratio} "
                 f"({verdict}; side by side, interleaved rounds{pooled})"
             )
             return
@@ -547,11 +548,11 @@ class Quantize(Stage[QuantizeConfig]):
         else:  # nothing left in float: the integer kernels themselves lose on this CPU and model
             why = (
                 f"all convs/linears run in integer kernels with {coverage.qdq_nodes} Q/DQ node(s), yet ONNX Runtime's "
-                "INT8 kernels are slower than its float ones for this model on this CPU"
+                f"{bits} kernels are slower than its float ones for this model on this CPU"
                 + (" (exact INT8 mode, needed on x86 without VNNI for 8-bit weights)" if exact_int8 else "")
             )
         outcome.notes.append(
-            f"kept the float model: INT8 ran {ratio} vs its float input ({judged}; p50 "
+            f"kept the float model: {bits} ran {ratio} vs its float input ({judged}; p50 "
             f"{int8.p50_ms:.3f} vs {keep.p50_ms:.3f} ms); {why}"
         )
         outcome.details["rejected_int8"] = {

@@ -217,3 +217,26 @@ def test_the_cache_key_follows_optimum_and_transformers_versions(tiny_bert: Path
     assert set(parts[0]["optimum"]) == {"optimum", "optimum-onnx"} and "optimum" not in parts[1]
     assert keys.package_versions(hugging_face=True)["transformers"] == keys.versions_of("transformers")["transformers"]
     assert "transformers" not in keys.package_versions()
+
+
+def test_int4_weight_only_quantizes_a_fused_bert_s_linear_layers_to_matmulnbits(
+    tiny_bert: Path, tmp_path: Path
+) -> None:
+    """After optimum's export and fusion, every remaining linear layer (attention output, both FFN
+    layers, pooler, classifier) becomes a 4-bit MatMulNBits; the fused Attention keeps its float QKV."""
+    # never_slower and the accuracy guard off: this untrained 2-layer BERT is too small for 4-bit kernels
+    # to pay and guesses near chance, so either would ship the float model instead (as it should)
+    quantize = {"method": "int4", "block_size": 16, "never_slower": False, "guard": None}
+    result = _run(tiny_bert, tmp_path, [{"export": {"exporter": "optimum"}}, {"quantize": quantize}])
+    assert [s.status for s in result.stages] == ["ran", "ran"]
+    graph = onnx.load(str(result.model_file("quantize"))).graph
+    ops = [n.op_type for n in graph.node]
+    float_matmuls = ops.count("MatMul") + ops.count("Gemm")
+    nbits = ops.count("MatMulNBits")
+    assert nbits >= 2 * 3 and float_matmuls == 0  # 2 layers x (attention output, FFN in, FFN out), + heads
+    assert ops.count("Attention") == 2
+    note = next(n for n in result.stage("quantize").notes if "MatMul weights quantized to MatMulNBits" in n)
+    assert f"{nbits} of {nbits} MatMul weights" in note
+    x = _tokens()
+    logits = onnx_logits(result.model_file("quantize"), x)
+    assert logits.shape == (4, 2) and np.isfinite(logits).all()
