@@ -167,3 +167,32 @@ def test_a_smaller_bert_head_keeps_the_softmax_scale_of_the_original():
     kept = [i for i in range(64) if i not in gone]
     with torch.no_grad():
         torch.testing.assert_close(attn(hidden)[0], before[..., kept])
+
+
+def test_iterative_pruning_with_distillation_between_the_steps_is_a_chain_of_stages(tmp_path, tiny_bert):
+    """prune -> short distilled finetune -> prune -> ...: each prune removes half of the heads left,
+    each finetune learns from the unpruned teacher, layer by layer; the final model rebuilds from its
+    history (both prunes replayed) and runs."""
+    import edgeslim
+
+    distill = {"teacher": "baseline", "layers": {"hidden": 1.0, "attention": 1.0}}
+    step = [
+        {"prune": {"importance": "l2", "head_pruning_ratio": 0.5, "pruning_ratio": 0.25}},
+        {"finetune": {"epochs": 1, "batch_size": 32, "distill": distill}},
+    ]
+    cfg = {
+        "name": "chain",
+        "seed": 0,
+        "model": {"hf": str(tiny_bert)},
+        "data": {"name": "rotten_tomatoes", "max_length": 32, "max_samples": 300},
+        "measure": {"warmup": 2, "runs": 10, "max_seconds": 1.0},
+        "stages": ["baseline", *step, *step],
+    }
+    result = edgeslim.run(cfg, out=tmp_path)
+    assert [s.status for s in result.stages] == ["ran"] * 5
+    prunes = [s for s in result.stages if s.name.endswith("prune")]
+    assert any("4 -> 2 heads" in n for n in prunes[0].notes) and any("2 -> 1 heads" in n for n in prunes[1].notes)
+    for finetune in (s for s in result.stages if s.name.endswith("finetune")):
+        assert any(n.startswith("layer distillation:") and "0←0, 1←1" in n for n in finetune.notes)
+    params = [s.metrics.params for s in result.stages]
+    assert params[4] < params[2] < params[0]  # the second prune removed more

@@ -138,7 +138,7 @@ def test_augmentation_is_training_only(data, monkeypatch):
 
     calls = []
     real = training.augment_inputs
-    monkeypatch.setattr(training, "augment_inputs", lambda x, c, g: calls.append(len(x)) or real(x, c, g))
+    monkeypatch.setattr(training, "augment_inputs", lambda x, c, g, *rest: calls.append(len(x)) or real(x, c, g, *rest))
     cfg = TrainLoopConfig(epochs=1, batch_size=64, augment={"shift": 1}, patience=None)
     fit(TinyCNN(num_classes=data.num_classes), data.train, data.val, cfg)
     assert sum(calls) == len(data.train)  # every training sample once; validation never
