@@ -10,17 +10,19 @@ CONFIG ?= configs/mnist_cnn.yaml
 setup: $(STAMP) system-deps
 
 # Optional system tools: qemu + debootstrap for the arm64-emulated device profile, chromium
-# to render the HTML report in tests. Installed with apt where we may (root on Debian/Ubuntu);
-# elsewhere the features that need them skip with a clear message.
+# to render the HTML report in tests, PostgreSQL for the multi-machine search tests (a server the
+# tests start themselves on a private socket). Installed with apt where we may (root on
+# Debian/Ubuntu); elsewhere the features that need them skip with a clear message.
 SYSTEM_TOOLS := qemu-aarch64-static debootstrap chromium
 system-deps:
 	@missing=""; for t in $(SYSTEM_TOOLS); do command -v $$t >/dev/null 2>&1 || missing="$$missing $$t"; done; \
+	ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || command -v pg_ctl >/dev/null 2>&1 || missing="$$missing postgresql"; \
 	if [ -z "$$missing" ]; then exit 0; fi; \
 	if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
 		echo "installing system tools:$$missing"; \
 		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-			qemu-user-static debootstrap chromium >/dev/null) || echo "warning: could not install$$missing; arm64 emulation / HTML render checks will be skipped"; \
-	else echo "note: missing$$missing (apt-get install qemu-user-static debootstrap chromium); arm64 emulation / HTML render checks will be skipped"; fi
+			qemu-user-static debootstrap chromium postgresql >/dev/null) || echo "warning: could not install$$missing; arm64 emulation / HTML render / PostgreSQL search checks will be skipped"; \
+	else echo "note: missing$$missing (apt-get install qemu-user-static debootstrap chromium postgresql); arm64 emulation / HTML render / PostgreSQL search checks will be skipped"; fi
 
 # torch is installed first, on its own and pinned: any other version resolves to multi-GB
 # CUDA builds. The constraints file keeps later installs from moving it.

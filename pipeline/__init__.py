@@ -7,6 +7,7 @@ The public API (loaded on first use, so ``import edgeslim`` stays cheap)::
     result = edgeslim.run("configs/digits_quick.yaml")   # or a dict, or a RunConfig
     result.final.metrics.accuracy, result.deliverable
     edgeslim.compare(["artifacts/run_a", "artifacts/run_b"])
+    edgeslim.search("configs/search_digits.yaml")      # a config with a search: block
 
 User mistakes raise ``edgeslim.UserError`` (one line, the same message the CLI prints); a stage
 that fails a check it was asked to make raises ``edgeslim.StageFailed``.
@@ -32,6 +33,7 @@ if TYPE_CHECKING:
     from edgeslim.config.schema import RunConfig
     from edgeslim.engine.records import RunReport, StageRecord
     from edgeslim.engine.stage import PlanRequest, Stage, StageContext, StagePlan, StageResult
+    from edgeslim.study.search import SearchResult, export_best, search
 
 _LAZY = {
     "run": "edgeslim.api",
@@ -42,6 +44,9 @@ _LAZY = {
     "register_stage": "edgeslim.api",
     "stage_types": "edgeslim.api",
     "RunResult": "edgeslim.api",
+    "search": "edgeslim.study.search",
+    "export_best": "edgeslim.study.search",
+    "SearchResult": "edgeslim.study.search",
     "RunConfig": "edgeslim.config.schema",
     "RunReport": "edgeslim.engine.records",
     "StageRecord": "edgeslim.engine.records",
@@ -62,7 +67,10 @@ __all__ = [  # noqa: RUF022 - grouped: errors, functions, types
     "open_run",
     "register_stage",
     "stage_types",
+    "search",
+    "export_best",
     "RunResult",
+    "SearchResult",
     "RunConfig",
     "RunReport",
     "StageRecord",

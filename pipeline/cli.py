@@ -48,7 +48,43 @@ def _parser() -> argparse.ArgumentParser:
     )
     report.add_argument("run_dir", type=Path, help="a run folder, e.g. artifacts/mnist_cnn")
     _add_compare(sub)
+    _add_search(sub)
     return parser
+
+
+def _add_search(sub: argparse._SubParsersAction) -> None:
+    search = sub.add_parser(
+        "search",
+        help="search pruning / fine-tuning / quantization settings (Optuna: TPE, NSGA-II, CMA-ES, random)",
+        description="Run (or resume) the search a config's search: block describes: each trial is an ordinary "
+        "cached run under <out>/<name>/trials/; the study (default <out>/<name>/study.db) outlives the process. "
+        "Writes search.md, search.html (Pareto front) and search.json in <out>/<name>/.",
+    )
+    search.add_argument("config", type=Path, help="YAML config with a search: block (see configs/search_digits.yaml)")
+    search.add_argument("--out", type=Path, default=Path("artifacts"), help="output root (default: artifacts)")
+    search.add_argument(
+        "--storage",
+        metavar="URL",
+        help="a study shared by several machines: an SQLAlchemy URL such as postgresql://user:pw@host/db "
+        "(default: a SQLite file in the search folder)",
+    )
+    search.add_argument(
+        "--worker",
+        action="store_true",
+        help="one of several processes adding trials to one study (its own random stream; same budget)",
+    )
+    search.add_argument(
+        "--export-best",
+        action="store_true",
+        help="do not search: write the chosen trial's settings as a plain runnable config (<out>/<name>/best.yaml)",
+    )
+    search.add_argument(
+        "--max-drop",
+        type=float,
+        metavar="PT",
+        help="with --export-best: at most this many points of validation accuracy below the trial's baseline",
+    )
+    search.add_argument("--to", type=Path, metavar="FILE", help="with --export-best: where to write the config")
 
 
 def _add_compare(sub: argparse._SubParsersAction) -> None:
@@ -113,6 +149,24 @@ def _cmd_run(args: argparse.Namespace, console: Console) -> int:
         result = api.run(args.config, args.out, force=args.force, from_stage=args.from_stage, console=console)
     _stdout_console().print(rich_table(result.report))
     console.print(f"report: {result.report_md}")
+    return 0
+
+
+def _cmd_search(args: argparse.Namespace, console: Console) -> int:
+    from edgeslim.models.zoo import factory_search_path
+    from edgeslim.study import search as searching
+
+    if args.export_best:
+        setup = searching.read_setup(args.config)
+        path, best = searching.export_best(args.out / setup.name, max_drop_pt=args.max_drop, to=args.to)
+        console.print(f"trial {best.number}: {best.params}")
+        console.print(f"config: {path}")
+        return 0
+    if args.max_drop is not None or args.to is not None:
+        raise UserError("search: --max-drop and --to go with --export-best")
+    with factory_search_path([args.config.parent, Path.cwd()]):
+        result = searching.search(args.config, args.out, storage=args.storage, worker=args.worker, console=console)
+    console.print(f"report: {result.search_dir / 'search.md'}")
     return 0
 
 
@@ -193,6 +247,8 @@ def main(argv: list[str] | None = None) -> int:
             return _cmd_run(args, console)
         if args.command == "compare":
             return _cmd_compare(args, console)
+        if args.command == "search":
+            return _cmd_search(args, console)
         return _cmd_report(args, console)
     except (UserError, StageFailed) as exc:
         if _signals:

@@ -7,9 +7,11 @@ BatchNorm freezing, early stopping with the best state restored and NaN detectio
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import copy
 import fnmatch
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -218,6 +220,22 @@ class _EpochLoop:
         return total_loss / max(done, 1)
 
 
+# Who is told each epoch's validation accuracy: (label of the fit, e.g. "finetune", epoch, accuracy).
+# A search uses it to stop a trial whose curve is clearly worse (raising out of the fit); nothing else does.
+EpochWatcher = Callable[[str, int, float], None]
+_epoch_watchers: contextvars.ContextVar[tuple[EpochWatcher, ...]] = contextvars.ContextVar("epoch_watchers", default=())
+
+
+@contextlib.contextmanager
+def watch_epochs(watcher: EpochWatcher) -> Iterator[None]:
+    """Call ``watcher(label, epoch, val_accuracy)`` after every epoch of every ``fit`` inside the block."""
+    token = _epoch_watchers.set((*_epoch_watchers.get(), watcher))
+    try:
+        yield
+    finally:
+        _epoch_watchers.reset(token)
+
+
 def fit(
     model: nn.Module,
     train: Split | TensorDataset,
@@ -289,6 +307,8 @@ def fit(
             )
             if on_epoch_end is not None:
                 on_epoch_end(epoch, model)
+            for watcher in _epoch_watchers.get():
+                watcher(label, epoch, val_acc)
             bar.update(task, description=f"{label} · epoch {epoch + 1}/{cfg.epochs} · val acc {val_acc:.4f}")
             if val_acc > result.best_val_accuracy:
                 result.best_val_accuracy, result.best_epoch, since_best = val_acc, epoch + 1, 0

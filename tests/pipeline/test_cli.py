@@ -40,7 +40,7 @@ def assert_one_line_error(proc: subprocess.CompletedProcess[str], pattern: str, 
 
 
 def test_help_on_every_command(tmp_path):
-    for args in (["--help"], ["run", "--help"], ["report", "--help"]):
+    for args in (["--help"], ["run", "--help"], ["report", "--help"], ["search", "--help"]):
         proc = edgeslim(*args, cwd=tmp_path)
         assert proc.returncode == 0 and "usage: edgeslim" in proc.stdout
 
@@ -248,3 +248,22 @@ def test_a_stop_request_that_a_native_library_turns_into_another_error_still_sto
         signal.signal(signal.SIGINT, previous[0])
         signal.signal(signal.SIGTERM, previous[1])
     assert f"edgeslim: {word};" in capsys.readouterr().err
+
+
+def test_search_mistakes_are_one_line_errors(tmp_path):
+    cfg = small_config(["baseline", {"prune": {"pruning_ratio": 0.5}}])
+    write_config(tmp_path / "plain.yaml", cfg)
+    assert_one_line_error(edgeslim("search", "plain.yaml", cwd=tmp_path), r"no search: block")
+    cfg["search"] = {"space": {"stages.prune.pruning_ratio": {"low": 0.2, "high": 0.9}}, "trails": 3}
+    write_config(tmp_path / "typo.yaml", cfg)
+    assert_one_line_error(edgeslim("search", "typo.yaml", cwd=tmp_path), r"search\.trails: unknown key; allowed keys")
+    cfg["search"] = {"space": {"stages.quantize.method": ["dynamic"]}, "trials": 3}
+    write_config(tmp_path / "space.yaml", cfg)
+    assert_one_line_error(
+        edgeslim("search", "space.yaml", cwd=tmp_path), r"search\.space\.stages\.quantize\.method: no quantize stage"
+    )
+    cfg["search"] = {"space": {"stages.prune.pruning_ratio": {"low": 0.2, "high": 0.9}}, "trials": 3}
+    write_config(tmp_path / "ok.yaml", cfg)
+    proc = edgeslim("search", "ok.yaml", "--export-best", cwd=tmp_path)
+    assert_one_line_error(proc, r"no readable search\.json in artifacts/t \(is it a search folder\?\)")
+    assert_one_line_error(edgeslim("search", "ok.yaml", "--max-drop", "1", cwd=tmp_path), r"go with --export-best")

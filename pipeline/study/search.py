@@ -1,0 +1,358 @@
+"""``edgeslim search``: Optuna's samplers over ordinary pipeline runs.
+
+    result = edgeslim.search("configs/search_digits.yaml")           # TPE / NSGA-II / CMA-ES / random
+    result.front                                                       # the Pareto front's trials
+    edgeslim.export_best("artifacts/search_digits", max_drop_pt=0.5)  # a plain runnable config
+
+The config is a normal run config (its stages are the default the search starts from) plus a
+``search:`` block (``study/space.py``). Each trial writes its config to
+``<out>/<name>/trials/trial-NNNN.yaml`` and runs it with ``edgeslim.run`` into
+``<out>/<name>/trials/trial-NNNN/``: cached and resumable like any run, and sharing its common stage
+prefix with earlier trials (``study/trials.py``). The study itself is Optuna RDB storage
+(``study/storage.py``): ``study.db`` in the search folder, or ``--storage postgresql://…`` for workers
+on several machines. A failed trial is recorded with its one-line error and the search goes on.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+import traceback
+import zlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+import yaml
+from optuna.trial import Trial, TrialState
+from rich.console import Console
+
+from edgeslim import api
+from edgeslim.engine.store import write_text
+from edgeslim.errors import StageFailed, UserError, first_line
+from edgeslim.study import storage as st
+from edgeslim.study.front import SearchSummary, summarize
+from edgeslim.study.space import (
+    Choices,
+    SearchConfig,
+    apply_params,
+    corner_params,
+    get_path,
+    is_int,
+    parse_search,
+)
+from edgeslim.study.trials import (
+    TRIALS_DIR,
+    PruneTrial,
+    median_rule,
+    outcome,
+    reuse_shared_stages,
+    trial_name,
+    write_trial_config,
+)
+from edgeslim.train.loop import watch_epochs
+
+CURVE_ATTR = "curve"  # the watched stage's validation accuracy per epoch
+CONSTRAINTS_ATTR = "constraints"
+DEFAULT_ATTR = "default"  # the trial that runs the config's own settings
+
+
+@dataclass(frozen=True)
+class SearchSetup:
+    """A search config read and checked: the base run config (raw), the search block, where it runs."""
+
+    base: dict[str, Any]
+    search: SearchConfig
+    base_dir: Path
+    name: str
+
+
+def read_setup(config: str | Path | Mapping[str, Any]) -> SearchSetup:
+    """Read a config with a ``search:`` block and check it: the base config, the block, and every
+    bound and choice of the space written into the base config (refused here, before any trial)."""
+    if isinstance(config, Mapping):
+        raw, base_dir, origin = copy.deepcopy(dict(config)), Path.cwd(), "config"
+    else:
+        path = Path(config)
+        if not path.is_file():
+            raise UserError(f"config file not found: {path}")
+        try:
+            raw = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as exc:
+            raise UserError(f"{path}: malformed YAML: {' '.join(str(exc).split())[:200]}") from None
+        base_dir, origin = path.parent.resolve(), str(path)
+    if not isinstance(raw, dict):
+        raise UserError(f"{origin}: the top level must be a mapping of keys (name, model, data, stages, search)")
+    if "search" not in raw:
+        raise UserError(f"{origin}: no search: block (space, objectives, budget); see configs/search_digits.yaml")
+    cfg = parse_search(raw.pop("search"))
+    base = api.parse_config(raw, base_dir)  # the default config itself must be valid
+    for params in corner_params(cfg):
+        try:
+            api.parse_config(apply_params(raw, params), base_dir)
+        except UserError as exc:
+            shown = ", ".join(f"{k}={v!r}" for k, v in params.items())
+            raise UserError(f"search.space: the config with {shown} is invalid: {exc}") from None
+    return SearchSetup(raw, cfg, base_dir, base.name)
+
+
+def make_sampler(cfg: SearchConfig, seed: int) -> optuna.samplers.BaseSampler:
+    """Constraints reach the samplers through ``Trial.set_constraint`` (Optuna 5), set before ``tell``."""
+    name = cfg.sampler_name
+    if name == "nsga2":
+        return optuna.samplers.NSGAIISampler(population_size=cfg.population_size, seed=seed)
+    if name == "cmaes":
+        return optuna.samplers.CmaEsSampler(
+            seed=seed, n_startup_trials=cfg.startup_trials, warn_independent_sampling=False
+        )
+    if name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=cfg.startup_trials)
+
+
+def _suggest(trial: Trial, cfg: SearchConfig) -> dict[str, Any]:
+    params = {}
+    for path, spec in cfg.space.items():
+        if isinstance(spec, Choices):
+            params[path] = trial.suggest_categorical(path, spec.choices)
+        elif is_int(spec):
+            step = int(spec.step or 1)
+            params[path] = trial.suggest_int(path, int(spec.low), int(spec.high), step=step, log=spec.log)
+        else:
+            params[path] = trial.suggest_float(path, spec.low, spec.high, step=spec.step, log=spec.log)
+    return params
+
+
+def open_study(
+    setup: SearchSetup, search_dir: Path, storage: str | None, worker: bool
+) -> tuple[optuna.Study, str, optuna.storages.RDBStorage]:
+    url = st.storage_url(search_dir, storage)
+    rdb = st.open_storage(url)
+    cfg = setup.search
+    # workers share the seed's study but not its random stream: each would otherwise propose the same settings
+    seed = cfg.seed + (zlib.crc32(st.worker_id().encode()) % 100_000 if worker else 0)
+    objectives = list(cfg.objectives)
+    try:
+        study = optuna.create_study(
+            storage=rdb,
+            study_name=setup.name,
+            directions=cfg.directions,
+            sampler=make_sampler(cfg, seed),
+            load_if_exists=True,
+        )
+    except ValueError as exc:
+        raise UserError(f"search: cannot open study '{setup.name}': {exc}") from None
+    recorded = study.user_attrs.get("objectives")
+    if recorded is None:
+        study.set_user_attr("objectives", cfg.objectives)
+        study.set_user_attr("space", {k: _plain(v) for k, v in cfg.space.items()})
+        default = default_params(setup)
+        if default is not None and not worker:  # the hand-written config is trial 0: what the search must beat
+            study.enqueue_trial(default, user_attrs={DEFAULT_ATTR: True})
+    elif list(recorded) != objectives or [recorded[k] for k in objectives] != list(cfg.objectives.values()):
+        raise UserError(
+            f"search: the study '{setup.name}' in {_where(url)} was made for objectives {recorded}, this config "
+            f"asks for {cfg.objectives}; rename the config's name or remove the study"
+        )
+    return study, url, rdb
+
+
+def default_params(setup: SearchSetup) -> dict[str, Any] | None:
+    """The base config's own values at the space's key paths, when every one is set and inside the
+    space (else None: there is no default trial)."""
+    params = {}
+    for path, spec in setup.search.space.items():
+        found, value = get_path(setup.base, path)
+        if not found:
+            return None
+        if isinstance(spec, Choices):
+            if value not in spec.choices:
+                return None
+        elif isinstance(value, bool) or not isinstance(value, int | float) or not spec.low <= value <= spec.high:
+            return None
+        params[path] = value
+    return params
+
+
+def _plain(spec: Any) -> Any:
+    return spec.model_dump(exclude_none=True) if hasattr(spec, "model_dump") else spec
+
+
+def _where(url: str) -> str:
+    return st._shown(url)
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    """What ``search`` returns: the search folder and the study's summary (every trial, the front)."""
+
+    search_dir: Path
+    summary: SearchSummary
+
+    @property
+    def trials(self) -> list[Any]:
+        return self.summary.trials
+
+    @property
+    def front(self) -> list[Any]:
+        return [t for t in self.summary.trials if t.number in self.summary.front]
+
+
+def search(
+    config: str | Path | Mapping[str, Any],
+    out: str | Path = "artifacts",
+    *,
+    storage: str | None = None,
+    worker: bool = False,
+    console: Console | None = None,
+) -> SearchResult:
+    """Run (or resume, or join as a worker) the search a config's ``search:`` block describes.
+
+    ``storage``: an SQLAlchemy URL for a study shared by several machines (default: ``study.db`` in
+    the search folder); ``worker``: this process is one of several adding trials to one study (its
+    sampler gets its own random stream). The trial budget is the study's, over every worker."""
+
+    console = console or Console(stderr=True)
+    setup = read_setup(config)
+    search_dir = Path(out) / setup.name
+    try:
+        (search_dir / TRIALS_DIR).mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"cannot create output folder {search_dir}: {exc.strerror}") from None
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        return _search(setup, search_dir, storage, worker, console)
+    except (UserError, StageFailed):
+        raise
+    except Exception as exc:  # a bug or a library failure outside any trial: one line, the trace in a log
+        log = search_dir / "error.log"
+        write_text(log, "".join(traceback.format_exception(exc)))
+        raise StageFailed(f"search: {type(exc).__name__}: {first_line(exc, 300)} (traceback in {log})") from exc
+
+
+def _search(setup: SearchSetup, search_dir: Path, storage: str | None, worker: bool, console: Console) -> SearchResult:
+    from edgeslim.reports.search_report import write_search_reports
+
+    cfg = setup.search
+    study, url, rdb = open_study(setup, search_dir, storage, worker)
+    deadline = None if cfg.timeout_s is None else time.monotonic() + cfg.timeout_s
+    console.print(
+        f"[bold]search {setup.name}[/bold]: {cfg.sampler_name}, objectives {cfg.objectives}, study {_where(url)}"
+    )
+    while deadline is None or time.monotonic() < deadline:
+        with st.claim_lock(url, setup.name, rdb):
+            back = st.give_back_dead_trials(study)
+            if back:
+                console.print(f"[yellow]trials {back} were interrupted (their process is gone): queued again[/yellow]")
+            used = sum(st.counted(t) for t in study.get_trials(deepcopy=False))
+            if cfg.trials is not None and used >= cfg.trials:
+                break
+            trial = study.ask()
+            trial.set_user_attr(st.WORKER_ATTR, st.worker_id())
+        _run_trial(setup, search_dir, study, trial, console)
+        write_search_reports(search_dir, summarize(study, cfg, search_dir))
+    summary = summarize(study, cfg, search_dir)
+    write_search_reports(search_dir, summary)
+    done = sum(t.state == "complete" for t in summary.trials)
+    console.print(f"search {setup.name}: {len(summary.trials)} trials ({done} complete), front: {summary.front}")
+    return SearchResult(search_dir, summary)
+
+
+def _run_trial(setup: SearchSetup, search_dir: Path, study: optuna.Study, trial: Trial, console: Console) -> None:
+    cfg, number = setup.search, trial.number
+    name = trial_name(number)
+    params = _suggest(trial, cfg)
+    shown = ", ".join(f"{k.rsplit('.', 1)[-1]}={_short(v)}" for k, v in params.items())
+    started = time.perf_counter()
+    state, values, note = TrialState.FAIL, None, ""
+    try:
+        config = apply_params(setup.base, params)
+        config["name"] = name
+        write_trial_config(search_dir, number, config)
+        run_config = api.parse_config(config, setup.base_dir)
+        reuse_shared_stages(search_dir, number, config)
+        curve: list[float] = []
+
+        def report(epoch: int, accuracy: float) -> None:
+            curve.append(accuracy)
+            trial.set_user_attr(CURVE_ATTR, curve)
+
+        def curves() -> list[list[float]]:
+            done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+            return [t.user_attrs.get(CURVE_ATTR, []) for t in done]
+
+        log = search_dir / TRIALS_DIR / f"{name}.log"
+        with open(log, "w") as handle, watch_epochs(median_rule(cfg, curves, report)):
+            result = api.run(run_config, search_dir / TRIALS_DIR, console=Console(file=handle, width=140))
+        got = outcome(result.report)
+        values = [got.objective(k) for k in cfg.objectives]
+        for key, value in {
+            "run_dir": f"{TRIALS_DIR}/{name}",
+            "stage": got.stage,
+            "accuracy": got.accuracy,
+            "test_accuracy": got.test_accuracy,
+            "latency_ms": got.latency_ms,
+            "size_bytes": got.size_bytes,
+            "reference_accuracy": got.reference_accuracy,
+            CONSTRAINTS_ATTR: got.violations(cfg),
+        }.items():
+            trial.set_user_attr(key, value)
+        for key, value in got.violations(cfg).items():
+            trial.set_constraint(key, value)
+        state = TrialState.COMPLETE
+        note = " · ".join(f"{k} {_short(v)}" for k, v in zip(cfg.objectives, values, strict=True))
+    except PruneTrial as stop:
+        state, note = TrialState.PRUNED, str(stop)
+    except (KeyboardInterrupt, SystemExit, GeneratorExit) as exc:
+        st.interrupt(study, study._storage.get_trial(trial._trial_id))
+        raise exc from None
+    except (UserError, StageFailed, ValueError) as exc:
+        note = " ".join(str(exc).split())
+    except Exception as exc:
+        note = f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
+    except BaseException as exc:  # SIGTERM (the CLI's Terminated): given back like Ctrl-C
+        st.interrupt(study, study._storage.get_trial(trial._trial_id))
+        raise exc from None
+    if state != TrialState.COMPLETE:
+        trial.set_user_attr("error" if state == TrialState.FAIL else "pruned_at", note)
+    trial.set_user_attr("duration_s", round(time.perf_counter() - started, 2))
+    study.tell(trial, values if state == TrialState.COMPLETE else None, state=state)
+    colour = {TrialState.COMPLETE: "green", TrialState.PRUNED: "yellow"}.get(state, "red")
+    console.print(f"[{colour}]{name}[/{colour}] {shown} → {state.name.lower()}: {note}", highlight=False)
+
+
+def _short(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def export_best(
+    search_dir: str | Path, *, max_drop_pt: float | None = None, to: str | Path | None = None
+) -> tuple[Path, Any]:
+    """Write the chosen trial's config as a plain runnable YAML (no search block). The choice: among
+    complete trials that meet the constraints and lose at most ``max_drop_pt`` points of validation
+    accuracy against their baseline stage, the fastest (the smallest, without a latency objective;
+    the most accurate, with accuracy alone). Returns the file and the trial's summary."""
+    from edgeslim.study.front import choose_best, read_summary
+    from edgeslim.study.trials import trial_config_path
+
+    search_dir = Path(search_dir)
+    summary = read_summary(search_dir)
+    best = choose_best(summary, max_drop_pt)
+    if best is None:
+        limit = "" if max_drop_pt is None else f" within {max_drop_pt} pt of their baseline"
+        raise UserError(f"{search_dir}: no complete trial meets the constraints{limit}")
+    config = yaml.safe_load(trial_config_path(search_dir, best.number).read_text())
+    config["name"] = f"{summary.name}-best"
+    target = Path(to) if to is not None else search_dir / "best.yaml"
+    header = (
+        f"# edgeslim search {summary.name}: trial {best.number} "
+        f"({', '.join(f'{k}={v!r}' for k, v in best.params.items())})\n"
+        f"# its result: validation accuracy {best.accuracy:.4f}, test {best.test_accuracy:.4f}, "
+        f"p50 {best.latency_ms} ms, {best.size_bytes} bytes\n"
+    )
+    write_text(target, header + yaml.safe_dump(config, sort_keys=False))
+    return target, best

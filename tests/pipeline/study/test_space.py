@@ -1,0 +1,109 @@
+"""The search: block: validated like the rest of the config, errors naming the key path."""
+
+from __future__ import annotations
+
+import pytest
+
+from edgeslim.errors import UserError
+from edgeslim.study.search import default_params, read_setup
+from edgeslim.study.space import apply_params, get_path, parse_search, set_path
+from tests.conftest import small_config
+
+STAGES = [
+    {"train": {"epochs": 2, "optimizer": {"lr": 0.01}}},
+    "baseline",
+    {"prune": {"pruning_ratio": 0.5, "importance": "l1"}},
+    {"finetune": {"epochs": 1}},
+]
+
+
+def config_with(search: dict) -> dict:
+    return {**small_config(STAGES), "search": search}
+
+
+def test_key_paths_reach_stage_settings_by_type_or_index_and_nested_keys():
+    cfg = small_config(STAGES)
+    out = apply_params(cfg, {"stages.prune.pruning_ratio": 0.3, "stages.3.optimizer.lr": 0.1, "data.max_samples": 90})
+    assert out["stages"][2] == {"prune": {"pruning_ratio": 0.3, "importance": "l1"}}
+    assert out["stages"][3] == {"finetune": {"epochs": 1, "optimizer": {"lr": 0.1}}}
+    assert out["data"]["max_samples"] == 90
+    assert cfg["stages"][2]["prune"]["pruning_ratio"] == 0.5  # the base config is untouched
+    assert get_path(out, "stages.finetune.optimizer.lr") == (True, 0.1)
+    assert get_path(out, "stages.prune.round_to") == (False, None)
+
+
+@pytest.mark.parametrize(
+    ("path", "message"),
+    [
+        ("stages.export.opset", "search.space.stages.export.opset: no export stage in the config (stages are: train"),
+        ("stages.9.epochs", "search.space.stages.9.epochs: there are 4 stages"),
+        ("stages.prune", "search.space.stages.prune: name a setting of a stage"),
+        ("stages.prune.pruning_ratio.x", "search.space.stages.prune.pruning_ratio.x: pruning_ratio is 0.5, not a"),
+    ],
+)
+def test_bad_key_paths_are_named(path, message):
+    with pytest.raises(UserError, match="^" + message.replace(".", r"\.").replace("(", r"\(")):
+        set_path(small_config(STAGES), path, 1)
+
+
+def test_two_stages_of_a_type_need_an_index():
+    cfg = small_config([*STAGES, {"finetune": {"epochs": 1}}])
+    with pytest.raises(UserError, match=r"has 2 finetune stages; name one by index, e\.g\. stages\.3\.epochs"):
+        set_path(cfg, "stages.finetune.epochs", 2)
+
+
+@pytest.mark.parametrize(
+    ("search", "message"),
+    [
+        ({"space": {"stages.prune.pruning_ratio": {"low": 0.8, "high": 0.2}}, "trials": 2}, "search.space.stages"),
+        ({"space": {"stages.prune.pruning_ratio": {"low": 0.2, "high": 0.8}}}, "set a budget"),
+        ({"space": {"a": [1]}, "trials": 2, "objectives": {"speed": "max"}}, r"search\.objectives\.speed"),
+        ({"space": {"a": [1, 2]}, "trials": 2, "sampler": "cmaes", "objectives": {"accuracy": "max"}}, "continuous"),
+        ({"space": {"a": {"low": 1e-3, "high": 1, "log": True}}, "trials": 2, "sampler": "cmaes"}, "one objective"),
+        ({"space": {}, "trials": 2}, r"search\.space"),
+        ({"space": {"a": [1]}, "trials": 0}, r"search\.trials"),
+        ({"space": {"a": [1]}, "trials": 2, "samplr": "tpe"}, r"search\.samplr: unknown key"),
+    ],
+)
+def test_search_block_errors_are_one_line_naming_the_key(search, message):
+    with pytest.raises(UserError, match=message) as err:
+        parse_search(search)
+    assert "\n" not in str(err.value)
+
+
+def test_values_the_stage_refuses_are_caught_before_any_trial(tmp_path):
+    search = {"space": {"stages.prune.pruning_ratio": {"low": 0.2, "high": 1.5}}, "trials": 2}
+    with pytest.raises(
+        UserError,
+        match=r"search\.space: the config with stages\.prune\.pruning_ratio=1\.5 is invalid: "
+        r"stages\[2\]\.prune\.pruning_ratio",
+    ):
+        read_setup(config_with(search))
+    search = {"space": {"stages.prune.importance": ["l1", "l7"]}, "trials": 2}
+    with pytest.raises(UserError, match=r"importance='l7' is invalid"):
+        read_setup(config_with(search))
+    with pytest.raises(UserError, match="no search: block"):
+        read_setup(small_config(STAGES))
+
+
+def test_the_configs_own_settings_are_the_default_trial():
+    space = {"stages.prune.pruning_ratio": {"low": 0.2, "high": 0.8}, "stages.prune.importance": ["l1", "taylor"]}
+    setup = read_setup(config_with({"space": space, "trials": 2}))
+    assert default_params(setup) == {"stages.prune.pruning_ratio": 0.5, "stages.prune.importance": "l1"}
+    # a key the config leaves to its default, or a value outside the space: no default trial
+    setup = read_setup(
+        config_with({"space": {**space, "stages.finetune.optimizer.lr": {"low": 0.1, "high": 1}}, "trials": 2})
+    )
+    assert default_params(setup) is None
+    setup = read_setup(config_with({"space": {"stages.prune.pruning_ratio": {"low": 0.6, "high": 0.8}}, "trials": 2}))
+    assert default_params(setup) is None
+
+
+def test_integer_ranges_and_choices():
+    cfg = parse_search({"space": {"stages.finetune.epochs": {"low": 1, "high": 3}, "x": [True, False]}, "trials": 1})
+    assert cfg.sampler_name == "nsga2" and cfg.directions == ["maximize", "minimize"]
+    from edgeslim.study.space import corner_params
+
+    corners = corner_params(cfg)
+    assert corners == [{"stages.finetune.epochs": 1, "x": True}, {"stages.finetune.epochs": 3, "x": False}]
+    assert isinstance(corners[0]["stages.finetune.epochs"], int)
