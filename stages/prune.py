@@ -36,6 +36,8 @@ import copy
 import difflib
 import fnmatch
 import math
+import tempfile
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -44,11 +46,13 @@ import torch_pruning as tp
 from pydantic import Field, field_validator, model_validator
 from torch import nn
 
-from edgeslim.config.schema import StrictModel
+from edgeslim.config.schema import MeasureSpec, StrictModel
 from edgeslim.data.batches import Inputs, seen_tokens
-from edgeslim.engine.stage import Stage, StageContext, StageResult
+from edgeslim.engine.measure import measure_side_by_side
+from edgeslim.engine.stage import PlanRequest, Stage, StageContext, StagePlan, StageResult
 from edgeslim.engine.store import TORCH
 from edgeslim.errors import UserError, first_line
+from edgeslim.export.onnx_io import export_onnx
 from edgeslim.models.loader import count_params_and_macs, output_layer_name, save_torch_artifact
 from edgeslim.prune.criteria import CRITERIA, build_importance, prepare_importance
 from edgeslim.prune.graph import (
@@ -63,6 +67,7 @@ from edgeslim.prune.graph import (
     sync_head_dims,
     unwrapped_parameters,
 )
+from edgeslim.prune.latency import build_table, choose_ratios
 from edgeslim.prune.layers import DROP_LAYERS, drop_blocks
 from edgeslim.prune.vocab import prune_vocabulary, token_embedding
 from edgeslim.train.loop import evaluate, recalibrate_batchnorm
@@ -145,6 +150,17 @@ class PruneConfig(StrictModel):
     calibration_samples: int = Field(128, ge=1, description="training samples for taylor/hessian scores")
     bn_recalibration_batches: int = Field(20, ge=0)
     round_to: int | None = Field(None, ge=1, description="keep channel counts multiples of this")
+    target_latency_ms: float | None = Field(
+        None,
+        gt=0,
+        description="choose a ratio per layer from a measured per-layer latency table (host profile) so the "
+        "pruned model's p50 is predicted at this; the report gives predicted vs measured",
+    )
+    latency_ratios: list[float] = Field(
+        default_factory=lambda: [0.25, 0.5, 0.75],
+        min_length=1,
+        description="target_latency_ms: the per-layer ratios measured (and chosen from)",
+    )
     head_pruning_ratio: float = Field(
         0.0,
         ge=0,
@@ -178,14 +194,31 @@ class PruneConfig(StrictModel):
 
     @model_validator(mode="after")
     def _one_target(self) -> PruneConfig:
-        if self.target_params is not None and self.target_macs is not None:
-            raise ValueError("give at most one of target_params and target_macs")
+        targets = [self.target_params, self.target_macs, self.target_latency_ms]
+        if sum(t is not None for t in targets) > 1:
+            raise ValueError("give at most one of target_params, target_macs and target_latency_ms")
+        if self.target_latency_ms is not None and (self.iterative_steps > 1 or self.global_pruning):
+            raise ValueError("target_latency_ms sets a ratio per layer: use iterative_steps 1, global_pruning false")
+        if any(not 0 < r < 1 for r in self.latency_ratios):
+            raise ValueError("latency_ratios: each between 0 and 1 (exclusive)")
         return self
 
 
 class Prune(Stage[PruneConfig]):
     name = "prune"
     accepts = (TORCH,)
+
+    def plan(self, request: PlanRequest) -> StagePlan:
+        """A latency target's choice depends on where the table is timed: the host profile joins the key."""
+        key_parts = {}
+        if self.config.target_latency_ms is not None:
+            host = request.config.host
+            key_parts["host"] = {
+                "threads": host.threads[0],
+                "batch_size": host.batch_sizes[0],
+                "opt": host.graph_optimization,
+            }
+        return StagePlan(output_kind=request.input_kind, key_parts=key_parts)
 
     def fallback(self, attempt: int, previous: StageResult) -> Prune | None:
         """Prune less: each attempt removes 30% fewer channels (or keeps 30% more of the target)."""
@@ -279,6 +312,12 @@ class Prune(Stage[PruneConfig]):
             ratio = self._ratio_for_target(
                 model, ignored, unused.dead, example, calib_x, calib_y, params_before, macs_before, ctx.where
             )
+        layer_ratios: dict[nn.Module, float] = {}
+        latency: dict[str, Any] | None = None
+        if cfg.target_latency_ms is not None:
+            chosen, latency = self._ratios_for_latency(ctx, model, ignored, unused.dead, example)
+            layer_ratios = {modules[n]: r for n, r in chosen.items()}
+            ratio = 0.0
 
         importance = build_importance(cfg.importance)
         pruner = _Pruner(
@@ -286,6 +325,7 @@ class Prune(Stage[PruneConfig]):
             example,
             importance=importance,
             pruning_ratio=ratio,
+            pruning_ratio_dict=layer_ratios or None,
             iterative_steps=cfg.iterative_steps,
             global_pruning=cfg.global_pruning,
             ignored_layers=ignored,
@@ -334,6 +374,13 @@ class Prune(Stage[PruneConfig]):
                 f"warning: pruning removed {what} ({removed_channels} channel(s)): "
                 f"{_why_so_little(pruner, model, protected, left_whole, removed_channels, ratio)}"
             )
+        if latency is not None:
+            latency["measured_ms"], latency["measured_full_ms"] = self._measure_against(ctx, model, example)
+            notes.append(
+                f"latency target {cfg.target_latency_ms} ms: {len(latency['ratios'])} layer ratio(s) chosen from "
+                f"the measured table; predicted p50 {latency['predicted_ms']:.4g} ms, measured "
+                f"{latency['measured_ms']:.4g} ms (unpruned {latency['measured_full_ms']:.4g} ms, timed beside it)"
+            )
         artifact = save_torch_artifact(
             ctx.out_dir, model, kind=TORCH, pruning_history=history, params=params, macs=macs
         )
@@ -360,6 +407,7 @@ class Prune(Stage[PruneConfig]):
                 "unwrapped_conflicts": conflicts,
                 "unused_modules": {"never_called": unused.never_called, "dead": unused.dead},
                 "attention_heads": {n: [heads_before[n], heads_after[n]] for n in heads_before},
+                "latency_target": latency,
             },
             notes=[
                 *([_depth_note(depth)] if depth else []),
@@ -378,6 +426,66 @@ class Prune(Stage[PruneConfig]):
                 *warnings,
             ],
         )
+
+    def _ratios_for_latency(
+        self, ctx: StageContext, model: nn.Module, ignored: list[nn.Module], dead: list[str], example: Inputs
+    ) -> tuple[dict[str, float], dict[str, Any]]:
+        """Per-layer ratios from the measured latency table (``edgeslim.prune.latency``)."""
+        cfg = self.config
+        index = {id(m): n for n, m in model.named_modules()}
+        ignored_names = [index[id(m)] for m in ignored]
+        candidates = [
+            n
+            for n, m in model.named_modules()
+            if isinstance(m, nn.Conv1d | nn.Conv2d | nn.Conv3d | nn.Linear) and n not in ignored_names
+        ]
+
+        def prune_one(copy_: nn.Module, name: str, r: float) -> nn.Module:
+            modules = dict(copy_.named_modules())
+            pruner = _Pruner(
+                copy_,
+                example,
+                importance=build_importance("l2"),  # which channels go does not change the time
+                pruning_ratio=0.0,
+                pruning_ratio_dict={modules[name]: r},
+                ignored_layers=[modules[n] for n in ignored_names],
+                round_to=cfg.round_to,
+                root_module_types=list(ROOT_TYPES),
+                **attention_settings(copy_),
+                **graph_arguments(copy_, dead),
+            )
+            _step(pruner, ctx.where)
+            _after_step(copy_, pruner, {})
+            return copy_
+
+        ratios = sorted(cfg.latency_ratios)
+        table = build_table(
+            model, example, candidates, ratios, prune_one, ctx.data, ctx.config.host, _table_measure(ctx.config.measure)
+        )
+        chosen, predicted = choose_ratios(table, cfg.target_latency_ms, ratios)  # type: ignore[arg-type]
+        if predicted > cfg.target_latency_ms:  # type: ignore[operator]
+            ctx_note = "unreachable: every measured layer at its largest ratio"
+        else:
+            ctx_note = "reached"
+        return chosen, {
+            "target_ms": cfg.target_latency_ms,
+            "predicted_ms": predicted,
+            "target": ctx_note,
+            "ratios": chosen,
+            "table": table.to_json(),
+        }
+
+    @staticmethod
+    def _measure_against(ctx: StageContext, model: nn.Module, example: Inputs) -> tuple[float, float]:
+        """The pruned model's p50 beside the stage's input model (host profile, interleaved)."""
+        with tempfile.TemporaryDirectory(prefix="edgeslim-pruned-") as tmp:
+            original = ctx.models.load(ctx.input)
+            files = [
+                export_onnx(copy.deepcopy(model).eval(), example, Path(tmp) / "pruned.onnx"),
+                export_onnx(original.eval(), example, Path(tmp) / "input.onnx"),
+            ]
+            timed = measure_side_by_side(files, ctx.config.host, _table_measure(ctx.config.measure), ctx.data)
+        return timed[0]["latency_ms"]["p50"], timed[1]["latency_ms"]["p50"]
 
     def _ratio_for_target(
         self,
@@ -660,3 +768,8 @@ def _few(names: list[str], limit: int = 5) -> str:
     """At most ``limit`` names, then how many more: warnings stay one readable line."""
     more = f" and {len(names) - limit} more" if len(names) > limit else ""
     return ", ".join(names[:limit]) + more
+
+
+def _table_measure(measure: MeasureSpec) -> MeasureSpec:
+    """The run's ``measure:`` with a shorter budget per model: the table times many variants."""
+    return measure.model_copy(update={"runs": min(measure.runs, 60), "max_seconds": min(measure.max_seconds, 1.5)})

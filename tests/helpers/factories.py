@@ -113,3 +113,22 @@ def digits_from_file(path: str):
     x, y = torch.from_numpy(arrays["x"]).float(), torch.from_numpy(arrays["y"]).long()
     a, b = int(len(x) * 0.7), int(len(x) * 0.85)
     return TensorDataset(x[:a], y[:a]), TensorDataset(x[a:b], y[a:b]), TensorDataset(x[b:], y[b:])
+
+
+def lopsided_cnn(num_classes: int = 10) -> nn.Module:
+    """Where the time and the weights are in different layers: two convolutions at full resolution
+    (few weights, most of the time) and two wide ones on a 4x4 map (most weights, little time)."""
+    return nn.Sequential(
+        nn.Conv2d(1, 32, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(32, 32, 3, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(4),
+        nn.Conv2d(32, 128, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(128, 128, 3, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(128, num_classes),
+    )
