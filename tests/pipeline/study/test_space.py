@@ -107,3 +107,22 @@ def test_integer_ranges_and_choices():
     corners = corner_params(cfg)
     assert corners == [{"stages.finetune.epochs": 1, "x": True}, {"stages.finetune.epochs": 3, "x": False}]
     assert isinstance(corners[0]["stages.finetune.epochs"], int)
+
+
+def test_each_sampler_is_optunas_own():
+    import optuna
+
+    from edgeslim.study.search import make_sampler
+
+    space = {"space": {"stages.prune.pruning_ratio": {"low": 0.2, "high": 0.8}}, "trials": 2}
+    kinds = {
+        "tpe": optuna.samplers.TPESampler,
+        "nsga2": optuna.samplers.NSGAIISampler,
+        "random": optuna.samplers.RandomSampler,
+        "cmaes": optuna.samplers.CmaEsSampler,
+    }
+    for name, cls in kinds.items():
+        cfg = parse_search({**space, "sampler": name, "objectives": {"accuracy": "max"}})
+        assert isinstance(make_sampler(cfg, 0), cls)
+    assert parse_search(space).sampler_name == "nsga2"  # two objectives by default
+    assert parse_search({**space, "objectives": {"size_bytes": "min"}}).sampler_name == "tpe"
