@@ -83,6 +83,7 @@ def parse_config(raw: Any, stage_types: Mapping[str, Any], base_dir: Path | None
         raise UserError("config: the top level must be a mapping of keys (name, model, data, stages, ...)")
     original = raw
     raw = dict(raw)
+    raw.pop("search", None)  # edgeslim search's block (validated there): a run runs the stages as written
     stages = _parse_stages(raw.pop("stages", None), stage_types)
     try:
         config = RunConfig.model_validate({**raw, "stages": stages})

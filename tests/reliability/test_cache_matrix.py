@@ -232,11 +232,11 @@ def test_editing_a_shared_module_reruns_the_stages_that_import_it(finished: Path
 
 
 def test_editing_the_latency_code_re_measures_without_retraining(finished: Path, tmp_path: Path, monkeypatch) -> None:
-    """Latency code joins the measurement key; only stages that themselves time models (quantize's
-    ``auto`` candidates, benchmark) import it, so only they re-run."""
+    """Latency code joins the measurement key; only stages that themselves time models (prune's
+    per-layer latency table, quantize's ``auto`` candidates, benchmark) import it, so only they re-run."""
     edit_source(monkeypatch, "edgeslim.engine.measure")
     status, measured = rerun(finished, tmp_path, config(finished))
     users = [n for n in NAMES if "edgeslim.engine.measure" in keys.module_closure(f"edgeslim.stages.{n}")]
-    assert users == ["quantize", "benchmark"]
+    assert users == ["prune", "quantize", "benchmark"]
     assert status == ["ran" if n in users else "cached" for n in NAMES]
     assert measured == ["fresh"] * ALL
