@@ -114,12 +114,12 @@ def parse_config(raw: Any, stage_types: Mapping[str, Any], base_dir: Path | None
     return config
 
 
-def load_config(path: Path, stage_types: Mapping[str, Any]) -> RunConfig:
-    """Read, parse (``yaml.safe_load``) and validate a config file."""
+def read_yaml(path: Path) -> Any:
+    """A YAML file parsed with ``yaml.safe_load``; a missing, unreadable or malformed file is one line."""
     if not path.is_file():
         raise UserError(f"config file not found: {path}")
     try:
-        raw = yaml.safe_load(path.read_text())
+        return yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -132,4 +132,8 @@ def load_config(path: Path, stage_types: Mapping[str, Any]) -> RunConfig:
     except Exception as exc:  # PyYAML's own failures on odd input (e.g. a bare '!!float', a 5000-digit int)
         first = first_line(exc)
         raise UserError(f"{path}: malformed YAML: {type(exc).__name__}: {first}") from None
-    return parse_config(raw, stage_types, base_dir=path.parent)
+
+
+def load_config(path: Path, stage_types: Mapping[str, Any]) -> RunConfig:
+    """Read, parse (``yaml.safe_load``) and validate a config file."""
+    return parse_config(read_yaml(path), stage_types, base_dir=path.parent)

@@ -30,6 +30,7 @@ from optuna.trial import Trial, TrialState
 from rich.console import Console
 
 from edgeslim import api
+from edgeslim.config.loader import read_yaml
 from edgeslim.engine.store import write_text
 from edgeslim.errors import StageFailed, UserError, first_line
 from edgeslim.study import storage as st
@@ -76,13 +77,7 @@ def read_setup(config: str | Path | Mapping[str, Any]) -> SearchSetup:
         raw, base_dir, origin = copy.deepcopy(dict(config)), Path.cwd(), "config"
     else:
         path = Path(config)
-        if not path.is_file():
-            raise UserError(f"config file not found: {path}")
-        try:
-            raw = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as exc:
-            raise UserError(f"{path}: malformed YAML: {' '.join(str(exc).split())[:200]}") from None
-        base_dir, origin = path.parent.resolve(), str(path)
+        raw, base_dir, origin = read_yaml(path), path.parent.resolve(), str(path)
     if not isinstance(raw, dict):
         raise UserError(f"{origin}: the top level must be a mapping of keys (name, model, data, stages, search)")
     if "search" not in raw:
@@ -153,7 +148,7 @@ def open_study(
             study.enqueue_trial(default, user_attrs={DEFAULT_ATTR: True})
     elif list(recorded) != objectives or [recorded[k] for k in objectives] != list(cfg.objectives.values()):
         raise UserError(
-            f"search: the study '{setup.name}' in {_where(url)} was made for objectives {recorded}, this config "
+            f"search: the study '{setup.name}' in {st._shown(url)} was made for objectives {recorded}, this config "
             f"asks for {cfg.objectives}; rename the config's name or remove the study"
         )
     return study, url, rdb
@@ -178,10 +173,6 @@ def default_params(setup: SearchSetup) -> dict[str, Any] | None:
 
 def _plain(spec: Any) -> Any:
     return spec.model_dump(exclude_none=True) if hasattr(spec, "model_dump") else spec
-
-
-def _where(url: str) -> str:
-    return st._shown(url)
 
 
 @dataclass(frozen=True)
@@ -239,7 +230,7 @@ def _search(setup: SearchSetup, search_dir: Path, storage: str | None, worker: b
     study, url, rdb = open_study(setup, search_dir, storage, worker)
     deadline = None if cfg.timeout_s is None else time.monotonic() + cfg.timeout_s
     console.print(
-        f"[bold]search {setup.name}[/bold]: {cfg.sampler_name}, objectives {cfg.objectives}, study {_where(url)}"
+        f"[bold]search {setup.name}[/bold]: {cfg.sampler_name}, objectives {cfg.objectives}, study {st._shown(url)}"
     )
     while deadline is None or time.monotonic() < deadline:
         with st.claim_lock(url, setup.name, rdb):

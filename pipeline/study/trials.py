@@ -21,11 +21,11 @@ from typing import Any
 import yaml
 
 from edgeslim.engine.records import RunReport, StageRecord
+from edgeslim.engine.runner import MEASUREMENTS_FILE
 from edgeslim.engine.store import MANIFEST_FILE, read_json, write_json, write_text
 from edgeslim.study.space import SearchConfig
 
 TRIALS_DIR = "trials"
-MEASUREMENTS_FILE = "measurements.json"  # the runner's measurement cache (see engine/runner.py)
 # what a trial's run must agree on with another for their stage folders to be worth sharing
 CONTEXT_KEYS = ("model", "data", "seed", "host", "measure")
 
