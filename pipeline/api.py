@@ -24,6 +24,7 @@ from rich.console import Console
 
 from edgeslim.config import loader
 from edgeslim.config.schema import RunConfig
+from edgeslim.engine import distributed
 from edgeslim.engine.records import REPORT_JSON, RunReport, StageRecord, read_report
 from edgeslim.engine.runner import Runner
 from edgeslim.engine.stage import Stage
@@ -199,6 +200,10 @@ def run(
     from edgeslim.reports.run_report import write_markdown
 
     run_config = with_objects(as_config(config), model, data)
+    # under torchrun (the CLI's --nproc, or the user's own script): every rank joins one process group;
+    # rank 0 runs the stages and writes, the others train with it
+    ours = distributed.launched().size > 1 and distributed.current().size == 1
+    distributed.join()
     runner = Runner(
         run_config,
         Path(out),
@@ -210,8 +215,10 @@ def run(
     try:
         report = runner.run()
     finally:
-        if (runner.run_dir / REPORT_JSON).is_file():
+        if runner.world.writer and (runner.run_dir / REPORT_JSON).is_file():
             write_run_html(runner.run_dir)
+    if ours:  # not after a failure: a rank that stopped may never answer, and the process ends anyway
+        distributed.leave()
     return RunResult(runner.run_dir, report)
 
 

@@ -41,6 +41,15 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--from", dest="from_stage", metavar="STAGE", help="re-run from this stage (name or index) onwards"
     )
+    run.add_argument(
+        "--nproc",
+        type=int,
+        default=1,
+        metavar="N",
+        help="train data-parallel in N processes on this machine (torchrun, DistributedDataParallel; gloo on CPU, "
+        "NCCL on GPU); batch_size stays the global batch. Across machines, start torchrun yourself: "
+        "docs/scale.md",
+    )
     report = sub.add_parser(
         "report",
         help="re-render report.md from a run's report.json",
@@ -141,14 +150,23 @@ def _stdout_console() -> Console:
 
 def _cmd_run(args: argparse.Namespace, console: Console) -> int:
     from edgeslim import api
+    from edgeslim.engine import distributed
     from edgeslim.models.zoo import factory_search_path
     from edgeslim.reports.run_report import rich_table
 
+    if args.nproc < 1:
+        raise UserError(f"run: --nproc must be at least 1 (got {args.nproc})")
+    launched = distributed.launched()
+    if args.nproc > 1 and launched.size == 1:
+        from edgeslim.launch import launch
+
+        return launch(args, console)
     # package.module:factory refs are found beside the config first, then in the current folder (README)
     with factory_search_path([args.config.parent, Path.cwd()]):
         result = api.run(args.config, args.out, force=args.force, from_stage=args.from_stage, console=console)
-    _stdout_console().print(rich_table(result.report))
-    console.print(f"report: {result.report_md}")
+    if launched.writer:  # under torchrun, rank 0 reports; the other ranks trained with it
+        _stdout_console().print(rich_table(result.report))
+        console.print(f"report: {result.report_md}")
     return 0
 
 

@@ -116,6 +116,7 @@ def _is_weight_file(ref: str) -> bool:
 class Finetune(Stage[FinetuneConfig]):
     name = "finetune"
     accepts = (TORCH,)
+    distributed = True
 
     def plan(self, request: PlanRequest) -> StagePlan:
         """Teachers must be earlier stages or loadable weight files (pickles are refused here, up front);

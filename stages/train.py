@@ -17,6 +17,7 @@ class TrainConfig(TrainLoopConfig):
 
 class Train(Stage[TrainConfig]):
     name = "train"
+    distributed = True
     accepts = (TORCH,)
 
     def run(self, ctx: StageContext, cfg: TrainConfig) -> StageResult:

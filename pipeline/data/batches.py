@@ -175,7 +175,7 @@ class TensorSplit(Split):
         self.labels = labels
 
     def batches(self, batch_size: int, order: torch.Tensor | None = None) -> Iterator[tuple[Inputs, torch.Tensor]]:
-        for i in range(0, len(self), batch_size):
+        for i in range(0, len(self) if order is None else len(order), batch_size):
             if order is None:
                 yield select(self.inputs, slice(i, i + batch_size)), self.labels[i : i + batch_size]
             else:
@@ -255,7 +255,7 @@ class StreamSplit(Split):
 
     def batches(self, batch_size: int, order: torch.Tensor | None = None) -> Iterator[tuple[Inputs, torch.Tensor]]:
         if order is not None and self.map_style:
-            for i in range(0, len(self), batch_size):
+            for i in range(0, len(order), batch_size):
                 yield self.take(order[i : i + batch_size])
             return
         for batch in self._loader(batch_size):
@@ -280,6 +280,52 @@ class StreamSplit(Split):
                 break
         parts = [found[int(i)] for i in index]
         return concat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+
+
+class ShardSplit(Split):
+    """Rank ``rank`` of ``world``'s part of a split, as ``DistributedSampler`` deals it.
+
+    Splits read in any order (in memory, map-style datasets) deal every ``world``-th sample of the
+    epoch's order; with ``pad`` the order is first padded (from its start) to a multiple of ``world``,
+    so every rank runs the same number of steps, which data-parallel training needs. Streams read in
+    their own order deal every ``world``-th batch, and with ``pad`` the batches past the last full
+    round are dropped. ``len`` stays the whole split's: the epoch's order is a permutation of all of it.
+    """
+
+    def __init__(self, split: Split, rank: int, world: int, *, pad: bool = True):
+        self.split, self.rank, self.world, self.pad = split, rank, world, pad
+        self.labels = split.labels
+
+    @property
+    def indexed(self) -> bool:
+        return not isinstance(self.split, StreamSplit) or self.split.map_style
+
+    def mine(self, order: torch.Tensor | None) -> torch.Tensor:
+        """This rank's sample indices of an epoch's ``order`` (all samples in stored order when None)."""
+        order = torch.arange(len(self)) if order is None else order
+        if self.pad and len(order) % self.world:
+            order = torch.cat([order, order[: self.world - len(order) % self.world]])
+        return order[self.rank :: self.world]
+
+    def steps(self, batch_size: int) -> int:
+        if self.indexed:
+            return -(-len(self.mine(None)) // batch_size)
+        whole = self.split.steps(batch_size)
+        return whole // self.world if self.pad else -(-(whole - self.rank) // self.world)
+
+    def batches(self, batch_size: int, order: torch.Tensor | None = None) -> Iterator[tuple[Inputs, torch.Tensor]]:
+        if self.indexed:
+            yield from self.split.batches(batch_size, self.mine(order))
+            return
+        rounds = self.steps(batch_size)
+        for i, batch in enumerate(self.split.batches(batch_size)):
+            if i // self.world >= rounds:
+                return
+            if i % self.world == self.rank:
+                yield batch
+
+    def take(self, index: torch.Tensor) -> tuple[Inputs, torch.Tensor]:
+        return self.split.take(index)
 
 
 def _stack(samples: list[Inputs]) -> Inputs:

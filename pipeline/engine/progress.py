@@ -8,6 +8,12 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 console = Console(stderr=True)
 
 
+def silence() -> None:
+    """No bars from this process (the other ranks of a distributed run: rank 0 shows the progress)."""
+    global console
+    console = Console(stderr=True, quiet=True)
+
+
 def progress_bar() -> Progress:
     return Progress(
         TextColumn("[bold]{task.description}"),

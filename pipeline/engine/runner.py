@@ -15,8 +15,10 @@ listeners the CLI and API pass in, so report code never decides what is recomput
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import tempfile
 import time
 import traceback
 from collections.abc import Callable, Sequence
@@ -30,15 +32,16 @@ from rich.console import Console
 from edgeslim.config.schema import RunConfig, RunGuard, canonical_hash
 from edgeslim.data.datasets import DataSplits, load_data
 from edgeslim.devices.edgeslim_bench import device_facts
-from edgeslim.engine import keys
+from edgeslim.engine import distributed, keys
 from edgeslim.engine.evaluate import evaluate_artifact
 from edgeslim.engine.guard import reference_accuracy, run_guarded
 from edgeslim.engine.lock import RunLock
 from edgeslim.engine.measure import measure_side_by_side
 from edgeslim.engine.plan import PlannedStage, build_plan, onnx_source
+from edgeslim.engine.progress import silence
 from edgeslim.engine.records import REPORT_JSON, RunReport, StageRecord
 from edgeslim.engine.run_guard import run_guard_check
-from edgeslim.engine.stage import Role, StageContext, StageResult
+from edgeslim.engine.stage import Role, Stage, StageContext, StageResult
 from edgeslim.engine.stats import DEFAULT_CONFIDENCE, DEFAULT_MIN_EFFECT, MIN_SAMPLES, median_interval, ratio_of_medians
 from edgeslim.engine.store import (
     MANIFEST_FILE,
@@ -110,11 +113,19 @@ class Runner:
         self.code_versions = {p.index: keys.stage_code_version(type(p.stage)) for p in self.planned}
         self.listeners = list(listeners)
         self.has_reference = any(p.stage.role == Role.REFERENCE for p in self.planned)
+        self.world = distributed.current()  # rank 0 of 1 unless started under torchrun
+
+    def _tell(self, order: distributed.Order) -> None:
+        """Rank 0 of a distributed run: send the other ranks their next order."""
+        if self.world.size > 1:
+            distributed.broadcast(order)
 
     def stage_dir(self, index: int) -> Path:
         return self.run_dir / stage_label(index, self.config.stages[index].type)
 
     def run(self) -> RunReport:
+        if not self.world.writer:
+            return self._follow()
         try:
             self.run_dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -130,7 +141,50 @@ class Runner:
             removed = sweep_leftovers(self.run_dir)
             if removed:
                 self.console.print(f"[dim]removed leftovers of an interrupted run: {', '.join(removed)}[/dim]")
-            return self._run_locked()
+            report = self._run_locked()
+        self._tell(distributed.Order("end", report=report))
+        return report
+
+    def _follow(self) -> RunReport:
+        """A rank other than 0: run the training stages rank 0 orders, with it, and write nothing.
+
+        Each order brings the stage (with the settings rank 0 runs it with), its input model and the
+        earlier models it may read; the stage writes into a scratch folder that is thrown away."""
+        silence()
+        config, where = self.config, "run"
+        data = load_data(config.data)
+        models = ModelLoader(
+            config.model,
+            data.in_channels,
+            data.num_classes,
+            data.example_batch(2),
+            allow_other_classes=any(p.plan.changes_classes for p in self.planned),
+            seed=config.seed,
+        )
+        try:
+            while True:
+                order: distributed.Order = distributed.broadcast()
+                if order.kind == "end":
+                    return order.report
+                where = self.planned[order.index].where
+                with tempfile.TemporaryDirectory(prefix=f"edgeslim-rank{self.world.rank}-") as scratch:
+                    root = Path(scratch)
+                    artifact = order.input.unpack(root / "input") if order.input else None
+                    earlier = {i: a.unpack(root / f"earlier-{i}") for i, a in order.earlier.items()}
+                    out = root / "out"
+                    out.mkdir()
+                    ctx = StageContext(config, order.index, where, data, models, artifact, out, earlier)
+                    with open(os.devnull, "w") as quiet, contextlib.redirect_stdout(quiet):
+                        order.stage.execute(ctx)
+        except (UserError, StageFailed):
+            raise
+        except Exception as exc:
+            if distributed.peer_stopped(exc):
+                raise StageFailed(
+                    f"{where}: rank {self.world.rank}: another process of the run stopped (rank 0 names the cause; "
+                    "a rerun resumes from the last finished stage)"
+                ) from None
+            raise self._unexpected_on_rank(where, exc) from exc
 
     # ------------------------------------------------------------------ the loop
 
@@ -207,12 +261,24 @@ class Runner:
         """A failure inside a user's model or a library: one line naming the stage, where it happened and
         the cause for the terminal, the whole traceback in the run's ``error.log``. Raised in the user's
         own code (their model's forward, their data factory) it is the input's fault: exit 2."""
-        log = self.run_dir / ERROR_LOG
+        if self.world.size > 1 and distributed.peer_stopped(exc):
+            return StageFailed(
+                f"{planned.where}: another process of the distributed run stopped ({first_line(exc, 120)}); "
+                "the unfinished stage was discarded and a rerun resumes from the last finished stage"
+            )
+        return self._unexpected_on_rank(planned.where, exc)
+
+    def _unexpected_on_rank(self, where: str, exc: Exception) -> StageFailed | UserError:
+        """:meth:`_unexpected` for any rank: rank 0 logs to ``error.log``, rank N to ``error.rankN.log``
+        (the only file another rank ever writes)."""
+        name = ERROR_LOG if self.world.writer else f"error.rank{self.world.rank}.log"
+        log = self.run_dir / name
         trace = "".join(traceback.format_exception(exc))
-        write_text(log, f"{time.strftime('%Y-%m-%dT%H:%M:%S%z')} {planned.where}\n{trace}")
+        write_text(log, f"{time.strftime('%Y-%m-%dT%H:%M:%S%z')} {where}\n{trace}")
         cause = first_line(exc, 300)
-        where, users_code = culprit(exc)
-        message = f"{planned.where}: {type(exc).__name__}: {cause} ({where}traceback in {log})"
+        found, users_code = culprit(exc)
+        rank = "" if self.world.writer else f"rank {self.world.rank}: "
+        message = f"{where}: {rank}{type(exc).__name__}: {cause} ({found}traceback in {log})"
         return UserError(message) if users_code else StageFailed(message)
 
     def _stage_key(self, planned: PlannedStage, upstream: list[str], data: DataSplits) -> str:
@@ -220,10 +286,13 @@ class Runner:
         for path in plan.input_files:  # checked at plan time; a file gone since gets a clear message, not a trace
             if not path.is_file():
                 raise UserError(f"{planned.where}: file not found: {path}")
+        key_parts = plan.key_parts
+        if planned.stage.distributed and self.world.size > 1:  # its numbers depend on the number of processes
+            key_parts = {**key_parts, "world_size": self.world.size}
         return keys.stage_key(
             stage=entry.type,
             settings=entry.settings_with_guard(),
-            key_parts=plan.key_parts,
+            key_parts=key_parts,
             input_files=keys.file_hashes(plan.input_files),
             upstream=upstream,
             data_fingerprint=data.fingerprint,
@@ -294,6 +363,9 @@ class Runner:
         def attempt(run: Callable[[StageContext], StageResult]) -> tuple[StageResult, dict[str, Any]]:
             for leftover in tmp.iterdir():  # a retry starts from an empty folder
                 shutil.rmtree(leftover) if leftover.is_dir() else leftover.unlink()
+            owner = getattr(run, "__self__", None)  # a guard's fallback is another instance of the stage
+            if isinstance(owner, Stage) and owner.distributed:
+                self._order_stage(planned.index, owner, ctx)
             result = run(ctx)
             produced = result.artifact
             if produced.directory is not None and produced.directory.resolve() != tmp.resolve():
@@ -311,6 +383,15 @@ class Runner:
             return result, metrics, None
         reference = reference_accuracy(guard, self.config, planned.index, measured)
         return run_guarded(guard, planned.stage, ctx, (result, metrics), attempt, reference)
+
+    def _order_stage(self, index: int, stage: Stage, ctx: StageContext) -> None:
+        """Rank 0: have the other ranks run ``stage`` with it (they get the input and the earlier
+        PyTorch models as files: a teacher may be any of them)."""
+        if self.world.size == 1:
+            return
+        earlier = {i: distributed.PackedArtifact.pack(a) for i, a in ctx.earlier.items() if a.kind == TORCH}
+        packed = distributed.PackedArtifact.pack(ctx.input)
+        self._tell(distributed.Order("stage", index=index, stage=stage, input=packed, earlier=earlier))
 
     def _write_manifest(self, tmp: Path, key: str, planned: PlannedStage, upstream: list[str], data: DataSplits) -> str:
         files = hash_tree(tmp)

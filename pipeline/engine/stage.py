@@ -162,6 +162,9 @@ class Stage(ABC, Generic[C]):
     role: ClassVar[Role] = Role.TRANSFORM
     # The accuracy guard a stage gets when its entry names none (``guard: null`` turns it off).
     default_guard: ClassVar[dict[str, Any] | None] = None
+    # Trains: under torchrun every rank runs it together (data-parallel); its numbers depend on the
+    # number of processes, which joins its cache key. Other stages run on rank 0 only.
+    distributed: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

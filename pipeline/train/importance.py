@@ -15,6 +15,7 @@ from torch import nn
 from torch.func import functional_call, grad, vmap
 
 from edgeslim.data.batches import Inputs, call, count, select
+from edgeslim.engine import distributed
 
 
 class FisherDiagonal:
@@ -145,13 +146,28 @@ def parameter_importance(
     hutchinson_samples: int = 8,
     seed: int = 0,
 ) -> dict[str, float]:
-    """One score per trainable parameter tensor (higher = more important)."""
+    """One score per trainable parameter tensor (higher = more important).
+
+    In a distributed run each rank scores its shard of the calibration samples and the ranks
+    average the scores, weighted by shard size (the Fisher diagonal is a mean over samples; the
+    gradient-norm and Hessian-trace scores are means over batches, near enough the same)."""
     if criterion in ("weight_l1", "weight_l2"):
         return weight_norm_importance(model, 1 if criterion == "weight_l1" else 2)
+    world = distributed.current()
+    if world.size > 1:
+        mine = torch.arange(world.rank, count(inputs), world.size)
+        scores = _scores(model, criterion, select(inputs, mine), labels[mine], hutchinson_samples, seed)
+        return distributed.weighted_mean(scores, float(len(mine)))
+    return _scores(model, criterion, inputs, labels, hutchinson_samples, seed)
+
+
+def _scores(
+    model: nn.Module, criterion: ParamCriterion, inputs: Inputs, labels: torch.Tensor, samples: int, seed: int
+) -> dict[str, float]:
     if criterion == "grad_norm":
         return grad_norm_importance(model, inputs, labels)
     if criterion == "hessian_trace":
-        return hessian_trace_importance(model, inputs, labels, hutchinson_samples, seed=seed)
+        return hessian_trace_importance(model, inputs, labels, samples, seed=seed)
     fisher = FisherDiagonal()
     fisher.add(model, inputs, labels)
     return {n: float(v.sum()) for n, v in fisher.mean().items()}

@@ -23,7 +23,8 @@ from torch.utils.data import TensorDataset
 
 from edgeslim.config.schema import StrictModel
 from edgeslim.data.augment import AugmentConfig, SynonymTable, augment_inputs, build_synonym_table, check_augment
-from edgeslim.data.batches import Inputs, Split, as_split, call, count, seen_tokens, select
+from edgeslim.data.batches import Inputs, ShardSplit, Split, as_split, call, count, seen_tokens, select
+from edgeslim.engine import distributed
 from edgeslim.engine.progress import progress_bar
 from edgeslim.errors import UserError
 from edgeslim.quant.qat import is_graph_module, observers_paused, set_mode
@@ -135,6 +136,25 @@ def evaluate(model: nn.Module, data: Split | TensorDataset, batch_size: int = 51
 
 
 @torch.no_grad()
+def evaluate_together(model: nn.Module, split: Split, batch_size: int = 512) -> tuple[float, float]:
+    """:func:`evaluate` with the ranks of a distributed run each taking a shard: the same two numbers
+    on every rank (so every rank makes the same early-stopping decision), in 1/N of the time."""
+    world = distributed.current()
+    if world.size == 1:
+        return evaluate(model, split, batch_size)
+    set_mode(model, False)
+    correct = loss_sum = seen = 0.0
+    with observers_paused(model):
+        for x, y in ShardSplit(split, world.rank, world.size, pad=False).batches(batch_size):
+            logits = call(model, x)
+            correct += float((logits.argmax(1) == y).sum())
+            loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
+            seen += len(y)
+    correct, loss_sum, seen = distributed.sums([correct, loss_sum, seen])
+    return correct / seen, loss_sum / seen
+
+
+@torch.no_grad()
 def recalibrate_batchnorm(model: nn.Module, data: Split | Inputs, batches: int, batch_size: int) -> int:
     """Re-estimate BatchNorm running statistics (needed after pruning changes activations)."""
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
@@ -184,16 +204,21 @@ class _EpochLoop:
     generator: torch.Generator
     where: str
     synonyms: SynonymTable | None = None
+    extra: list[nn.Parameter] = field(default_factory=list)  # trained beside the model (not in DDP's care)
     plateau: Plateau = field(init=False)
 
     def __post_init__(self) -> None:
         self.plateau = Plateau(self.cfg.schedule)
 
-    def run_epoch(self, epoch: int, train: Split, steps: int, advance: Callable[[], None]) -> float:
-        """Train on one shuffled pass over ``train`` (a stream in its own order); returns the mean
-        training loss."""
+    def run_epoch(
+        self, epoch: int, train: Split, steps: int, advance: Callable[[], None], net: nn.Module | None = None
+    ) -> float:
+        """Train on one shuffled pass over ``train`` (a stream in its own order; in a distributed run,
+        this rank's shard of it); returns the mean training loss. ``net`` is what the loss calls: the
+        model, or the model wrapped in ``DistributedDataParallel``."""
         cfg, optimizer = self.cfg, self.optimizer
-        batch_size = cfg.batch_size_at(epoch)
+        net = self.model if net is None else net
+        batch_size = rank_batch_size(cfg.batch_size_at(epoch), self.where)
         order = torch.randperm(len(train), generator=self.generator)
         total_loss = 0.0
         done = 0
@@ -204,20 +229,34 @@ class _EpochLoop:
             if cfg.augment is not None:
                 x = augment_inputs(x, cfg.augment, self.generator, self.synonyms)
             optimizer.zero_grad(set_to_none=True)
-            loss = self.loss_fn(self.model, x, y)
-            if not torch.isfinite(loss):
+            loss = self.loss_fn(net, x, y)
+            seen = distributed.mean(loss.detach())  # every rank decides on the same number
+            if not torch.isfinite(seen):
                 raise UserError(
-                    f"{self.where}: training diverged (loss is {loss.item()} at epoch {epoch + 1}, step {step + 1}); "
+                    f"{self.where}: training diverged (loss is {seen.item()} at epoch {epoch + 1}, step {step + 1}); "
                     f"lower optimizer.lr (now {cfg.optimizer.lr})"
                 )
             loss.backward()
+            distributed.average_gradients(self.extra)
             if cfg.grad_clip is not None:
                 nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], cfg.grad_clip)
             optimizer.step()
-            total_loss += loss.item()
+            total_loss += seen.item()
             done += 1
             advance()
         return total_loss / max(done, 1)
+
+
+def rank_batch_size(batch_size: int, where: str) -> int:
+    """Each rank's batch in a distributed run: the config's batch size is the global batch (so the
+    learning rate means what it says); it must split evenly over the processes."""
+    world = distributed.current().size
+    if batch_size % world:
+        raise UserError(
+            f"{where}.batch_size: {batch_size} does not split evenly over {world} processes (it is the global "
+            f"batch; each process takes batch_size / {world}): use a multiple of {world}"
+        )
+    return batch_size // world
 
 
 # Who is told each epoch's validation accuracy: (label of the fit, e.g. "finetune", epoch, accuracy).
@@ -277,13 +316,24 @@ def fit(
     groups = build_param_groups(model, cfg.optimizer, lr_scales, cfg.layer_decay, extra_params)
     optimizer = build_optimizer(groups, cfg.optimizer)
     loop = _EpochLoop(
-        model, optimizer, [g["lr"] for g in optimizer.param_groups], loss_fn, cfg, generator, where, synonyms
+        model,
+        optimizer,
+        [g["lr"] for g in optimizer.param_groups],
+        loss_fn,
+        cfg,
+        generator,
+        where,
+        synonyms,
+        list((extra_params or {}).values()),
     )
     result = FitResult(best_val_accuracy=-1.0, initial_lrs={g["name"]: g["lr"] for g in optimizer.param_groups})
     params = dict(model.named_parameters())
     best_state = None
     since_best = 0
-    steps = [train.steps(cfg.batch_size_at(e)) for e in range(cfg.epochs)]
+    world = distributed.current()
+    if world.size > 1:  # data-parallel: this rank's shard, DistributedSampler-style, seeded alike on every rank
+        train = ShardSplit(train, world.rank, world.size)
+    steps = [train.steps(rank_batch_size(cfg.batch_size_at(e), where)) for e in range(cfg.epochs)]
     with progress_bar() as bar:
         task = bar.add_task(label, total=sum(steps))
         for epoch in range(cfg.epochs):
@@ -291,8 +341,9 @@ def fit(
             for name, p in params.items():
                 p.requires_grad_(name not in frozen)
             train_mode(model, freeze_bn=epoch >= cfg.epochs - cfg.freeze_bn_last_epochs)
-            train_loss = loop.run_epoch(epoch, train, steps[epoch], lambda: bar.advance(task))
-            val_acc, val_loss = evaluate(model, val)
+            net = distributed.data_parallel(model)  # per epoch: the trainable set may have changed
+            train_loss = loop.run_epoch(epoch, train, steps[epoch], lambda: bar.advance(task), net)
+            val_acc, val_loss = evaluate_together(model, val)
             loop.plateau.update(val_acc)
             result.history.append(
                 {
