@@ -72,6 +72,8 @@ def pruned_model(data, seed: int) -> tuple[torch.nn.Module, dict[str, float]]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--seed-list", type=int, nargs="+", help="run these seeds only (default: 0 .. seeds-1)")
+    parser.add_argument("--log", type=Path, help="also append one JSON line per seed and method here")
     parser.add_argument("--iterations", type=int, default=100)
     parser.add_argument("--meta-batch", type=int, default=2)
     parser.add_argument("--inner-steps", type=int, default=3)
@@ -96,7 +98,7 @@ def main() -> int:
     cells = [(lr, k) for lr in args.adapt_lr for k in KS]
     per_seed: dict[str, dict[tuple[float, int], list[float]]] = {m: {c: [] for c in cells} for m in methods}
     cost: dict[str, list[float]] = {m: [] for m in methods}
-    for seed in range(args.seeds):
+    for seed in args.seed_list or range(args.seeds):
         for method, setup in methods.items():
             f = Functional.of(copy.deepcopy(model), head)
             started = time.perf_counter()
@@ -116,6 +118,11 @@ def main() -> int:
                 for k in KS:
                     per_seed[method][(lr, k)].append(statistics.mean(acc[k]))
             print(seed, method, {c: round(v[-1] * 100, 1) for c, v in per_seed[method].items()}, flush=True)
+            if args.log is not None:
+                line = {"seed": seed, "method": method, "meta_train_s": cost[method][-1]}
+                line["accuracy"] = [[lr, k, v[-1]] for (lr, k), v in per_seed[method].items()]
+                with args.log.open("a") as fh:
+                    fh.write(json.dumps(line) + "\n")
 
     rows = []
     for method in methods:

@@ -20,7 +20,7 @@ from pydantic import Field, model_validator
 
 from edgeslim.config.schema import StrictModel
 from edgeslim.engine.progress import progress_bar
-from edgeslim.engine.stage import PlanRequest, Stage, StageContext, StagePlan, StageResult, save_same_architecture
+from edgeslim.engine.stage import Stage, StageContext, StageResult, save_same_architecture
 from edgeslim.engine.store import TORCH
 from edgeslim.errors import UserError
 from edgeslim.models.loader import output_layer_name
@@ -71,9 +71,6 @@ class MetaInitConfig(StrictModel):
 class MetaInit(Stage[MetaInitConfig]):
     name = "meta_init"
     accepts = (TORCH,)
-
-    def plan(self, request: PlanRequest) -> StagePlan:
-        return StagePlan(output_kind=TORCH)
 
     def run(self, ctx: StageContext, cfg: MetaInitConfig) -> StageResult:
         model = ctx.models.load(ctx.input)

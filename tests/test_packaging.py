@@ -57,7 +57,7 @@ def test_a_fresh_venv_with_the_wheel_runs_the_digits_config(wheel: Path, tmp_pat
     code = "import edgeslim, edgeslim.stages; print(edgeslim.__file__); print(sorted(edgeslim.stage_types()))"
     shown = sh(venv / "bin" / "python", "-c", code, cwd=work).stdout.splitlines()
     assert shown[0].startswith(str(site / "edgeslim"))
-    assert shown[1] == str(["baseline", "benchmark", "export", "finetune", "prune", "quantize", "train"])
+    assert shown[1] == str(["baseline", "benchmark", "export", "finetune", "meta_init", "prune", "quantize", "train"])
     sh(venv / "bin" / "edgeslim", "run", ROOT / "configs" / "digits_quick.yaml", "--out", work / "out", cwd=work)
     report = (work / "out" / "digits_quick" / "report.md").read_text()
     assert "06-benchmark | ran" in report

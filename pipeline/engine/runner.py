@@ -152,15 +152,7 @@ class Runner:
         earlier models it may read; the stage writes into a scratch folder that is thrown away."""
         silence()
         config, where = self.config, "run"
-        data = load_data(config.data)
-        models = ModelLoader(
-            config.model,
-            data.in_channels,
-            data.num_classes,
-            data.example_batch(2),
-            allow_other_classes=any(p.plan.changes_classes for p in self.planned),
-            seed=config.seed,
-        )
+        data, models = self._data_and_models()
         try:
             while True:
                 order: distributed.Order = distributed.broadcast()
@@ -188,7 +180,8 @@ class Runner:
 
     # ------------------------------------------------------------------ the loop
 
-    def _run_locked(self) -> RunReport:
+    def _data_and_models(self) -> tuple[DataSplits, ModelLoader]:
+        """The run's data (one validating pass) and the loader of its models."""
         config = self.config
         data = load_data(config.data)
         models = ModelLoader(
@@ -199,6 +192,11 @@ class Runner:
             allow_other_classes=any(p.plan.changes_classes for p in self.planned),
             seed=config.seed,
         )
+        return data, models
+
+    def _run_locked(self) -> RunReport:
+        config = self.config
+        data, models = self._data_and_models()
         if config.model.onnx_file is not None:
             artifact, source_hash = onnx_source(config.model.onnx_file, data)
         else:

@@ -20,11 +20,11 @@ ROOT = Path(__file__).resolve().parents[2]
 FINETUNE = {"batch_size": 32, "optimizer": {"lr": 0.003}, "patience": None}
 
 
-def _config(tmp_path: Path, epochs: int) -> Path:
+def _config(tmp_path: Path, epochs: int, **finetune: object) -> Path:
     stages = [
         {"baseline": {}},
         {"prune": {"importance": "l1", "pruning_ratio": 0.5}},
-        {"finetune": {**FINETUNE, "epochs": epochs, "distill": {"teacher": "baseline"}}},
+        {"finetune": {**FINETUNE, "epochs": epochs, "distill": {"teacher": "baseline"}, **finetune}},
         {"export": {}},
     ]
     return write_config(tmp_path / "run.yaml", small_config(stages, name="dp"))
@@ -47,7 +47,8 @@ def _statuses(run_dir: Path) -> dict[str, str]:
 
 
 def test_two_processes_one_writer_and_resume(tmp_path: Path):
-    config = _config(tmp_path, epochs=2)
+    """QAT with distillation and importance-scaled learning rates, the heaviest training stage, in 2 ranks."""
+    config = _config(tmp_path, epochs=2, qat=True, importance_lr={"criterion": "fisher"})
     code, err = _finish(_start(config, "--nproc", "2"))
     assert code == 0, err
     assert "Traceback" not in err
