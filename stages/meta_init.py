@@ -37,6 +37,8 @@ __all__ = ["MetaInit", "MetaInitConfig"]
 
 
 class MetaInitConfig(StrictModel):
+    """Defaults: the settings docs/meta_init.md measured (pruned edge_cnn, MNIST)."""
+
     algorithm: Literal["reptile", "fomaml"] = "reptile"
     ways: int = Field(5, ge=2, description="N: classes per episode")
     shots: int = Field(5, ge=1, description="K: support samples per class")
@@ -44,14 +46,14 @@ class MetaInitConfig(StrictModel):
     held_out_classes: int | list[int] = Field(
         3, description="classes kept out of meta-training for the adaptation check: a count (the highest) or a list"
     )
-    inner_steps: int = Field(5, ge=1, le=1000)
-    inner_lr: float = Field(0.05, gt=0)
+    inner_steps: int = Field(3, ge=1, le=1000)
+    inner_lr: float = Field(0.01, gt=0)
     outer_optimizer: Literal["adam", "sgd"] | None = Field(
         None, description="default: sgd for reptile (its meta-step ε = outer_lr), adam for fomaml"
     )
     outer_lr: float | None = Field(None, gt=0, description="default: 0.1 for reptile, 1e-4 for fomaml")
-    meta_batch: int = Field(4, ge=1, description="tasks per meta-update")
-    iterations: int = Field(200, ge=1, le=1_000_000)
+    meta_batch: int = Field(2, ge=1, description="tasks per meta-update")
+    iterations: int = Field(100, ge=1, le=1_000_000)
     head: Literal["zero", "reindex"] = Field(
         "zero", description="episode head: a fresh zero N-way head, or the model's own rows of the episode's classes"
     )
