@@ -58,3 +58,24 @@ def test_meta_init_config_validates():
         parse_config(small_config([{"meta_init": {"adapt_steps": []}}]))
     with pytest.raises(UserError, match="algorithm"):
         parse_config(small_config([{"meta_init": {"algorithm": "maml2"}}]))
+
+
+def test_meta_init_composes_between_prune_and_finetune(tmp_path):
+    """train → prune → meta_init → finetune as one run; the rerun reuses every stage."""
+    from edgeslim.api import run
+    from tests.conftest import TRAIN
+
+    stages = [
+        {"train": {**TRAIN, "epochs": 3}},
+        {"prune": {"importance": "l1", "pruning_ratio": 0.5}},
+        {"meta_init": {**META, "algorithm": "reptile"}},
+        {"finetune": {"epochs": 1, "batch_size": 32}},
+    ]
+    config = parse_config(small_config(stages))
+    first = run(config, tmp_path).report
+    assert [s.status for s in first.stages] == ["ran"] * 4
+    meta = first.stages[2]
+    assert meta.name == "meta_init" and meta.metrics.params == first.stages[1].metrics.params  # same pruned shape
+    assert any("held-out classes [7, 8, 9]" in note for note in meta.notes)
+    again = run(config, tmp_path).report
+    assert [s.status for s in again.stages] == ["cached"] * 4
