@@ -171,12 +171,7 @@ class Runner:
         except (UserError, StageFailed):
             raise
         except Exception as exc:
-            if distributed.peer_stopped(exc):
-                raise StageFailed(
-                    f"{where}: rank {self.world.rank}: another process of the run stopped (rank 0 names the cause; "
-                    "a rerun resumes from the last finished stage)"
-                ) from None
-            raise self._unexpected_on_rank(where, exc) from exc
+            raise self._unexpected(where, exc) from exc
 
     # ------------------------------------------------------------------ the loop
 
@@ -224,7 +219,7 @@ class Runner:
                 partners = self._partners(timed)
                 latency, how = self._measure(final, made.record["metrics"], data, measurements, partners)
             except Exception as exc:
-                failure = exc if isinstance(exc, UserError | StageFailed) else self._unexpected(planned, exc)
+                failure = exc if isinstance(exc, UserError | StageFailed) else self._unexpected(planned.where, exc)
                 error = " ".join(str(failure).split()) or type(exc).__name__
                 report.stages.append(StageRecord(**identity, status="failed", error=error))
                 self._publish(report)
@@ -255,27 +250,24 @@ class Runner:
             self._check_run_guard(config.guard, report)
         return report
 
-    def _unexpected(self, planned: PlannedStage, exc: Exception) -> StageFailed | UserError:
+    def _unexpected(self, where: str, exc: Exception) -> StageFailed | UserError:
         """A failure inside a user's model or a library: one line naming the stage, where it happened and
         the cause for the terminal, the whole traceback in the run's ``error.log``. Raised in the user's
-        own code (their model's forward, their data factory) it is the input's fault: exit 2."""
+        own code (their model's forward, their data factory) it is the input's fault: exit 2.
+        In a distributed run, a collective that failed because another rank stopped says so instead;
+        rank N logs to ``error.rankN.log`` (the only file another rank ever writes)."""
+        rank = "" if self.world.writer else f"rank {self.world.rank}: "
         if self.world.size > 1 and distributed.peer_stopped(exc):
             return StageFailed(
-                f"{planned.where}: another process of the distributed run stopped ({first_line(exc, 120)}); "
+                f"{where}: {rank}another process of the distributed run stopped ({first_line(exc, 120)}); "
                 "the unfinished stage was discarded and a rerun resumes from the last finished stage"
             )
-        return self._unexpected_on_rank(planned.where, exc)
-
-    def _unexpected_on_rank(self, where: str, exc: Exception) -> StageFailed | UserError:
-        """:meth:`_unexpected` for any rank: rank 0 logs to ``error.log``, rank N to ``error.rankN.log``
-        (the only file another rank ever writes)."""
         name = ERROR_LOG if self.world.writer else f"error.rank{self.world.rank}.log"
         log = self.run_dir / name
         trace = "".join(traceback.format_exception(exc))
         write_text(log, f"{time.strftime('%Y-%m-%dT%H:%M:%S%z')} {where}\n{trace}")
         cause = first_line(exc, 300)
         found, users_code = culprit(exc)
-        rank = "" if self.world.writer else f"rank {self.world.rank}: "
         message = f"{where}: {rank}{type(exc).__name__}: {cause} ({found}traceback in {log})"
         return UserError(message) if users_code else StageFailed(message)
 

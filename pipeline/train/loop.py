@@ -210,14 +210,11 @@ class _EpochLoop:
     def __post_init__(self) -> None:
         self.plateau = Plateau(self.cfg.schedule)
 
-    def run_epoch(
-        self, epoch: int, train: Split, steps: int, advance: Callable[[], None], net: nn.Module | None = None
-    ) -> float:
+    def run_epoch(self, epoch: int, train: Split, steps: int, advance: Callable[[], None], net: nn.Module) -> float:
         """Train on one shuffled pass over ``train`` (a stream in its own order; in a distributed run,
         this rank's shard of it); returns the mean training loss. ``net`` is what the loss calls: the
         model, or the model wrapped in ``DistributedDataParallel``."""
         cfg, optimizer = self.cfg, self.optimizer
-        net = self.model if net is None else net
         batch_size = rank_batch_size(cfg.batch_size_at(epoch), self.where)
         order = torch.randperm(len(train), generator=self.generator)
         total_loss = 0.0

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, grad
 
-from edgeslim.data.batches import Inputs, Split
+from edgeslim.data.batches import Inputs, Split, concat
 from edgeslim.errors import UserError
 
 Params = dict[str, torch.Tensor]
@@ -187,15 +187,9 @@ def task_gradient(
         adapted = adapt(f, params, *support, steps, lr)
         loss = f.task_loss(adapted, *query)
         return grad(f.task_loss)(adapted, *query), float(loss)
-    x = _concat(support[0], query[0])
+    x = concat([support[0], query[0]])
     adapted = adapt(f, params, x, torch.cat([support[1], query[1]]), steps, lr)
     return {n: params[n] - adapted[n] for n in params}, float(f.task_loss(adapted, *query))
-
-
-def _concat(a: Inputs, b: Inputs) -> Inputs:
-    if isinstance(a, dict):
-        return {k: torch.cat([a[k], b[k]]) for k in a}  # type: ignore[index]
-    return torch.cat([a, b])  # type: ignore[list-item]
 
 
 # ---- meta-training and the adaptation check -----------------------------------------------------------
