@@ -157,12 +157,12 @@ def _cmd_run(args: argparse.Namespace, console: Console) -> int:
     if args.nproc < 1:
         raise UserError(f"run: --nproc must be at least 1 (got {args.nproc})")
     launched = distributed.launched()
-    if args.nproc > 1 and launched.size == 1:
-        from edgeslim.launch import launch
-
-        return launch(args, console)
     # package.module:factory refs are found beside the config first, then in the current folder (README)
     with factory_search_path([args.config.parent, Path.cwd()]):
+        if args.nproc > 1 and launched.size == 1:
+            from edgeslim.launch import launch
+
+            return launch(args, console)
         result = api.run(args.config, args.out, force=args.force, from_stage=args.from_stage, console=console)
     if launched.writer:  # under torchrun, rank 0 reports; the other ranks trained with it
         _stdout_console().print(rich_table(result.report))

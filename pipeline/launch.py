@@ -42,8 +42,9 @@ def launch(args: argparse.Namespace, console: Console) -> int:
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
-    if not args.config.is_file():  # one clear line here rather than N from the ranks
-        raise UserError(f"config file not found: {args.config}")
+    from edgeslim import api
+
+    api.load_config(args.config)  # a config error is one line from here rather than one from every rank
     logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)  # we say what failed, once
     os.environ.setdefault("OMP_NUM_THREADS", str(threads_per_rank(args.nproc)))
     config = LaunchConfig(
