@@ -3,8 +3,10 @@
 For each model, one budgeted NSGA-II search and one random search with the same budget over the same
 space (pruning ratio, criterion, channel rounding), objectives validation accuracy (max) and p50
 latency on the host profile (min), constraint: at most 1 pt below the baseline stage. Both searches
-start with the config's own settings as trial 0 (the default) and share nothing else; the train and
-baseline stages are shared between the trials of one search (stage cache).
+start with the config's own settings as trial 0 (the default); that trial is run once, by the NSGA-II
+search, and its finished run folder is handed to the random search (same settings, same seed: the same
+stages, found cached), so the random search's trials reuse the same trained baseline. Nothing else is
+shared; within one search, trials share their common stage prefix (stage cache).
 
 At the end the default trial's final model and the front's best model (the one that dominates the
 default by the most: at least as accurate on validation, fastest) are timed again side by side
@@ -15,6 +17,8 @@ normalized against the same reference point (the default's p50 x 2, the baseline
 Usage::
 
     nice -n 19 .venv/bin/python bench/search.py --models edge_cnn --trials 8
+
+Rows of models not named on the command line are kept from the existing docs/search.json.
 
 Writes docs/search.md and docs/search.json (a list, one object per model: ``model``, ``default`` and
 ``best`` (each ``{accuracy, latency_ms_p50}``; ``best`` null when nothing dominates the default),
@@ -93,8 +97,10 @@ def main() -> int:
     from edgeslim.devices.edgeslim_bench import device_facts
     from edgeslim.engine.measure import measure_side_by_side
     from edgeslim.engine.stats import DEFAULT_CONFIDENCE, median_interval
+    from edgeslim.study.space import SearchConfig
 
-    results = []
+    previous = args.docs_dir / "search.json"
+    results = json.loads(previous.read_text()) if previous.is_file() else []
     for model in args.models:
         started = time.perf_counter()
         base = base_config(model, args.max_samples)
@@ -108,10 +114,13 @@ def main() -> int:
                 "constraints": {"max_accuracy_drop": 0.01},
                 "sampler": sampler,
                 "population_size": args.population,
+                "nsga2_operators": {k: SearchConfig.model_fields[k].default for k in ("crossover", "mutation")},
                 "seed": 0,
                 "trials": args.trials,
                 "pruner": {"name": "none"},
             }
+            if sampler == "random":
+                _hand_over_default(searches["nsga2"][0].search_dir, args.out_dir / cfg["name"])
             t0 = time.perf_counter()
             searches[sampler] = (edgeslim.search(cfg, args.out_dir), time.perf_counter() - t0)
         nsga, nsga_s = searches["nsga2"]
@@ -178,10 +187,33 @@ def main() -> int:
             "space": SPACE,
             "config": MODELS[model],
             "max_samples": args.max_samples,
+            "population_size": args.population,
+            "nsga2_operators": {k: SearchConfig.model_fields[k].default for k in ("crossover", "mutation")},
+            "command": _command(),
         }
-        results.append(row)
+        results = [r for r in results if r["model"] != model] + [row]
         _write(args, results, device_facts())
     return 0
+
+
+def _hand_over_default(source: Path, target: Path) -> None:
+    """Copy the finished default trial (trial 0: its settings file and run folder) into the other
+    search's trial folder before that search starts, so its trial 0 is found cached."""
+    import shutil
+
+    from edgeslim.study.trials import TRIALS_DIR, trial_name
+
+    name = trial_name(0)
+    destination = target / TRIALS_DIR
+    if (destination / name).exists() or not (source / TRIALS_DIR / name / "report.json").is_file():
+        return
+    destination.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(source / TRIALS_DIR / f"{name}.yaml", destination / f"{name}.yaml")
+    shutil.copytree(source / TRIALS_DIR / name, destination / name)
+
+
+def _command() -> str:
+    return " ".join(["nice -n 19 .venv/bin/python bench/search.py", *sys.argv[1:]])
 
 
 def _deployable(run_dir: Path) -> str:
@@ -193,11 +225,11 @@ def _deployable(run_dir: Path) -> str:
 def _write(args: argparse.Namespace, results: list[dict[str, Any]], device: dict[str, Any]) -> None:
     args.docs_dir.mkdir(parents=True, exist_ok=True)
     (args.docs_dir / "search.json").write_text(json.dumps(results, indent=2) + "\n")
-    cmd = " ".join(["nice -n 19 .venv/bin/python bench/search.py", *sys.argv[1:]])
+    commands = sorted({r.get("command", "?") for r in results})
     lines = [
         "# Compression search vs the hand-written default and random search (issue 15)",
         "",
-        f"Written by `bench/search.py` on {datetime.date.today()}: `{cmd}`",
+        f"Written by `bench/search.py` (last on {datetime.date.today()}): " + "; ".join(f"`{c}`" for c in commands),
         "",
         f"Machine: {device.get('cpu', '?')}, {device.get('logical_cores', '?')} logical cores, shared.",
         "",

@@ -38,7 +38,7 @@ import fnmatch
 import math
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -69,6 +69,7 @@ from edgeslim.prune.graph import (
 )
 from edgeslim.prune.latency import build_table, choose_ratios
 from edgeslim.prune.layers import DROP_LAYERS, drop_blocks
+from edgeslim.prune.multiples import choose_multiple, describe, measure_multiples
 from edgeslim.prune.vocab import prune_vocabulary, token_embedding
 from edgeslim.train.loop import evaluate, recalibrate_batchnorm
 
@@ -149,7 +150,11 @@ class PruneConfig(StrictModel):
     global_pruning: bool = False
     calibration_samples: int = Field(128, ge=1, description="training samples for taylor/hessian scores")
     bn_recalibration_batches: int = Field(20, ge=0)
-    round_to: int | None = Field(None, ge=1, description="keep channel counts multiples of this")
+    round_to: Annotated[int, Field(ge=1)] | Literal["auto"] | None = Field(
+        None,
+        description="keep channel counts multiples of this (rounded down); 'auto': the multiple that measures "
+        "fastest per MAC on the host profile (1, 4, 8 or 16; see edgeslim.prune.multiples)",
+    )
     target_latency_ms: float | None = Field(
         None,
         gt=0,
@@ -209,9 +214,10 @@ class Prune(Stage[PruneConfig]):
     accepts = (TORCH,)
 
     def plan(self, request: PlanRequest) -> StagePlan:
-        """A latency target's choice depends on where the table is timed: the host profile joins the key."""
+        """A latency target's or ``round_to: auto``'s choice depends on where it is timed: the host profile
+        joins the key."""
         key_parts = {}
-        if self.config.target_latency_ms is not None:
+        if self.config.target_latency_ms is not None or self.config.round_to == "auto":
             host = request.config.host
             key_parts["host"] = {
                 "threads": host.threads[0],
@@ -307,15 +313,19 @@ class Prune(Stage[PruneConfig]):
         params_before, macs_before = count_params_and_macs(model, example)
         acc_before, _ = evaluate(model, ctx.data.val)
 
+        round_to, multiples = cfg.round_to, None
+        if round_to == "auto":
+            round_to, multiples = self._choose_round_to(ctx, model, ignored, unused.dead, example)
+            notes.append(multiples.pop("note"))
         ratio = cfg.pruning_ratio
         if cfg.target_params is not None or cfg.target_macs is not None:
             ratio = self._ratio_for_target(
-                model, ignored, unused.dead, example, calib_x, calib_y, params_before, macs_before, ctx.where
+                model, ignored, unused.dead, example, calib_x, calib_y, params_before, macs_before, ctx.where, round_to
             )
         layer_ratios: dict[nn.Module, float] = {}
         latency: dict[str, Any] | None = None
         if cfg.target_latency_ms is not None:
-            chosen, latency = self._ratios_for_latency(ctx, model, ignored, unused.dead, example)
+            chosen, latency = self._ratios_for_latency(ctx, model, ignored, unused.dead, example, round_to)
             layer_ratios = {modules[n]: r for n, r in chosen.items()}
             ratio = 0.0
 
@@ -329,7 +339,7 @@ class Prune(Stage[PruneConfig]):
             iterative_steps=cfg.iterative_steps,
             global_pruning=cfg.global_pruning,
             ignored_layers=ignored,
-            round_to=cfg.round_to,
+            round_to=round_to,
             root_module_types=list(ROOT_TYPES),
             **attention_settings(model),
             **_head_options(cfg.head_pruning_ratio),
@@ -408,6 +418,8 @@ class Prune(Stage[PruneConfig]):
                 "unused_modules": {"never_called": unused.never_called, "dead": unused.dead},
                 "attention_heads": {n: [heads_before[n], heads_after[n]] for n in heads_before},
                 "latency_target": latency,
+                "round_to": round_to,
+                "round_to_auto": multiples,
             },
             notes=[
                 *([_depth_note(depth)] if depth else []),
@@ -427,8 +439,48 @@ class Prune(Stage[PruneConfig]):
             ],
         )
 
-    def _ratios_for_latency(
+    def _choose_round_to(
         self, ctx: StageContext, model: nn.Module, ignored: list[nn.Module], dead: list[str], example: Inputs
+    ) -> tuple[int, dict[str, Any]]:
+        """``round_to: auto``: time the model pruned uniformly (at ``pruning_ratio``) at each candidate
+        multiple and keep the one that pays (``edgeslim.prune.multiples``)."""
+        cfg = self.config
+        index = {id(m): n for n, m in model.named_modules()}
+        ignored_names = [index[id(m)] for m in ignored]
+
+        def prune_uniform(copy_: nn.Module, multiple: int) -> nn.Module:
+            modules = dict(copy_.named_modules())
+            pruner = _Pruner(
+                copy_,
+                example,
+                importance=build_importance("l2"),  # which channels go does not change the time
+                pruning_ratio=cfg.pruning_ratio,
+                ignored_layers=[modules[n] for n in ignored_names],
+                round_to=multiple if multiple > 1 else None,
+                root_module_types=list(ROOT_TYPES),
+                **attention_settings(copy_),
+                **_head_options(cfg.head_pruning_ratio),
+                **graph_arguments(copy_, dead),
+            )
+            _step(pruner, ctx.where)
+            _after_step(copy_, pruner, {})
+            return copy_
+
+        measured = measure_multiples(
+            model, example, prune_uniform, ctx.data, ctx.config.host, _table_measure(ctx.config.measure)
+        )
+        chosen = choose_multiple(measured)
+        details, note = describe(measured, chosen, cfg.pruning_ratio)
+        return chosen, {**details, "note": note}
+
+    def _ratios_for_latency(
+        self,
+        ctx: StageContext,
+        model: nn.Module,
+        ignored: list[nn.Module],
+        dead: list[str],
+        example: Inputs,
+        round_to: int | None,
     ) -> tuple[dict[str, float], dict[str, Any]]:
         """Per-layer ratios from the measured latency table (``edgeslim.prune.latency``)."""
         cfg = self.config
@@ -449,7 +501,7 @@ class Prune(Stage[PruneConfig]):
                 pruning_ratio=0.0,
                 pruning_ratio_dict={modules[name]: r},
                 ignored_layers=[modules[n] for n in ignored_names],
-                round_to=cfg.round_to,
+                round_to=round_to,
                 root_module_types=list(ROOT_TYPES),
                 **attention_settings(copy_),
                 **graph_arguments(copy_, dead),
@@ -498,6 +550,7 @@ class Prune(Stage[PruneConfig]):
         params0: int,
         macs0: int,
         where: str,
+        round_to: int | None,
     ) -> float:
         """Bisection on the channel ratio until the kept params/MACs fraction meets the target."""
         cfg = self.config
@@ -519,7 +572,7 @@ class Prune(Stage[PruneConfig]):
                 pruning_ratio=ratio,
                 global_pruning=cfg.global_pruning,
                 ignored_layers=[modules[n] for n in ignored_names],
-                round_to=cfg.round_to,
+                round_to=round_to,
                 root_module_types=list(ROOT_TYPES),
                 **attention_settings(trial),
                 **_head_options(cfg.head_pruning_ratio),

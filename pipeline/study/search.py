@@ -18,6 +18,7 @@ from __future__ import annotations
 import copy
 import time
 import traceback
+import warnings
 import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -97,7 +98,16 @@ def make_sampler(cfg: SearchConfig, seed: int) -> optuna.samplers.BaseSampler:
     """Constraints reach the samplers through ``Trial.set_constraint`` (Optuna 5), set before ``tell``."""
     name = cfg.sampler_name
     if name == "nsga2":
-        return optuna.samplers.NSGAIISampler(population_size=cfg.population_size, seed=seed)
+        from optuna.samplers import nsgaii
+
+        with warnings.catch_warnings():  # SBX and polynomial mutation are marked experimental in Optuna 5
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.samplers.NSGAIISampler(
+                population_size=cfg.population_size,
+                crossover=nsgaii.SBXCrossover() if cfg.crossover == "sbx" else nsgaii.UniformCrossover(),
+                mutation=nsgaii.PolynomialMutation() if cfg.mutation == "polynomial" else None,
+                seed=seed,
+            )
     if name == "cmaes":
         return optuna.samplers.CmaEsSampler(
             seed=seed, n_startup_trials=cfg.startup_trials, warn_independent_sampling=False

@@ -88,6 +88,17 @@ class SearchConfig(StrictModel):
         None, description="default: tpe for one objective, nsga2 for several"
     )
     population_size: int = Field(8, ge=2, description="nsga2: trials per generation")
+    crossover: Literal["sbx", "uniform"] = Field(
+        "sbx",
+        description="nsga2: how a child's numbers come from its parents: 'sbx' (simulated binary crossover, as in "
+        "Deb's NSGA-II: new values near the parents) or 'uniform' (Optuna's default: each value copied from one "
+        "parent, so a range is only ever explored at the first generation's values and by mutation); "
+        "choices are always swapped uniformly",
+    )
+    mutation: Literal["polynomial", "random"] = Field(
+        "polynomial",
+        description="nsga2: a mutated number moves near its value ('polynomial', Deb's) or is drawn anew ('random')",
+    )
     startup_trials: int = Field(4, ge=1, description="tpe/cmaes: random trials before the model takes over")
     seed: int = Field(0, ge=0)
     trials: int | None = Field(None, ge=1, description="the study's total trials, over every worker")

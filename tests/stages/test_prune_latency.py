@@ -75,3 +75,31 @@ def test_measured_per_layer_ratios_beat_a_uniform_ratio_with_the_same_parameters
     ours, theirs = (np.median(t["latency_samples_ms"]) for t in timed)
     assert ours < 0.9 * theirs, (ours, theirs)
     assert Path(guided.run_dir).is_dir()
+
+
+def test_round_to_auto_times_the_multiples_on_mobilenet_v3_and_prunes_to_the_chosen_one(tmp_path):
+    model = {"name": "mobilenet_v3_small", "kwargs": {"width_mult": 0.5, "small_input": True}}
+    stages = ["baseline", {"prune": {"importance": "l1", "pruning_ratio": 0.4, "round_to": "auto"}}]
+    cfg = small_config(stages, model=model, data=DATA, measure=MEASURE, name="auto")
+    result = run(cfg, tmp_path)
+    details = result.stage("prune").details
+    auto = details["round_to_auto"]
+    assert auto["chosen"] == details["round_to"] and str(auto["chosen"]) in auto["measured"]
+    assert set(auto["measured"]) == {"1", "4", "8", "16"}
+    assert any(n.startswith("round_to auto: uniform ratio 0.4") for n in result.stage("prune").notes)
+    before = {n: c for n, c in result.stage("prune").details["conv_channels"].items()}
+    baseline = parse_config(cfg)
+    assert before and baseline.stages[1].settings.round_to == "auto"
+    if auto["chosen"] > 1:  # every pruned layer keeps a multiple of it (torch-pruning rounds down)
+        import torch
+
+        from edgeslim.models.zoo import build_model
+
+        full = build_model("mobilenet_v3_small", model["kwargs"], 1, 10)
+        widths = {n: m.out_channels for n, m in full.named_modules() if isinstance(m, torch.nn.Conv2d)}
+        pruned = [c for n, c in before.items() if c < widths[n]]  # (a layer it would empty stays whole)
+        assert pruned and all(c % auto["chosen"] == 0 for c in pruned)
+    again = run(cfg, tmp_path)  # cached: the timing-dependent choice is made once
+    assert again.stage("prune").status == "cached"
+    with pytest.raises(UserError, match="round_to"):
+        parse_config(small_config(["baseline", {"prune": {"round_to": "fast"}}]))

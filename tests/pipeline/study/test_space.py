@@ -126,3 +126,33 @@ def test_each_sampler_is_optunas_own():
         assert isinstance(make_sampler(cfg, 0), cls)
     assert parse_search(space).sampler_name == "nsga2"  # two objectives by default
     assert parse_search({**space, "objectives": {"size_bytes": "min"}}).sampler_name == "tpe"
+
+
+def test_nsga2_children_get_new_numbers_with_sbx_and_only_parents_numbers_with_uniform_crossover():
+    """Deb's operators (the default) explore a range between the first generation's values; Optuna's
+    uniform crossover copies each number from a parent, so without mutation no new value appears."""
+    import optuna
+
+    from edgeslim.study.search import make_sampler
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    distinct = {}
+    for crossover in ("sbx", "uniform"):
+        cfg = parse_search(
+            {
+                "space": {"stages.prune.pruning_ratio": {"low": 0.2, "high": 0.8}, "stages.prune.round_to": [1, 8]},
+                "trials": 12,
+                "population_size": 4,
+                "crossover": crossover,
+                "mutation": "polynomial",
+            }
+        )
+        sampler = make_sampler(cfg, 0)
+        sampler._child_generation_strategy._mutation_prob = 0.0  # crossover alone
+        study = optuna.create_study(directions=["maximize", "minimize"], sampler=sampler)
+        study.optimize(lambda t: (t.suggest_float("r", 0.2, 0.8), t.suggest_categorical("k", [1, 8])), n_trials=12)
+        first = {t.params["r"] for t in study.trials[:4]}
+        distinct[crossover] = {t.params["r"] for t in study.trials[4:]} - first
+    assert distinct["sbx"] and not distinct["uniform"]
+    with pytest.raises(UserError, match="crossover"):
+        parse_search({"space": {"stages.prune.importance": ["l1", "l2"]}, "trials": 2, "crossover": "x"})
