@@ -33,6 +33,29 @@ def select(x: Inputs, index: slice | torch.Tensor | int) -> Inputs:
     return {k: v[index] for k, v in x.items()} if isinstance(x, dict) else x[index]
 
 
+MASK = "attention_mask"
+
+
+def trims_padding(model: Any) -> bool:
+    """Whether ``model`` (or the model inside a ``DistributedDataParallel``) declares that right
+    padding beyond a batch's longest sequence does not change its outputs (``variable_length``):
+    a masked transformer does; a model with a fixed-length layer would not, so it is opt-in."""
+    return bool(getattr(getattr(model, "module", model), "variable_length", False))
+
+
+def trim_padding(x: Inputs) -> Inputs:
+    """Named inputs cut after the last position any sample's ``attention_mask`` covers (what Hugging
+    Face's ``DataCollatorWithPadding`` pads to): a batch of short reviews padded to 128 runs at its
+    own length. Only right padding is cut (positions stay where they were); otherwise unchanged."""
+    if not isinstance(x, dict) or MASK not in x or x[MASK].dim() != 2:
+        return x
+    used = x[MASK].bool().any(0)
+    length = int(used.sum())
+    if length == used.numel() or not bool(used[:length].all()):  # nothing to cut, or not right padding
+        return x
+    return {k: v[:, :length] if v.dim() >= 2 and v.shape[1] == used.numel() else v for k, v in x.items()}
+
+
 def concat(parts: Sequence[Inputs]) -> Inputs:
     if isinstance(parts[0], dict):
         return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}  # type: ignore[index]

@@ -30,7 +30,11 @@ TASKS = ("sequence-classification",)
 
 class TokenClassifier(nn.Module):
     """``(input_ids, attention_mask) -> logits`` around a transformers model. Both are named model
-    inputs (separate ONNX inputs, as app code feeds them); without a mask, ``input_ids != pad_id``."""
+    inputs (separate ONNX inputs, as app code feeds them); without a mask, ``input_ids != pad_id``.
+    Masked positions do not change the outputs, so training and evaluation cut each batch's right
+    padding (``variable_length``; the exported model keeps the configured length)."""
+
+    variable_length = True
 
     def __init__(self, hf: nn.Module, pad_id: int):
         super().__init__()

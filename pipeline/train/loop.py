@@ -23,7 +23,18 @@ from torch.utils.data import TensorDataset
 
 from edgeslim.config.schema import StrictModel
 from edgeslim.data.augment import AugmentConfig, SynonymTable, augment_inputs, build_synonym_table, check_augment
-from edgeslim.data.batches import Inputs, ShardSplit, Split, as_split, call, count, seen_tokens, select
+from edgeslim.data.batches import (
+    Inputs,
+    ShardSplit,
+    Split,
+    as_split,
+    call,
+    count,
+    seen_tokens,
+    select,
+    trim_padding,
+    trims_padding,
+)
 from edgeslim.engine import distributed
 from edgeslim.engine.progress import progress_bar
 from edgeslim.errors import UserError
@@ -121,10 +132,11 @@ def predict(model: nn.Module, inputs: Inputs | Split, batch_size: int = 512) -> 
     """The model's outputs on a batch of inputs or on a whole split (read batch by batch)."""
     set_mode(model, False)
     with observers_paused(model):
+        trim = trim_padding if trims_padding(model) else (lambda x: x)
         if isinstance(inputs, Split):
-            return torch.cat([call(model, x) for x, _ in inputs.batches(batch_size)])
+            return torch.cat([call(model, trim(x)) for x, _ in inputs.batches(batch_size)])
         n = count(inputs)
-        return torch.cat([call(model, select(inputs, slice(i, i + batch_size))) for i in range(0, n, batch_size)])
+        return torch.cat([call(model, trim(select(inputs, slice(i, i + batch_size)))) for i in range(0, n, batch_size)])
 
 
 def evaluate(model: nn.Module, data: Split | TensorDataset, batch_size: int = 512) -> tuple[float, float]:
@@ -146,7 +158,7 @@ def evaluate_together(model: nn.Module, split: Split, batch_size: int = 512) -> 
     correct = loss_sum = seen = 0.0
     with observers_paused(model):
         for x, y in ShardSplit(split, world.rank, world.size, pad=False).batches(batch_size):
-            logits = call(model, x)
+            logits = call(model, trim_padding(x) if trims_padding(model) else x)
             correct += float((logits.argmax(1) == y).sum())
             loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
             seen += len(y)
@@ -225,6 +237,8 @@ class _EpochLoop:
                 group["lr"] = lr * factor
             if cfg.augment is not None:
                 x = augment_inputs(x, cfg.augment, self.generator, self.synonyms)
+            if trims_padding(net):
+                x = trim_padding(x)
             optimizer.zero_grad(set_to_none=True)
             loss = self.loss_fn(net, x, y)
             seen = distributed.mean(loss.detach())  # every rank decides on the same number

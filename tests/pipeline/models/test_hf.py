@@ -206,3 +206,49 @@ def test_a_bert_block_is_dropped_and_distilled_from_the_teacher_block_it_was(tin
     layer_norms = [n for n in graph.node if n.op_type == "LayerNormalization"]
     assert len(layer_norms) == 3  # embeddings + the one block's two (two blocks would have five)
     assert result.stage("export").metrics.accuracy == result.stage("finetune").metrics.accuracy
+
+
+def test_batches_are_cut_to_their_longest_review_and_the_outputs_do_not_change(tiny_bert: Path) -> None:
+    from edgeslim.data.batches import trim_padding, trims_padding
+    from edgeslim.train.loop import evaluate, predict
+
+    config = _config(str(tiny_bert), max_length=48)
+    data = load_data(config.data)
+    model = _loader(config).source_model().eval()
+    assert trims_padding(model) and trims_padding(torch.nn.Module()) is False
+    batch, _ = next(data.val.batches(16))
+    cut = trim_padding(batch)
+    longest = int(batch["attention_mask"].sum(1).max())
+    assert longest < 48 and {tuple(v.shape) for v in cut.values()} == {(16, longest)}  # reviews are short
+    torch.testing.assert_close(model(**cut), model(**batch), atol=1e-5, rtol=1e-4)
+    untrimmed = torch.cat([model(**x) for x, _ in data.val.batches(64)])
+    torch.testing.assert_close(predict(model, data.val, 64), untrimmed, atol=1e-5, rtol=1e-4)
+    assert evaluate(model, data.val)[0] == float((untrimmed.argmax(1) == data.val.labels).float().mean())
+    left = {k: v.flip(1) for k, v in batch.items()}  # left padding: positions would move, nothing is cut
+    assert trim_padding(left) is left
+    assert trim_padding(batch["input_ids"]) is batch["input_ids"]  # one tensor: a model of fixed length
+
+
+def test_training_steps_see_each_batch_at_its_own_length(tiny_bert: Path, tmp_path: Path) -> None:
+    from edgeslim.models.hf import TokenClassifier
+
+    lengths: list[int] = []
+    original = TokenClassifier.forward
+
+    def recording(self, input_ids, attention_mask=None):
+        lengths.append(input_ids.shape[1])
+        return original(self, input_ids, attention_mask)
+
+    TokenClassifier.forward = recording
+    try:
+        cfg = {
+            "name": "trim",
+            "model": {"hf": str(tiny_bert)},
+            "data": {"name": "rotten_tomatoes", "max_length": 64, "max_samples": 200},
+            "measure": {"warmup": 2, "runs": 10, "max_seconds": 1.0},
+            "stages": [{"train": {"epochs": 1, "batch_size": 32, "optimizer": {"name": "adamw", "lr": 1e-4}}}],
+        }
+        edgeslim.run(cfg, out=tmp_path)
+    finally:
+        TokenClassifier.forward = original
+    assert lengths and max(lengths) <= 64 and min(lengths) < max(lengths)  # cut per batch (max_length 64)
