@@ -114,7 +114,6 @@ def main() -> int:
                 "constraints": {"max_accuracy_drop": 0.01},
                 "sampler": sampler,
                 "population_size": args.population,
-                "nsga2_operators": {k: SearchConfig.model_fields[k].default for k in ("crossover", "mutation")},
                 "seed": 0,
                 "trials": args.trials,
                 "pruner": {"name": "none"},
