@@ -124,8 +124,9 @@ def write(args: argparse.Namespace, rows: list[dict[str, Any]], device: dict[str
         "Each model is pruned uniformly (l1, per layer) at the ratio, unrounded and with `round_to: auto`: the prune "
         "stage times the model pruned at multiples 1, 4, 8 and 16 side by side and keeps the smallest multiple that "
         "spends at least 5% less time per MAC than the unrounded one (`edgeslim.prune.multiples`; torch-pruning "
-        "rounds kept counts down, so a multiple also removes work: time per MAC separates layout from work). The "
-        "three models below were then timed again side by side (300 runs each, interleaved). Random-init weights: "
+        "rounds kept counts down, so a multiple also removes work: time per MAC separates layout from work). Then "
+        "the baseline and both pruned models of each row were timed again side by side (300 runs each, "
+        "interleaved). Random-init weights: "
         "latency only.",
         "",
         "| model | ratio | multiple chosen | stage's time/MAC by multiple (vs 1) | params: baseline / round 1 / auto "
