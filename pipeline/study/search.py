@@ -149,6 +149,9 @@ def open_study(
         )
     except ValueError as exc:
         raise UserError(f"search: cannot open study '{setup.name}': {exc}") from None
+    done = len(study.get_trials(deepcopy=False))
+    if done:  # a resumed study: a sampler restarted from the same seed would replay the settings already tried
+        study.sampler = make_sampler(cfg, zlib.crc32(f"{seed}:{done}".encode()) % 2**31)
     recorded = study.user_attrs.get("objectives")
     if recorded is None:
         study.set_user_attr("objectives", cfg.objectives)

@@ -65,6 +65,7 @@ def test_a_seeded_search_is_reproducible_resumes_and_shares_its_stage_prefix(tmp
     # a rerun with a larger budget adds trials; the finished ones are not redone
     c = search(search_config(trials=4, sampler="random"), tmp_path / "a")
     assert [t.number for t in c.trials] == [0, 1, 2, 3] and c.trials[:3] == a.trials[:3]
+    assert c.trials[3].params not in params  # the resumed sampler does not replay the first process's draws
     summary = read_summary(search_dir)
     assert summary.front and set(summary.front) <= {0, 1, 2, 3}
     md = (search_dir / "search.md").read_text()
