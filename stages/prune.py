@@ -315,8 +315,8 @@ class Prune(Stage[PruneConfig]):
 
         round_to, multiples = cfg.round_to, None
         if round_to == "auto":
-            round_to, multiples = self._choose_round_to(ctx, model, ignored, unused.dead, example)
-            notes.append(multiples.pop("note"))
+            round_to, multiples, note = self._choose_round_to(ctx, model, ignored, unused.dead, example)
+            notes.append(note)
         ratio = cfg.pruning_ratio
         if cfg.target_params is not None or cfg.target_macs is not None:
             ratio = self._ratio_for_target(
@@ -441,37 +441,31 @@ class Prune(Stage[PruneConfig]):
 
     def _choose_round_to(
         self, ctx: StageContext, model: nn.Module, ignored: list[nn.Module], dead: list[str], example: Inputs
-    ) -> tuple[int, dict[str, Any]]:
+    ) -> tuple[int, dict[str, Any], str]:
         """``round_to: auto``: time the model pruned uniformly (at ``pruning_ratio``) at each candidate
-        multiple and keep the one that pays (``edgeslim.prune.multiples``)."""
+        multiple and keep the one that pays (``edgeslim.prune.multiples``). Returns the multiple, the
+        details for the report and the note."""
         cfg = self.config
-        index = {id(m): n for n, m in model.named_modules()}
-        ignored_names = [index[id(m)] for m in ignored]
+        ignored_names = _names_of(model, ignored)
 
         def prune_uniform(copy_: nn.Module, multiple: int) -> nn.Module:
-            modules = dict(copy_.named_modules())
-            pruner = _Pruner(
+            return _prune_copy(
                 copy_,
                 example,
-                importance=build_importance("l2"),  # which channels go does not change the time
+                ignored_names,
+                dead,
+                ctx.where,
                 pruning_ratio=cfg.pruning_ratio,
-                ignored_layers=[modules[n] for n in ignored_names],
                 round_to=multiple if multiple > 1 else None,
-                root_module_types=list(ROOT_TYPES),
-                **attention_settings(copy_),
                 **_head_options(cfg.head_pruning_ratio),
-                **graph_arguments(copy_, dead),
             )
-            _step(pruner, ctx.where)
-            _after_step(copy_, pruner, {})
-            return copy_
 
         measured = measure_multiples(
             model, example, prune_uniform, ctx.data, ctx.config.host, _table_measure(ctx.config.measure)
         )
         chosen = choose_multiple(measured)
         details, note = describe(measured, chosen, cfg.pruning_ratio)
-        return chosen, {**details, "note": note}
+        return chosen, details, note
 
     def _ratios_for_latency(
         self,
@@ -484,8 +478,7 @@ class Prune(Stage[PruneConfig]):
     ) -> tuple[dict[str, float], dict[str, Any]]:
         """Per-layer ratios from the measured latency table (``edgeslim.prune.latency``)."""
         cfg = self.config
-        index = {id(m): n for n, m in model.named_modules()}
-        ignored_names = [index[id(m)] for m in ignored]
+        ignored_names = _names_of(model, ignored)
         candidates = [
             n
             for n, m in model.named_modules()
@@ -493,22 +486,17 @@ class Prune(Stage[PruneConfig]):
         ]
 
         def prune_one(copy_: nn.Module, name: str, r: float) -> nn.Module:
-            modules = dict(copy_.named_modules())
-            pruner = _Pruner(
+            layer = dict(copy_.named_modules())[name]
+            return _prune_copy(
                 copy_,
                 example,
-                importance=build_importance("l2"),  # which channels go does not change the time
+                ignored_names,
+                dead,
+                ctx.where,
                 pruning_ratio=0.0,
-                pruning_ratio_dict={modules[name]: r},
-                ignored_layers=[modules[n] for n in ignored_names],
+                pruning_ratio_dict={layer: r},
                 round_to=round_to,
-                root_module_types=list(ROOT_TYPES),
-                **attention_settings(copy_),
-                **graph_arguments(copy_, dead),
             )
-            _step(pruner, ctx.where)
-            _after_step(copy_, pruner, {})
-            return copy_
 
         ratios = sorted(cfg.latency_ratios)
         table = build_table(
@@ -556,31 +544,24 @@ class Prune(Stage[PruneConfig]):
         cfg = self.config
         target = cfg.target_params if cfg.target_params is not None else cfg.target_macs
         assert target is not None
-        index = {id(m): n for n, m in model.named_modules()}
-        ignored_names = [index[id(m)] for m in ignored]
+        ignored_names = _names_of(model, ignored)
         # Per-layer pruning removes the same counts whatever the criterion; only global needs the real one.
         criterion = cfg.importance if cfg.global_pruning else "l2"
 
         def kept(ratio: float) -> float:
-            trial = copy.deepcopy(model)
-            modules = dict(trial.named_modules())
-            importance = build_importance(criterion)
-            pruner = _Pruner(
-                trial,
+            trial = _prune_copy(
+                copy.deepcopy(model),
                 example,
-                importance=importance,
+                ignored_names,
+                dead,
+                where,
+                criterion=criterion,
+                calibration=(calib_x, calib_y),
                 pruning_ratio=ratio,
                 global_pruning=cfg.global_pruning,
-                ignored_layers=[modules[n] for n in ignored_names],
                 round_to=round_to,
-                root_module_types=list(ROOT_TYPES),
-                **attention_settings(trial),
                 **_head_options(cfg.head_pruning_ratio),
-                **graph_arguments(trial, dead),
             )
-            prepare_importance(importance, trial, calib_x, calib_y)
-            _step(pruner, where)
-            _after_step(trial, pruner, {})
             _check_still_runs(trial, example, where)
             params, macs = count_params_and_macs(trial, example)
             return params / params0 if cfg.target_params is not None else macs / macs0
@@ -594,6 +575,45 @@ class Prune(Stage[PruneConfig]):
             mid = (lo + hi) / 2
             lo, hi = (mid, hi) if kept(mid) > target else (lo, mid)
         return hi
+
+
+def _names_of(model: nn.Module, modules: list[nn.Module]) -> list[str]:
+    """The dotted names of ``modules`` in ``model`` (to find them again in a deep copy)."""
+    index = {id(m): n for n, m in model.named_modules()}
+    return [index[id(m)] for m in modules]
+
+
+def _prune_copy(
+    copy_: nn.Module,
+    example: Inputs,
+    ignored_names: list[str],
+    dead: list[str],
+    where: str,
+    criterion: str = "l2",
+    calibration: tuple[Inputs, torch.Tensor] | None = None,
+    **settings: Any,
+) -> nn.Module:
+    """One pruning step on a copy of the stage's model, for a look-ahead (``round_to: auto``, the latency
+    table, the params/MACs bisection): the stage's graph settings, its whole layers found by name in the
+    copy, torch-pruning ``settings``. Per layer, which channels go does not change the counts or the time,
+    so the criterion defaults to l2; ``calibration`` feeds a criterion that needs gradients."""
+    modules = dict(copy_.named_modules())
+    importance = build_importance(criterion)
+    pruner = _Pruner(
+        copy_,
+        example,
+        importance=importance,
+        ignored_layers=[modules[n] for n in ignored_names],
+        root_module_types=list(ROOT_TYPES),
+        **attention_settings(copy_),
+        **graph_arguments(copy_, dead),
+        **settings,
+    )
+    if calibration is not None:
+        prepare_importance(importance, copy_, *calibration)
+    _step(pruner, where)
+    _after_step(copy_, pruner, {})
+    return copy_
 
 
 def _head_options(ratio: float) -> dict[str, Any]:

@@ -56,6 +56,12 @@ def trim_padding(x: Inputs) -> Inputs:
     return {k: v[:, :length] if v.dim() >= 2 and v.shape[1] == used.numel() else v for k, v in x.items()}
 
 
+def fitted(model: Any, x: Inputs) -> Inputs:
+    """``x`` as ``model`` should see it: cut to its longest sequence when the model declares it may be
+    (:func:`trims_padding`), else unchanged. What training and evaluation feed a model."""
+    return trim_padding(x) if trims_padding(model) else x
+
+
 def concat(parts: Sequence[Inputs]) -> Inputs:
     if isinstance(parts[0], dict):
         return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}  # type: ignore[index]

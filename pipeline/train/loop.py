@@ -30,10 +30,9 @@ from edgeslim.data.batches import (
     as_split,
     call,
     count,
+    fitted,
     seen_tokens,
     select,
-    trim_padding,
-    trims_padding,
 )
 from edgeslim.engine import distributed
 from edgeslim.engine.progress import progress_bar
@@ -132,11 +131,12 @@ def predict(model: nn.Module, inputs: Inputs | Split, batch_size: int = 512) -> 
     """The model's outputs on a batch of inputs or on a whole split (read batch by batch)."""
     set_mode(model, False)
     with observers_paused(model):
-        trim = trim_padding if trims_padding(model) else (lambda x: x)
         if isinstance(inputs, Split):
-            return torch.cat([call(model, trim(x)) for x, _ in inputs.batches(batch_size)])
+            return torch.cat([call(model, fitted(model, x)) for x, _ in inputs.batches(batch_size)])
         n = count(inputs)
-        return torch.cat([call(model, trim(select(inputs, slice(i, i + batch_size)))) for i in range(0, n, batch_size)])
+        return torch.cat(
+            [call(model, fitted(model, select(inputs, slice(i, i + batch_size)))) for i in range(0, n, batch_size)]
+        )
 
 
 def evaluate(model: nn.Module, data: Split | TensorDataset, batch_size: int = 512) -> tuple[float, float]:
@@ -158,7 +158,7 @@ def evaluate_together(model: nn.Module, split: Split, batch_size: int = 512) -> 
     correct = loss_sum = seen = 0.0
     with observers_paused(model):
         for x, y in ShardSplit(split, world.rank, world.size, pad=False).batches(batch_size):
-            logits = call(model, trim_padding(x) if trims_padding(model) else x)
+            logits = call(model, fitted(model, x))
             correct += float((logits.argmax(1) == y).sum())
             loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
             seen += len(y)
@@ -237,8 +237,7 @@ class _EpochLoop:
                 group["lr"] = lr * factor
             if cfg.augment is not None:
                 x = augment_inputs(x, cfg.augment, self.generator, self.synonyms)
-            if trims_padding(net):
-                x = trim_padding(x)
+            x = fitted(net, x)
             optimizer.zero_grad(set_to_none=True)
             loss = self.loss_fn(net, x, y)
             seen = distributed.mean(loss.detach())  # every rank decides on the same number
