@@ -17,8 +17,11 @@ def test_second_run_is_refused_and_a_stale_lock_is_taken_over(tmp_path):
     out = tmp_path / "out"
     first = harness.start(config, out)
     assert harness.wait_inside(first, out, 0)
+    # freeze the first run inside its train stage: on a slow machine it would otherwise finish
+    # training while the second process starts, and the check below would race it
+    first.send_signal(signal.SIGSTOP)
 
-    code, stderr = harness.run(config, out)  # while the first one trains
+    code, stderr = harness.run(config, out)  # while the first one holds the lock
     lines = stderr.strip().splitlines()
     assert code == 2 and "Traceback" not in stderr
     assert re.fullmatch(
@@ -29,7 +32,7 @@ def test_second_run_is_refused_and_a_stale_lock_is_taken_over(tmp_path):
     assert harness.partial_dir(out, 0).is_dir()  # the refused run touched nothing of the first one's work
     assert first.poll() is None
 
-    first.send_signal(signal.SIGKILL)  # the lock file stays behind, naming a dead pid
+    first.send_signal(signal.SIGKILL)  # ends a stopped process too; the lock file stays behind, naming a dead pid
     first.wait()
     assert (out / harness.RUN / ".lock").read_text() == str(first.pid)
 
