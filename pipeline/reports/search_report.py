@@ -36,6 +36,7 @@ def _row(t: TrialSummary, front: set[int]) -> list[str]:
     size = "–" if t.size_bytes is None else f"{t.size_bytes / 1024:.1f} KB"
     state = t.state + (" ★" if t.number in front else "") + ("" if t.feasible is not False else " (infeasible)")
     state += " (default)" if t.default else ""
+    state += " (initial)" if t.initial else ""
     note = t.error or (f"pruned at {t.pruned_at}" if t.pruned_at else "")
     return [str(t.number), state, params, accuracy, test, _fmt(t.latency_ms), size, t.run_dir or "", note]
 

@@ -39,6 +39,7 @@ class TrialSummary(BaseModel):
     curve: list[float] = []
     worker: str | None = None
     default: bool = False  # runs the config's own settings
+    initial: bool = False  # one of the space-filling first points (search.initial: lhs)
     pruned_at: str | None = None
 
 
@@ -86,6 +87,7 @@ def trial_summary(t: FrozenTrial) -> TrialSummary:
         curve=list(a.get("curve", [])),
         worker=a.get("worker"),
         default=bool(a.get("default")),
+        initial=bool(a.get("initial")),
         pruned_at=a.get("pruned_at"),
     )
 

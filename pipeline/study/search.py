@@ -16,6 +16,7 @@ on several machines. A failed trial is recorded with its one-line error and the 
 from __future__ import annotations
 
 import copy
+import math
 import time
 import traceback
 import warnings
@@ -25,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import optuna
 import yaml
 from optuna.trial import Trial, TrialState
@@ -38,6 +40,7 @@ from edgeslim.study import storage as st
 from edgeslim.study.front import SearchSummary, summarize
 from edgeslim.study.space import (
     Choices,
+    Range,
     SearchConfig,
     apply_params,
     corner_params,
@@ -59,6 +62,7 @@ from edgeslim.train.loop import watch_epochs
 CURVE_ATTR = "curve"  # the watched stage's validation accuracy per epoch
 CONSTRAINTS_ATTR = "constraints"
 DEFAULT_ATTR = "default"  # the trial that runs the config's own settings
+INITIAL_ATTR = "initial"  # a trial of the space-filling first generation (search.initial: lhs)
 
 
 @dataclass(frozen=True)
@@ -117,6 +121,16 @@ def make_sampler(cfg: SearchConfig, seed: int) -> optuna.samplers.BaseSampler:
     return optuna.samplers.TPESampler(seed=seed, n_startup_trials=cfg.startup_trials)
 
 
+def ask(study: optuna.Study) -> Trial:
+    """The next trial, placed in an NSGA-II generation even when its settings were enqueued (the
+    default, the Latin hypercube): Optuna assigns a generation only when it samples a trial's settings
+    itself, so enqueued trials belonged to no population and were never chosen as parents."""
+    trial = study.ask()
+    if isinstance(study.sampler, optuna.samplers.NSGAIISampler):
+        trial.relative_params  # noqa: B018 - sampling the relative params records the trial's generation
+    return trial
+
+
 def _suggest(trial: Trial, cfg: SearchConfig) -> dict[str, Any]:
     params = {}
     for path, spec in cfg.space.items():
@@ -157,8 +171,11 @@ def open_study(
         study.set_user_attr("objectives", cfg.objectives)
         study.set_user_attr("space", {k: _plain(v) for k, v in cfg.space.items()})
         default = default_params(setup)
-        if default is not None and not worker:  # the hand-written config is trial 0: what the search must beat
-            study.enqueue_trial(default, user_attrs={DEFAULT_ATTR: True})
+        if not worker:
+            if default is not None:  # the hand-written config is trial 0: what the search must beat
+                study.enqueue_trial(default, user_attrs={DEFAULT_ATTR: True})
+            for params in initial_params(cfg, cfg.seed, initial_count(cfg, default is not None)):
+                study.enqueue_trial(params, user_attrs={INITIAL_ATTR: True})
     elif list(recorded) != objectives or [recorded[k] for k in objectives] != list(cfg.objectives.values()):
         raise UserError(
             f"search: the study '{setup.name}' in {st._shown(url)} was made for objectives {recorded}, this config "
@@ -182,6 +199,45 @@ def default_params(setup: SearchSetup) -> dict[str, Any] | None:
             return None
         params[path] = value
     return params
+
+
+def initial_count(cfg: SearchConfig, has_default: bool) -> int:
+    """How many space-filling points start the study: the rest of NSGA-II's first generation, or of
+    TPE's/CMA-ES's startup trials, after the default; none for the random sampler or ``initial: random``."""
+    if cfg.initial != "lhs" or cfg.sampler_name == "random":
+        return 0
+    count = (cfg.population_size if cfg.sampler_name == "nsga2" else cfg.startup_trials) - int(has_default)
+    if cfg.trials is not None:
+        count = min(count, cfg.trials - int(has_default))
+    return max(count, 0)
+
+
+def initial_params(cfg: SearchConfig, seed: int, count: int) -> list[dict[str, Any]]:
+    """``count`` points of a Latin hypercube over the space, seeded. Optuna draws a first generation
+    independently at random, so with the few trials a compression search affords it can leave most of
+    a range untried (and share its draws with a random search of the same seed); a Latin hypercube
+    puts one point in each of ``count`` equal strata of every range and takes each choice equally often."""
+    if count <= 0:
+        return []
+    rng = np.random.default_rng(seed)
+    strata = {path: (rng.permutation(count) + rng.random(count)) / count for path in cfg.space}
+    return [{path: _value_at(spec, float(strata[path][i])) for path, spec in cfg.space.items()} for i in range(count)]
+
+
+def _value_at(spec: Range | Choices, u: float) -> Any:
+    """The value of the space's entry at ``u`` in [0, 1): the same scale and grid Optuna samples on."""
+    if isinstance(spec, Choices):
+        return spec.choices[min(int(u * len(spec.choices)), len(spec.choices) - 1)]
+    low, high = spec.low, spec.high
+    if spec.log:
+        value = math.exp(math.log(low) + u * (math.log(high) - math.log(low)))
+        return min(max(round(value), int(low)), int(high)) if is_int(spec) else min(value, high)
+    if spec.step is not None or is_int(spec):
+        step = spec.step or 1
+        steps = math.floor((high - low) / step + 1e-9)
+        value = low + step * min(int(u * (steps + 1)), steps)
+        return int(value) if is_int(spec) else round(value, 12)
+    return low + u * (high - low)
 
 
 def _plain(spec: Any) -> Any:
@@ -253,7 +309,7 @@ def _search(setup: SearchSetup, search_dir: Path, storage: str | None, worker: b
             used = sum(st.counted(t) for t in study.get_trials(deepcopy=False))
             if cfg.trials is not None and used >= cfg.trials:
                 break
-            trial = study.ask()
+            trial = ask(study)
             trial.set_user_attr(st.WORKER_ATTR, st.worker_id())
         _run_trial(setup, search_dir, study, trial, console)
         write_search_reports(search_dir, summarize(study, cfg, search_dir))

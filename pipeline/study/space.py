@@ -100,6 +100,13 @@ class SearchConfig(StrictModel):
         description="nsga2: a mutated number moves near its value ('polynomial', Deb's) or is drawn anew ('random')",
     )
     startup_trials: int = Field(4, ge=1, description="tpe/cmaes: random trials before the model takes over")
+    initial: Literal["lhs", "random"] = Field(
+        "lhs",
+        description="nsga2/tpe/cmaes: how the first generation (nsga2) or the startup trials (tpe, cmaes) are "
+        "drawn: 'lhs', a Latin hypercube over the space (each range cut into as many equal strata as points, one "
+        "point in each; each choice taken equally often), or 'random', independent draws (Optuna's own, and what "
+        "the random sampler always does). The config's own settings (trial 0) count among them",
+    )
     seed: int = Field(0, ge=0)
     trials: int | None = Field(None, ge=1, description="the study's total trials, over every worker")
     timeout_s: float | None = Field(None, gt=0, description="this process's wall time")

@@ -156,3 +156,62 @@ def test_nsga2_children_get_new_numbers_with_sbx_and_only_parents_numbers_with_u
     assert distinct["sbx"] and not distinct["uniform"]
     with pytest.raises(UserError, match="crossover"):
         parse_search({"space": {"stages.prune.importance": ["l1", "l2"]}, "trials": 2, "crossover": "x"})
+
+
+def test_the_first_points_are_a_latin_hypercube_over_the_space():
+    """One point in each equal stratum of every range, each choice equally often, on Optuna's own
+    scale and grid (log, integer, step), the same for the same seed."""
+    from edgeslim.study.search import initial_params
+
+    space = {
+        "r": {"low": 0.2, "high": 0.8},
+        "lr": {"low": 1e-4, "high": 1e-2, "log": True},
+        "epochs": {"low": 1, "high": 8},
+        "width": {"low": 0.25, "high": 1.0, "step": 0.25},
+        "k": ["l1", "taylor", "hessian"],
+    }
+    cfg = parse_search({"space": space, "trials": 12})
+    points = initial_params(cfg, 0, 6)
+    assert points == initial_params(cfg, 0, 6) and points != initial_params(cfg, 1, 6)
+    assert sorted(int((p["r"] - 0.2) / 0.6 * 6) for p in points) == list(range(6))
+    import math
+
+    assert sorted(int(math.log(p["lr"] / 1e-4) / math.log(100) * 6) for p in points) == list(range(6))
+    assert all(isinstance(p["epochs"], int) and 1 <= p["epochs"] <= 8 for p in points)
+    assert all(p["width"] in (0.25, 0.5, 0.75, 1.0) for p in points)
+    assert sorted(p["k"] for p in points) == sorted(["l1", "taylor", "hessian"] * 2)
+
+
+def test_nsga2_starts_with_the_default_and_a_latin_hypercube_as_its_first_generation(tmp_path):
+    import optuna
+
+    from edgeslim.study.search import _suggest, ask, open_study
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    space = {"stages.prune.pruning_ratio": {"low": 0.2, "high": 0.8}, "stages.prune.importance": ["l1", "taylor"]}
+
+    def first_trials(name: str, worker: bool = False, **search) -> list:
+        setup = read_setup(config_with({"space": space, "trials": 12, "population_size": 4, **search}))
+        (tmp_path / name).mkdir()
+        study, _, _ = open_study(setup, tmp_path / name, None, worker)
+        for _ in range(6):  # as the search loop asks: every trial placed in a generation
+            trial = ask(study)
+            ratio = _suggest(trial, setup.search)["stages.prune.pruning_ratio"]
+            study.tell(trial, (ratio, ratio))
+        return study.trials
+
+    trials = first_trials("lhs")
+    assert trials[0].user_attrs.get("default") and trials[0].params["stages.prune.pruning_ratio"] == 0.5
+    assert all(t.user_attrs.get("initial") for t in trials[1:4])  # the rest of the first generation
+    ratios = sorted(t.params["stages.prune.pruning_ratio"] for t in trials[1:4])
+    assert [int((r - 0.2) / 0.6 * 3) for r in ratios] == [0, 1, 2]
+    # the enqueued trials are NSGA-II's generation 0 (its parents), the next ones its children
+    generations = [t.system_attrs.get("NSGAIISampler:generation") for t in trials]
+    assert generations == [0, 0, 0, 0, 1, 1]
+    # drawn by Optuna itself: with initial: random, for a worker, and for the random sampler
+    for name, worker, search in (
+        ("rnd", False, {"initial": "random"}),
+        ("w", True, {}),
+        ("rs", False, {"sampler": "random"}),
+    ):
+        assert not any(t.user_attrs.get("initial") for t in first_trials(name, worker, **search))
