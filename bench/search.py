@@ -1,15 +1,16 @@
 """Compression search against the hand-written default and against random search (issue 15 evidence).
 
-For each model, one budgeted NSGA-II search and one random search with the same budget over the same
-space (pruning ratio, criterion, channel rounding), objectives validation accuracy (max) and p50
-latency on the host profile (min), constraint: at most 1 pt below the baseline stage. Both searches
-start with the config's own settings as trial 0 (the default); that trial is run once, by the NSGA-II
-search, and its finished run folder is handed to the random search (same settings, same seed: the same
-stages, found cached), so the random search's trials reuse the same trained baseline. Nothing else is
-shared; within one search, trials share their common stage prefix (stage cache).
+For each model, one budgeted NSGA-II search, one random search and one TPE search (edgeslim's default
+sampler) with the same budget over the same space (pruning ratio, criterion, channel rounding),
+objectives validation accuracy (max) and p50 latency on the host profile (min), constraint: at most
+1 pt below the baseline stage. Every search starts with the config's own settings as trial 0 (the
+default); that trial is run once, by the NSGA-II search, and its finished run folder is handed to the
+others (same settings, same seed: the same stages, found cached), so their trials reuse the same
+trained baseline. Nothing else is shared; within one search, trials share their common stage prefix
+(stage cache).
 
-At the end the default trial's final model and the front's best model (the one that dominates the
-default by the most: at least as accurate on validation, fastest) are timed again side by side
+At the end the default trial's final model and the best model of the NSGA-II and TPE searches (the
+one that dominates the default by the most: at least as accurate on validation, fastest) are timed again side by side
 (interleaved rounds), since trials were timed at different moments on a shared machine; those are
 the numbers reported. Hypervolumes are of each search's feasible front in (latency, accuracy), both
 normalized against the same reference point (the default's p50 x 2, the baseline's accuracy - 5 pt).
@@ -84,6 +85,9 @@ def main() -> int:
     parser.add_argument("--models", nargs="+", default=["edge_cnn"], choices=list(MODELS))
     parser.add_argument("--trials", type=int, default=8, help="per search (the default trial included)")
     parser.add_argument("--population", type=int, default=4, help="NSGA-II population size")
+    parser.add_argument(
+        "--samplers", nargs="+", default=["nsga2", "random", "tpe"], help="nsga2 first (it runs the default trial)"
+    )
     parser.add_argument("--max-samples", type=int, default=None)
     parser.add_argument("--out-dir", type=Path, default=ROOT / "artifacts" / "search_bench")
     parser.add_argument("--docs-dir", type=Path, default=ROOT / "docs")
@@ -105,7 +109,7 @@ def main() -> int:
         started = time.perf_counter()
         base = base_config(model, args.max_samples)
         searches = {}
-        for sampler in ("nsga2", "random"):
+        for sampler in args.samplers:
             cfg = copy.deepcopy(base)
             cfg["name"] = f"search_{model}_{sampler}"
             cfg["search"] = {
@@ -118,7 +122,7 @@ def main() -> int:
                 "trials": args.trials,
                 "pruner": {"name": "none"},
             }
-            if sampler == "random":
+            if sampler != "nsga2":
                 _hand_over_default(searches["nsga2"][0].search_dir, args.out_dir / cfg["name"])
             t0 = time.perf_counter()
             searches[sampler] = (edgeslim.search(cfg, args.out_dir), time.perf_counter() - t0)
@@ -132,26 +136,32 @@ def main() -> int:
             return [(t.latency_ms, t.accuracy) for t in result.front]
 
         hv = {k: hypervolume(front_points(r), ref) for k, (r, _) in searches.items()}
-        dominating = [
-            t
-            for t in nsga.trials
+        dominating = [  # over the searches edgeslim offers (NSGA-II, and TPE, the default sampler), not random's
+            (t, name)
+            for name, (r, _) in searches.items()
+            if name != "random"
+            for t in r.trials
             if t.state == "complete"
             and t.feasible is not False
             and t.accuracy >= default.accuracy
             and t.latency_ms < default.latency_ms
-            and t.number != default.number
+            and not t.default
         ]
-        best = min(dominating, key=lambda t: t.latency_ms) if dominating else None
+        best, best_in = min(dominating, key=lambda c: c[0].latency_ms) if dominating else (None, None)
+        best_dir = None if best is None else searches[best_in][0].search_dir
         # time the default and the best again, side by side (trials were timed at different moments)
         config = parse_config({k: v for k, v in base.items() if k != "search"})
         data = load_data(config.data)
         files = [nsga.search_dir / default.run_dir / _deployable(nsga.search_dir / default.run_dir)]
         if best is not None:
-            files.append(nsga.search_dir / best.run_dir / _deployable(nsga.search_dir / best.run_dir))
+            files.append(best_dir / best.run_dir / _deployable(best_dir / best.run_dir))
         spec = config.measure.model_copy(update={"runs": 300, "max_seconds": 20.0})
         timed = measure_side_by_side(files, config.host, spec, data)
         p50 = [float(np.median(t["latency_samples_ms"])) for t in timed]
         ci = [median_interval(np.asarray(t["latency_samples_ms"]), DEFAULT_CONFIDENCE) for t in timed]
+        tpe_fields = {}
+        if "tpe" in searches:
+            tpe_fields = {"hypervolume_tpe": hv["tpe"], "front_tpe": [t.number for t in searches["tpe"][0].front]}
         row = {
             "model": model,
             "default": {
@@ -171,10 +181,12 @@ def main() -> int:
                 "latency_ms_p50_ci": ci[1],
                 "params": best.params,
                 "trial": best.number,
+                "sampler": best_in,
                 "speedup_vs_default": p50[0] / p50[1],
             },
             "hypervolume_nsga2": hv["nsga2"],
             "hypervolume_random": hv["random"],
+            **tpe_fields,
             "hypervolume_reference": {"latency_ms": ref[0], "accuracy": ref[1]},
             "trials": args.trials,
             "trial_states": {k: [t.state for t in r.trials] for k, (r, _) in searches.items()},
@@ -183,6 +195,7 @@ def main() -> int:
             "wall_s": round(time.perf_counter() - started, 1),
             "wall_s_nsga2": round(nsga_s, 1),
             "wall_s_random": round(rand_s, 1),
+            **({"wall_s_tpe": round(searches["tpe"][1], 1)} if "tpe" in searches else {}),
             "space": SPACE,
             "config": MODELS[model],
             "max_samples": args.max_samples,
@@ -233,11 +246,11 @@ def _write(args: argparse.Namespace, results: list[dict[str, Any]], device: dict
         "",
         f"Machine: {device.get('cpu', '?')}, {device.get('logical_cores', '?')} logical cores, shared.",
         "",
-        "Per model: NSGA-II and random search, the same budget and space ("
+        "Per model: NSGA-II, random search and (rows with an HV TPE) TPE, the same budget and space ("
         + ", ".join(f"`{k}` {v}" for k, v in SPACE.items())
         + "), objectives validation accuracy (max) and p50 on the host profile (min), at most 1 pt below the "
         "baseline stage; trial 0 of each is the config's own settings (the default, run once and handed to the "
-        "random search). Both samplers are seeded 0. NSGA-II's first generation (`nsga2_initial`): `lhs` = the "
+        "other searches). Every sampler is seeded 0. NSGA-II's first generation (`nsga2_initial`): `lhs` = the "
         "default plus a Latin hypercube over the space; rows without it were run before that change, when NSGA-II "
         "drew its first generation with Optuna's random sampler (the same draws as the random search) and the "
         "default trial was outside its population (never a parent). The default and the best "
@@ -246,8 +259,8 @@ def _write(args: argparse.Namespace, results: list[dict[str, Any]], device: dict
         "above random search's.**",
         "",
         "| model | trials per search | default: val acc / p50 ms | best: val acc / p50 ms | speed-up | "
-        "HV NSGA-II | HV random | goal | wall |",
-        "|---|---:|---|---|---:|---:|---:|---|---:|",
+        "HV NSGA-II | HV random | HV TPE | goal | wall |",
+        "|---|---:|---|---|---:|---:|---:|---:|---|---:|",
     ]
     for r in results:
         d, b = r["default"], r["best"]
@@ -255,19 +268,23 @@ def _write(args: argparse.Namespace, results: list[dict[str, Any]], device: dict
         speed = "–" if b is None else f"{b['speedup_vs_default']:.2f}x"
         met = b is not None and b["speedup_vs_default"] >= 1.3 and r["hypervolume_nsga2"] > r["hypervolume_random"]
         default = f"{d['accuracy'] * 100:.2f}% / {d['latency_ms_p50']:.4g}"
+        tpe = f"{r['hypervolume_tpe']:.4g}" if "hypervolume_tpe" in r else "–"
         lines.append(
             f"| {r['model']} | {r['trials']} | {default} | {best} | {speed} "
-            f"| {r['hypervolume_nsga2']:.4g} | {r['hypervolume_random']:.4g} | {'met' if met else '**NOT met**'} "
+            f"| {r['hypervolume_nsga2']:.4g} | {r['hypervolume_random']:.4g} | {tpe} "
+            f"| {'met' if met else '**NOT met**'} "
             f"| {r['wall_s']:.0f} s |"
         )
     lines += ["", "Details per model (settings of the default and the best, trial states, fronts):", ""]
     for r in results:
         lines.append(
             f"- **{r['model']}** (`{r['config']}`): default {r['default']['params']}; best "
-            f"{(r['best'] or {}).get('params')} (trial {(r['best'] or {}).get('trial')}); "
+            f"{(r['best'] or {}).get('params')} (trial {(r['best'] or {}).get('trial')} of "
+            f"{(r['best'] or {}).get('sampler', 'nsga2')}); "
             f"states NSGA-II {r['trial_states']['nsga2']}, random {r['trial_states']['random']}; "
-            f"fronts {r['front_nsga2']} / {r['front_random']}; wall NSGA-II {r['wall_s_nsga2']} s, "
-            f"random {r['wall_s_random']} s; NSGA-II population {r.get('population_size')}, operators "
+            f"fronts {r['front_nsga2']} / {r['front_random']} / {r.get('front_tpe', '–')}; wall NSGA-II "
+            f"{r['wall_s_nsga2']} s, random {r['wall_s_random']} s, TPE {r.get('wall_s_tpe', '–')} s; "
+            f"NSGA-II population {r.get('population_size')}, operators "
             f"{r.get('nsga2_operators')}, first generation {r.get('nsga2_initial', 'random (before lhs)')}."
         )
     (args.docs_dir / "search.md").write_text("\n".join(lines) + "\n")

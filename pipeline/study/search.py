@@ -131,7 +131,8 @@ def ask(study: optuna.Study) -> Trial:
     return trial
 
 
-def _suggest(trial: Trial, cfg: SearchConfig) -> dict[str, Any]:
+def suggest(trial: Trial, cfg: SearchConfig) -> dict[str, Any]:
+    """The trial's value for every key path of the space (Optuna samples it, or returns an enqueued one)."""
     params = {}
     for path, spec in cfg.space.items():
         if isinstance(spec, Choices):
@@ -170,12 +171,8 @@ def open_study(
     if recorded is None:
         study.set_user_attr("objectives", cfg.objectives)
         study.set_user_attr("space", {k: _plain(v) for k, v in cfg.space.items()})
-        default = default_params(setup)
         if not worker:
-            if default is not None:  # the hand-written config is trial 0: what the search must beat
-                study.enqueue_trial(default, user_attrs={DEFAULT_ATTR: True})
-            for params in initial_params(cfg, cfg.seed, initial_count(cfg, default is not None)):
-                study.enqueue_trial(params, user_attrs={INITIAL_ATTR: True})
+            enqueue_start(study, cfg, default_params(setup))
     elif list(recorded) != objectives or [recorded[k] for k in objectives] != list(cfg.objectives.values()):
         raise UserError(
             f"search: the study '{setup.name}' in {st._shown(url)} was made for objectives {recorded}, this config "
@@ -201,12 +198,21 @@ def default_params(setup: SearchSetup) -> dict[str, Any] | None:
     return params
 
 
+def enqueue_start(study: optuna.Study, cfg: SearchConfig, default: dict[str, Any] | None) -> None:
+    """A new study's first trials: the config's own settings (trial 0: what the search must beat), then
+    the Latin hypercube filling the rest of the first generation (``search.initial``)."""
+    if default is not None:
+        study.enqueue_trial(default, user_attrs={DEFAULT_ATTR: True})
+    for params in initial_params(cfg, cfg.seed, initial_count(cfg, default is not None)):
+        study.enqueue_trial(params, user_attrs={INITIAL_ATTR: True})
+
+
 def initial_count(cfg: SearchConfig, has_default: bool) -> int:
-    """How many space-filling points start the study: the rest of NSGA-II's first generation, or of
-    TPE's/CMA-ES's startup trials, after the default; none for the random sampler or ``initial: random``."""
-    if cfg.initial != "lhs" or cfg.sampler_name == "random":
+    """How many space-filling points start the study: the rest of NSGA-II's first generation after the
+    default; none with ``initial: random`` or another sampler (TPE's startup did no better with them)."""
+    if cfg.initial != "lhs" or cfg.sampler_name != "nsga2":
         return 0
-    count = (cfg.population_size if cfg.sampler_name == "nsga2" else cfg.startup_trials) - int(has_default)
+    count = cfg.population_size - int(has_default)
     if cfg.trials is not None:
         count = min(count, cfg.trials - int(has_default))
     return max(count, 0)
@@ -323,7 +329,7 @@ def _search(setup: SearchSetup, search_dir: Path, storage: str | None, worker: b
 def _run_trial(setup: SearchSetup, search_dir: Path, study: optuna.Study, trial: Trial, console: Console) -> None:
     cfg, number = setup.search, trial.number
     name = trial_name(number)
-    params = _suggest(trial, cfg)
+    params = suggest(trial, cfg)
     shown = ", ".join(f"{k.rsplit('.', 1)[-1]}={_short(v)}" for k, v in params.items())
     started = time.perf_counter()
     state, values, note = TrialState.FAIL, None, ""

@@ -12,7 +12,7 @@ setting a stage has, and a setting that would be invalid is refused before any t
         stages.finetune.optimizer.lr: {low: 1.0e-4, high: 1.0e-2, log: true}
       objectives: {accuracy: max, latency_ms: min}
       constraints: {max_accuracy_drop: 0.01}
-      sampler: nsga2
+      sampler: tpe                 # the default; nsga2, cmaes, random
       trials: 16
 """
 
@@ -85,7 +85,10 @@ class SearchConfig(StrictModel):
     )
     constraints: Constraints = Field(default_factory=Constraints)
     sampler: Literal["tpe", "nsga2", "cmaes", "random"] | None = Field(
-        None, description="default: tpe for one objective, nsga2 for several"
+        None,
+        description="default: tpe, for one objective or several (Optuna's multi-objective TPE): at the few dozen "
+        "trials a compression search affords it found better fronts than nsga2 and random search "
+        "(docs/search_samplers.md); nsga2 (evolutionary) pays off with larger budgets and populations",
     )
     population_size: int = Field(8, ge=2, description="nsga2: trials per generation")
     crossover: Literal["sbx", "uniform"] = Field(
@@ -102,10 +105,10 @@ class SearchConfig(StrictModel):
     startup_trials: int = Field(4, ge=1, description="tpe/cmaes: random trials before the model takes over")
     initial: Literal["lhs", "random"] = Field(
         "lhs",
-        description="nsga2/tpe/cmaes: how the first generation (nsga2) or the startup trials (tpe, cmaes) are "
-        "drawn: 'lhs', a Latin hypercube over the space (each range cut into as many equal strata as points, one "
-        "point in each; each choice taken equally often), or 'random', independent draws (Optuna's own, and what "
-        "the random sampler always does). The config's own settings (trial 0) count among them",
+        description="nsga2: how the first generation is drawn: 'lhs', the config's own settings (trial 0) plus a "
+        "Latin hypercube over the space (each range cut into as many equal strata as points, one point in each; "
+        "each choice taken equally often), or 'random', independent draws (Optuna's own). tpe and cmaes keep "
+        "Optuna's random startup trials: a Latin hypercube start did not help TPE (docs/search_samplers.md)",
     )
     seed: int = Field(0, ge=0)
     trials: int | None = Field(None, ge=1, description="the study's total trials, over every worker")
@@ -139,7 +142,7 @@ class SearchConfig(StrictModel):
 
     @property
     def sampler_name(self) -> str:
-        return self.sampler or ("tpe" if len(self.objectives) == 1 else "nsga2")
+        return self.sampler or "tpe"
 
     @property
     def directions(self) -> list[str]:

@@ -101,7 +101,7 @@ def test_the_configs_own_settings_are_the_default_trial():
 
 def test_integer_ranges_and_choices():
     cfg = parse_search({"space": {"stages.finetune.epochs": {"low": 1, "high": 3}, "x": [True, False]}, "trials": 1})
-    assert cfg.sampler_name == "nsga2" and cfg.directions == ["maximize", "minimize"]
+    assert cfg.sampler_name == "tpe" and cfg.directions == ["maximize", "minimize"]
     from edgeslim.study.space import corner_params
 
     corners = corner_params(cfg)
@@ -124,7 +124,7 @@ def test_each_sampler_is_optunas_own():
     for name, cls in kinds.items():
         cfg = parse_search({**space, "sampler": name, "objectives": {"accuracy": "max"}})
         assert isinstance(make_sampler(cfg, 0), cls)
-    assert parse_search(space).sampler_name == "nsga2"  # two objectives by default
+    assert parse_search(space).sampler_name == "tpe"  # two objectives by default: multi-objective TPE
     assert parse_search({**space, "objectives": {"size_bytes": "min"}}).sampler_name == "tpe"
 
 
@@ -142,6 +142,7 @@ def test_nsga2_children_get_new_numbers_with_sbx_and_only_parents_numbers_with_u
             {
                 "space": {"stages.prune.pruning_ratio": {"low": 0.2, "high": 0.8}, "stages.prune.round_to": [1, 8]},
                 "trials": 12,
+                "sampler": "nsga2",
                 "population_size": 4,
                 "crossover": crossover,
                 "mutation": "polynomial",
@@ -185,18 +186,19 @@ def test_the_first_points_are_a_latin_hypercube_over_the_space():
 def test_nsga2_starts_with_the_default_and_a_latin_hypercube_as_its_first_generation(tmp_path):
     import optuna
 
-    from edgeslim.study.search import _suggest, ask, open_study
+    from edgeslim.study.search import ask, open_study, suggest
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     space = {"stages.prune.pruning_ratio": {"low": 0.2, "high": 0.8}, "stages.prune.importance": ["l1", "taylor"]}
 
     def first_trials(name: str, worker: bool = False, **search) -> list:
+        search = {"sampler": "nsga2", **search}
         setup = read_setup(config_with({"space": space, "trials": 12, "population_size": 4, **search}))
         (tmp_path / name).mkdir()
         study, _, _ = open_study(setup, tmp_path / name, None, worker)
         for _ in range(6):  # as the search loop asks: every trial placed in a generation
             trial = ask(study)
-            ratio = _suggest(trial, setup.search)["stages.prune.pruning_ratio"]
+            ratio = suggest(trial, setup.search)["stages.prune.pruning_ratio"]
             study.tell(trial, (ratio, ratio))
         return study.trials
 
@@ -208,10 +210,7 @@ def test_nsga2_starts_with_the_default_and_a_latin_hypercube_as_its_first_genera
     # the enqueued trials are NSGA-II's generation 0 (its parents), the next ones its children
     generations = [t.system_attrs.get("NSGAIISampler:generation") for t in trials]
     assert generations == [0, 0, 0, 0, 1, 1]
-    # drawn by Optuna itself: with initial: random, for a worker, and for the random sampler
-    for name, worker, search in (
-        ("rnd", False, {"initial": "random"}),
-        ("w", True, {}),
-        ("rs", False, {"sampler": "random"}),
-    ):
+    # drawn by Optuna itself: with initial: random, for a worker, and for the other samplers
+    others = [(s, False, {"sampler": s}) for s in ("random", "tpe")]
+    for name, worker, search in [("rnd", False, {"initial": "random"}), ("w", True, {}), *others]:
         assert not any(t.user_attrs.get("initial") for t in first_trials(name, worker, **search))
