@@ -93,7 +93,7 @@ def one_search(problem: str, variant: str, trials: int, seed: int, population: i
     study = optuna.create_study(directions=cfg.directions, sampler=make_sampler(cfg, seed))
     enqueue_start(study, cfg, dict(DEFAULT))
     if variant == "tpe-lhs":  # measured, not adopted: TPE's startup trials as a Latin hypercube
-        for params in initial_params(cfg, seed, cfg.startup_trials - 1):
+        for params in initial_params(cfg, cfg.startup_trials - 1):
             study.enqueue_trial(params)
     values = []
     for _ in range(trials):
@@ -131,6 +131,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _write(args: argparse.Namespace, rows: list[dict[str, Any]], wall_s: float) -> None:
+    args.docs_dir.mkdir(parents=True, exist_ok=True)
     (args.docs_dir / "search_samplers.json").write_text(json.dumps(rows, indent=2) + "\n")
     shown = " ".join(str(b) for b in args.budgets)
     lines = [

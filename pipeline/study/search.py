@@ -203,7 +203,7 @@ def enqueue_start(study: optuna.Study, cfg: SearchConfig, default: dict[str, Any
     the Latin hypercube filling the rest of the first generation (``search.initial``)."""
     if default is not None:
         study.enqueue_trial(default, user_attrs={DEFAULT_ATTR: True})
-    for params in initial_params(cfg, cfg.seed, initial_count(cfg, default is not None)):
+    for params in initial_params(cfg, initial_count(cfg, default is not None)):
         study.enqueue_trial(params, user_attrs={INITIAL_ATTR: True})
 
 
@@ -218,14 +218,14 @@ def initial_count(cfg: SearchConfig, has_default: bool) -> int:
     return max(count, 0)
 
 
-def initial_params(cfg: SearchConfig, seed: int, count: int) -> list[dict[str, Any]]:
-    """``count`` points of a Latin hypercube over the space, seeded. Optuna draws a first generation
+def initial_params(cfg: SearchConfig, count: int) -> list[dict[str, Any]]:
+    """``count`` points of a Latin hypercube over the space, seeded by ``search.seed``. Optuna draws a first generation
     independently at random, so with the few trials a compression search affords it can leave most of
     a range untried (and share its draws with a random search of the same seed); a Latin hypercube
     puts one point in each of ``count`` equal strata of every range and takes each choice equally often."""
     if count <= 0:
         return []
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(cfg.seed)
     strata = {path: (rng.permutation(count) + rng.random(count)) / count for path in cfg.space}
     return [{path: _value_at(spec, float(strata[path][i])) for path, spec in cfg.space.items()} for i in range(count)]
 
