@@ -681,7 +681,10 @@ def int8_line(meta: dict[str, Any]) -> str:
             + ". `--exact-int8` times them that way."
         )
     else:
-        text += "No model has 8-bit weights that saturate the default kernels on this CPU."
+        text += (
+            "No model needs ONNX Runtime's exact INT8 mode on this CPU (on VNNI and ARM CPUs the default kernels are "
+            "exact; on x86 without VNNI, 7-bit weights keep them so)."
+        )
     return text
 
 

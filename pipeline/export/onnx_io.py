@@ -257,7 +257,7 @@ _WEIGHT_INPUT = {
 
 
 @functools.lru_cache(maxsize=256)
-def _needs_exact_int8(path: str, _mtime_ns: int, _size: int) -> bool:
+def _can_saturate(path: str, _mtime_ns: int, _size: int) -> bool:
     model = load_onnx(Path(path), external_data=False)
     inits = {i.name: i for i in model.graph.initializer}
     for node in model.graph.node:
@@ -294,33 +294,48 @@ def _exact_int8_loads(path: str, _mtime_ns: int, _size: int) -> bool:
     return True
 
 
-def needs_exact_int8(path: Path) -> bool:
-    """Whether ``path`` needs ONNX Runtime's exact INT8 mode on x86 CPUs without VNNI: it has int8
-    weights beyond 7 bits (or int8 activations), where the default U8S8 kernels can saturate.
-
-    A float model, or one quantized with 7-bit weights (``reduce_range``), gets the same outputs from
-    the default kernels, which are faster than the exact mode: measuring it in exact mode would
-    understate the speed its users get. ORT-format files cannot be read here: True. A model the exact
-    mode cannot load (see :func:`exact_int8_unavailable`) is run as ORT runs it by default: False."""
+def int8_can_saturate(path: Path) -> bool:
+    """Whether ``path`` has int8 weights beyond 7 bits (or int8 activations): where ONNX Runtime's default
+    U8S8 kernels saturate (x86 CPUs without VNNI), such a model answers differently than in exact
+    arithmetic. A float model, or one quantized with 7-bit weights (``reduce_range``), does not.
+    ORT-format files cannot be read here: True."""
     if path.suffix == ".ort":
         return True
     stat = path.stat()
-    key = (str(path), stat.st_mtime_ns, stat.st_size)
-    return _needs_exact_int8(*key) and _exact_int8_loads(*key)
+    return _can_saturate(str(path), stat.st_mtime_ns, stat.st_size)
+
+
+def needs_exact_int8(path: Path) -> bool:
+    """Whether ``path`` needs ONNX Runtime's exact INT8 mode on this machine: the CPU's default U8S8
+    kernels saturate (x86 without VNNI) and the model can saturate them (:func:`int8_can_saturate`).
+
+    Elsewhere the default kernels are exact and faster than the exact mode (on VNNI CPUs too): measuring
+    there in exact mode would understate the speed its users get. A model the exact mode cannot load
+    (see :func:`exact_int8_unavailable`) is run as ORT runs it by default: False."""
+    from edgeslim.devices import edgeslim_bench
+
+    if not (edgeslim_bench.u8s8_saturates() and int8_can_saturate(path)):
+        return False
+    if path.suffix == ".ort":
+        return True
+    stat = path.stat()
+    return _exact_int8_loads(str(path), stat.st_mtime_ns, stat.st_size)
 
 
 def exact_int8_unavailable(path: Path) -> bool:
-    """True for a model that needs the exact INT8 mode but that ONNX Runtime fails to load in it.
+    """True for a model that needs the exact INT8 mode on this machine but that ONNX Runtime fails to
+    load in it.
 
     Seen with ONNX Runtime's own static PTQ of a ViT (8-bit weights): the mode's weight conversion
     stops with "Attempt to replace the existing tensor". Such a model is evaluated and timed with
     the default kernels, whose int16 sums can saturate: its accuracy is what its users would get,
     and the report says so."""
-    if path.suffix == ".ort":
+    from edgeslim.devices import edgeslim_bench
+
+    if path.suffix == ".ort" or not (edgeslim_bench.u8s8_saturates() and int8_can_saturate(path)):
         return False
     stat = path.stat()
-    key = (str(path), stat.st_mtime_ns, stat.st_size)
-    return _needs_exact_int8(*key) and not _exact_int8_loads(*key)
+    return not _exact_int8_loads(str(path), stat.st_mtime_ns, stat.st_size)
 
 
 def open_session(path: Path, threads: int = 1, graph_optimization: str = "all", exact_int8: bool = True):

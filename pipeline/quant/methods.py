@@ -21,7 +21,6 @@ attention MatMuls, so it would mostly re-measure the same model; set ``method: o
 
 from __future__ import annotations
 
-import functools
 import os
 import shutil
 import tempfile
@@ -172,12 +171,11 @@ CONFIG_TYPES: dict[str, type[_MethodConfig]] = {
 }
 
 
-@functools.cache
 def host_u8s8_saturates() -> bool:
     """Whether ONNX Runtime's default U8S8 kernels saturate on this CPU (x86 without VNNI)."""
-    from edgeslim.devices.edgeslim_bench import device_facts
+    from edgeslim.devices.edgeslim_bench import u8s8_saturates
 
-    return bool(device_facts()["u8s8_saturates"])
+    return u8s8_saturates()
 
 
 def resolve_reduce_range(value: bool | str) -> bool:

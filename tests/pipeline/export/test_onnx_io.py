@@ -104,18 +104,31 @@ def _qdq_conv(tmp_path, weight: np.ndarray, activation_zero_point: np.ndarray):
     return path
 
 
-def test_only_8_bit_weights_or_int8_activations_need_the_exact_int8_mode(tmp_path):
+def test_only_8_bit_weights_or_int8_activations_need_the_exact_int8_mode(tmp_path, monkeypatch):
     """Two u8 x s8 products fit int16 while |w| <= 64: 7-bit weights are exact on the default kernels,
-    so the slower exact mode is asked only where a weight or an int8 activation can saturate."""
-    from edgeslim.export.onnx_io import needs_exact_int8
+    so the slower exact mode is asked only where a weight or an int8 activation can saturate, and only
+    on CPUs whose default kernels saturate (x86 without VNNI): on VNNI or ARM CPUs they are exact."""
+    from edgeslim.devices import edgeslim_bench
+    from edgeslim.export.onnx_io import int8_can_saturate, needs_exact_int8
 
     u8 = np.array(128, np.uint8)
     seven_bit = np.array([-64, 64, 3, -5] * 9, np.int8).reshape(2, 2, 3, 3)
     eight_bit = seven_bit.copy()
     eight_bit[0, 0, 0, 0] = -127
-    assert not needs_exact_int8(_qdq_conv(tmp_path, seven_bit, u8))
-    assert needs_exact_int8(_qdq_conv(tmp_path, eight_bit, u8))
-    assert needs_exact_int8(_qdq_conv(tmp_path, seven_bit, np.array(0, np.int8)))  # S8S8
+    models = {
+        "7-bit": _qdq_conv(tmp_path, seven_bit, u8),
+        "8-bit": _qdq_conv(tmp_path, eight_bit, u8),
+        "s8s8": _qdq_conv(tmp_path, seven_bit, np.array(0, np.int8)),
+    }
+    assert {k: int8_can_saturate(m) for k, m in models.items()} == {"7-bit": False, "8-bit": True, "s8s8": True}
+    monkeypatch.setattr(edgeslim_bench, "u8s8_saturates", lambda: True)  # x86 without VNNI
+    assert {k: needs_exact_int8(m) for k, m in models.items()} == {"7-bit": False, "8-bit": True, "s8s8": True}
+    monkeypatch.setattr(edgeslim_bench, "u8s8_saturates", lambda: False)  # VNNI or ARM: never
+    assert not any(needs_exact_int8(m) for m in models.values())
+    with pytest.raises(RuntimeError):  # the option is not set at all
+        edgeslim_bench.session_options(exact_int8=True).get_session_config_entry(edgeslim_bench.EXACT_INT8_OPTION)
+    monkeypatch.setattr(edgeslim_bench, "u8s8_saturates", lambda: True)
+    assert edgeslim_bench.session_options(exact_int8=True).get_session_config_entry(edgeslim_bench.EXACT_INT8_OPTION)
     float_model = helper.make_graph(
         [helper.make_node("MatMul", ["x", "w"], ["y"])],
         "g",
@@ -124,15 +137,38 @@ def test_only_8_bit_weights_or_int8_activations_need_the_exact_int8_mode(tmp_pat
         initializer=[numpy_helper.from_array(np.ones((4, 2), np.float32), "w")],
     )
     onnx.save(helper.make_model(float_model), str(tmp_path / "float.onnx"))
-    assert not needs_exact_int8(tmp_path / "float.onnx")
+    assert not int8_can_saturate(tmp_path / "float.onnx")
 
 
-def test_a_model_the_exact_int8_mode_cannot_load_runs_on_the_default_kernels(tmp_path):
+def test_the_exact_int8_mode_changes_no_answer_where_the_default_kernels_do_not_saturate(tmp_path):
+    """Why the mode is asked only where the default kernels saturate: on a CPU that does not saturate
+    them (VNNI, ARM), the exact mode gives the same outputs, only from slower kernels. Checked on this
+    machine's CPU whatever it is; on an x86 CPU without VNNI the outputs may differ (that is the point)."""
+    import onnxruntime as ort
+
+    from edgeslim.devices import edgeslim_bench
+
+    rng = np.random.default_rng(0)
+    path = _qdq_conv(tmp_path, rng.integers(-127, 128, (2, 2, 3, 3)).astype(np.int8), np.array(128, np.uint8))
+    x = {"x": rng.normal(size=(1, 2, 4, 4)).astype(np.float32)}
+    outputs = []
+    for exact in (False, True):
+        options = ort.SessionOptions()
+        if exact:
+            options.add_session_config_entry(edgeslim_bench.EXACT_INT8_OPTION, "1")
+        outputs.append(ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"]).run(None, x)[0])
+    if not edgeslim_bench.u8s8_saturates():
+        assert np.array_equal(*outputs)
+
+
+def test_a_model_the_exact_int8_mode_cannot_load_runs_on_the_default_kernels(tmp_path, monkeypatch):
     """ONNX Runtime's exact INT8 mode fails on an 8-bit weight shared by two MatMuls ("Attempt to
     replace the existing tensor", as with its own static PTQ of a ViT): such a model must still open,
     with the default kernels, and be flagged so reports can say so."""
+    from edgeslim.devices import edgeslim_bench
     from edgeslim.export.onnx_io import exact_int8_unavailable, needs_exact_int8, onnx_logits
 
+    monkeypatch.setattr(edgeslim_bench, "u8s8_saturates", lambda: True)  # the mode is asked on such CPUs only
     inits = [
         numpy_helper.from_array(np.array(0.02, np.float32), "s"),
         numpy_helper.from_array(np.array(128, np.uint8), "zp"),
