@@ -20,6 +20,7 @@ from torch import nn
 
 from edgeslim.config.schema import StrictModel
 from edgeslim.data.batches import call
+from edgeslim.devices import edgeslim_bench
 from edgeslim.engine.stage import PlanRequest, Stage, StageContext, StagePlan, StageResult
 from edgeslim.engine.store import TORCH, TORCH_QAT
 from edgeslim.errors import UserError
@@ -28,7 +29,6 @@ from edgeslim.models.loader import count_params_and_macs, output_layer_name, rep
 from edgeslim.models.zoo import load_state_dict_file, load_weights
 from edgeslim.prune.layers import kept_blocks
 from edgeslim.quant import qat
-from edgeslim.quant.methods import host_u8s8_saturates
 from edgeslim.train.importance import parameter_importance
 from edgeslim.train.layer_distill import LayerDistiller, attention_outputs, uniform_mapping
 from edgeslim.train.loop import TrainLoopConfig, evaluate, fit, recalibrate_batchnorm, set_dropout
@@ -144,7 +144,7 @@ class Finetune(Stage[FinetuneConfig]):
 
     def _weight_bits(self) -> int:
         bits = self.config.qat_weight_bits
-        return (7 if host_u8s8_saturates() else 8) if bits == "auto" else bits
+        return (7 if edgeslim_bench.u8s8_saturates() else 8) if bits == "auto" else bits
 
     def run(self, ctx: StageContext, cfg: FinetuneConfig) -> StageResult:
         model = ctx.models.load(ctx.input)

@@ -51,6 +51,7 @@ from pydantic import Field, model_validator
 
 from edgeslim.config.schema import HostProfile, StrictModel
 from edgeslim.data.batches import count
+from edgeslim.devices import edgeslim_bench
 from edgeslim.devices.host import measure_interleaved
 from edgeslim.engine.measure import latency_inputs
 from edgeslim.engine.stage import PlanRequest, Stage, StageContext, StagePlan, StageResult, onnx_artifact
@@ -61,7 +62,6 @@ from edgeslim.quant.coverage import Coverage, op_times, runtime_coverage, why_in
 from edgeslim.quant.methods import (
     OPTIMUM_REDUCE_RANGE_PRESETS,
     Recipe,
-    host_u8s8_saturates,
     optimum_installed,
     optimum_missing,
     optimum_versions,
@@ -302,7 +302,7 @@ class Quantize(Stage[QuantizeConfig]):
                 "opt": host.graph_optimization,
             }
         if self.config.reduce_range == "auto" or self.config.method == "auto":  # 7-bit weights where needed
-            key_parts["u8s8_saturates"] = host_u8s8_saturates()
+            key_parts["u8s8_saturates"] = edgeslim_bench.u8s8_saturates()
         if self.config.method == "optimum":  # its quantizer's settings are optimum's: another version, another model
             key_parts["optimum"] = optimum_versions()
         return StagePlan(output_kind=ONNX_INT8, key_parts=key_parts)
@@ -597,7 +597,7 @@ class Quantize(Stage[QuantizeConfig]):
                 "convolutional models"
             )
         eight_bit = recipe.method == "optimum" and recipe.weight_type == "int8" and not recipe.reduce_range
-        if eight_bit and host_u8s8_saturates():
+        if eight_bit and edgeslim_bench.u8s8_saturates():
             notes.append(
                 f"optimum_preset: {recipe.preset} keeps 8-bit weights, which ONNX Runtime's default U8S8 "
                 "kernels saturate on this CPU (x86 without VNNI): exact only in its slower exact INT8 mode "

@@ -305,6 +305,13 @@ def int8_can_saturate(path: Path) -> bool:
     return _can_saturate(str(path), stat.st_mtime_ns, stat.st_size)
 
 
+def _exact_mode_matters(path: Path) -> bool:
+    """This CPU's default U8S8 kernels saturate (x86 without VNNI) and ``path`` can saturate them."""
+    from edgeslim.devices import edgeslim_bench
+
+    return edgeslim_bench.u8s8_saturates() and int8_can_saturate(path)
+
+
 def needs_exact_int8(path: Path) -> bool:
     """Whether ``path`` needs ONNX Runtime's exact INT8 mode on this machine: the CPU's default U8S8
     kernels saturate (x86 without VNNI) and the model can saturate them (:func:`int8_can_saturate`).
@@ -312,9 +319,7 @@ def needs_exact_int8(path: Path) -> bool:
     Elsewhere the default kernels are exact and faster than the exact mode (on VNNI CPUs too): measuring
     there in exact mode would understate the speed its users get. A model the exact mode cannot load
     (see :func:`exact_int8_unavailable`) is run as ORT runs it by default: False."""
-    from edgeslim.devices import edgeslim_bench
-
-    if not (edgeslim_bench.u8s8_saturates() and int8_can_saturate(path)):
+    if not _exact_mode_matters(path):
         return False
     if path.suffix == ".ort":
         return True
@@ -330,9 +335,7 @@ def exact_int8_unavailable(path: Path) -> bool:
     stops with "Attempt to replace the existing tensor". Such a model is evaluated and timed with
     the default kernels, whose int16 sums can saturate: its accuracy is what its users would get,
     and the report says so."""
-    from edgeslim.devices import edgeslim_bench
-
-    if path.suffix == ".ort" or not (edgeslim_bench.u8s8_saturates() and int8_can_saturate(path)):
+    if path.suffix == ".ort" or not _exact_mode_matters(path):
         return False
     stat = path.stat()
     return not _exact_int8_loads(str(path), stat.st_mtime_ns, stat.st_size)

@@ -33,6 +33,7 @@ import onnx
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, model_validator
 
 from edgeslim.data.batches import Inputs, count, feeds, select
+from edgeslim.devices import edgeslim_bench
 from edgeslim.errors import UserError, first_line
 from edgeslim.export.onnx_io import load_onnx
 from edgeslim.quant.graph import shield_float_nodes
@@ -171,18 +172,11 @@ CONFIG_TYPES: dict[str, type[_MethodConfig]] = {
 }
 
 
-def host_u8s8_saturates() -> bool:
-    """Whether ONNX Runtime's default U8S8 kernels saturate on this CPU (x86 without VNNI)."""
-    from edgeslim.devices.edgeslim_bench import u8s8_saturates
-
-    return u8s8_saturates()
-
-
 def resolve_reduce_range(value: bool | str) -> bool:
     """``auto``: 7-bit weights where the default U8S8 kernels saturate (x86 without VNNI). There the
     fast default kernels are exact with 7-bit weights, while 8-bit weights need ONNX Runtime's exact
     INT8 mode, whose kernels are slower (ResNet-18 here: 0.57 vs 0.69-1.0 ms, same accuracy)."""
-    return host_u8s8_saturates() if value == "auto" else bool(value)
+    return edgeslim_bench.u8s8_saturates() if value == "auto" else bool(value)
 
 
 def recipe_from(settings: Mapping[str, Any], method: str | None = None) -> Recipe:

@@ -38,6 +38,7 @@ import numpy as np
 import onnx
 
 from edgeslim.data.batches import Inputs, Split, as_split, feeds, first
+from edgeslim.devices import edgeslim_bench
 from edgeslim.export.onnx_io import check_onnx_file, load_onnx, onnx_logits
 from edgeslim.quant import methods
 from edgeslim.quant.graph import (
@@ -50,7 +51,7 @@ from edgeslim.quant.graph import (
     mean_to_global_pool,
     weighted_nodes,
 )
-from edgeslim.quant.methods import Recipe, host_u8s8_saturates, recipe_from
+from edgeslim.quant.methods import Recipe, recipe_from
 
 Method = Literal["static", "dynamic", "int4", "optimum"]
 ACCURACY_EPS = 1e-9  # drops are fractions of a finite split: compare with a little slack
@@ -488,7 +489,7 @@ def auto_recipes(bench: QuantBench, base: Mapping[str, Any]) -> list[tuple[str, 
         ("static-percentile", variant(calibration="percentile")),
         ("static-s8s8", variant(calibration="minmax", activation_type="int8", format="qdq")),
     ]
-    if host_u8s8_saturates():  # 7-bit weights: exact on the fast kernels; 8-bit: ORT's slower exact mode
+    if edgeslim_bench.u8s8_saturates():  # 7-bit weights: exact on the fast kernels; 8-bit: ORT's slower exact mode
         out.append(
             (
                 "static-8bit-weights" if static.reduce_range else "static-7bit-weights",

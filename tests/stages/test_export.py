@@ -72,9 +72,9 @@ def test_qat_residual_se_block_exports_to_integer_kernels_within_the_parity_gate
     ]
     assert all(h["passed"] for h in hops) and hops[1]["top1_agreement"] >= 0.99
     assert result.notes[0].startswith("INT8 (from QAT) ONNX")
+    from edgeslim.devices import edgeslim_bench
     from edgeslim.export.onnx_io import int8_can_saturate, needs_exact_int8
-    from edgeslim.quant.methods import host_u8s8_saturates
 
     # qat_weight_bits: auto -> 7-bit weights where ONNX Runtime's fast U8S8 kernels saturate: no exact mode needed
-    assert int8_can_saturate(result.artifact.file("model")) is not host_u8s8_saturates()
+    assert int8_can_saturate(result.artifact.file("model")) is not edgeslim_bench.u8s8_saturates()
     assert not needs_exact_int8(result.artifact.file("model"))

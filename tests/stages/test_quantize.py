@@ -595,11 +595,11 @@ def test_ships_int8_when_it_is_faster(tmp_path, data, loader):
 def test_seven_bit_weights_where_the_fast_int8_kernels_saturate(tmp_path, data, loader, exported):
     """reduce_range: auto gives 7-bit weights on x86 without VNNI: exact on ONNX Runtime's default
     U8S8 kernels, so the model is judged and timed on those, not on the slower exact mode."""
+    from edgeslim.devices import edgeslim_bench
     from edgeslim.export.onnx_io import int8_can_saturate, needs_exact_int8
-    from edgeslim.quant.methods import host_u8s8_saturates
 
     result = run_quantize(tmp_path, data, loader, exported, calibration_samples=64)
-    saturates = host_u8s8_saturates()
+    saturates = edgeslim_bench.u8s8_saturates()
     assert result.details["recipe"]["reduce_range"] is saturates
     model = onnx.load(str(result.artifact.file("model")))
     weights = [numpy_helper.to_array(i) for i in model.graph.initializer if i.data_type == onnx.TensorProto.INT8]

@@ -82,7 +82,7 @@ def test_optimum_reads_its_preset_from_the_flat_key_and_writes_it_back():
 
 
 def test_optimum_7_bit_weights_only_with_the_presets_that_take_them(monkeypatch):
-    monkeypatch.setattr(methods, "host_u8s8_saturates", lambda: True)  # x86 without VNNI
+    monkeypatch.setattr(methods.edgeslim_bench, "u8s8_saturates", lambda: True)  # x86 without VNNI
     auto = {"method": "optimum", "reduce_range": "auto"}
     assert methods.recipe_from(auto).reduce_range is False  # avx512_vnni: always 8-bit
     assert methods.recipe_from({**auto, "optimum_preset": "arm64"}).reduce_range is False
