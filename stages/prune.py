@@ -67,7 +67,7 @@ from edgeslim.prune.graph import (
     sync_head_dims,
     unwrapped_parameters,
 )
-from edgeslim.prune.latency import build_table, choose_ratios
+from edgeslim.prune.latency import cached_table, choose_ratios
 from edgeslim.prune.layers import DROP_LAYERS, drop_blocks
 from edgeslim.prune.multiples import choose_multiple, describe, measure_multiples
 from edgeslim.prune.vocab import prune_vocabulary, token_embedding
@@ -390,6 +390,11 @@ class Prune(Stage[PruneConfig]):
                 f"latency target {cfg.target_latency_ms} ms: {len(latency['ratios'])} layer ratio(s) chosen from "
                 f"the measured table; predicted p50 {latency['predicted_ms']:.4g} ms, measured "
                 f"{latency['measured_ms']:.4g} ms (unpruned {latency['measured_full_ms']:.4g} ms, timed beside it)"
+                + (
+                    f"; the per-layer table was reused from this host's cache (measured {latency['table_cached_from']})"
+                    if latency["table_cached_from"]
+                    else ""
+                )
             )
         artifact = save_torch_artifact(
             ctx.out_dir, model, kind=TORCH, pruning_history=history, params=params, macs=macs
@@ -499,8 +504,16 @@ class Prune(Stage[PruneConfig]):
             )
 
         ratios = sorted(cfg.latency_ratios)
-        table = build_table(
-            model, example, candidates, ratios, prune_one, ctx.data, ctx.config.host, _table_measure(ctx.config.measure)
+        table, measured_at = cached_table(
+            model,
+            example,
+            candidates,
+            ratios,
+            prune_one,
+            ctx.data,
+            ctx.config.host,
+            _table_measure(ctx.config.measure),
+            {"round_to": round_to, "ignored": sorted(ignored_names), "dead": sorted(dead)},
         )
         chosen, predicted = choose_ratios(table, cfg.target_latency_ms, ratios)  # type: ignore[arg-type]
         if predicted > cfg.target_latency_ms:  # type: ignore[operator]
@@ -513,6 +526,7 @@ class Prune(Stage[PruneConfig]):
             "target": ctx_note,
             "ratios": chosen,
             "table": table.to_json(),
+            "table_cached_from": measured_at,  # None: measured by this stage
         }
 
     @staticmethod

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +15,10 @@ import yaml
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 torch.set_num_threads(1)
+# Tables measured on this host are cached across runs (edgeslim.devices.host_cache): each test session
+# starts from an empty cache of its own, inherited by the processes tests start, never the user's.
+os.environ["EDGESLIM_HOST_CACHE"] = tempfile.mkdtemp(prefix="edgeslim-test-host-cache-")
+atexit.register(shutil.rmtree, os.environ["EDGESLIM_HOST_CACHE"], ignore_errors=True)
 
 from edgeslim.api import parse_config  # noqa: E402
 from edgeslim.config.schema import RunConfig  # noqa: E402

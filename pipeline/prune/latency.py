@@ -12,6 +12,11 @@ layer whose next grid step saves the most milliseconds per parameter it removes 
 stand for the capacity lost, as in torch-pruning's targets), until the predicted p50 (unpruned
 minus the summed savings; savings are taken as additive) reaches the target. The prune stage
 prunes with those ratios and reports the predicted against the measured p50 of the result.
+
+``cached_table`` keeps a measured table on this host (``edgeslim.devices.host_cache``), keyed by the
+model's structure (not its weights), the variants' settings, the host profile, the ``measure:``
+budget and this module's code: the trials of a search that try different targets on the same
+baseline time it once.
 """
 
 from __future__ import annotations
@@ -28,6 +33,8 @@ from torch import nn
 from edgeslim.config.schema import HostProfile, MeasureSpec
 from edgeslim.data.batches import Inputs
 from edgeslim.data.datasets import DataSplits
+from edgeslim.devices import host_cache
+from edgeslim.engine.keys import code_version
 from edgeslim.engine.measure import measure_side_by_side
 from edgeslim.export.onnx_io import export_onnx
 from edgeslim.models.loader import count_params_and_macs
@@ -61,6 +68,13 @@ class LatencyTable:
             "layers": {n: {str(r): list(v) for r, v in row.items()} for n, row in self.layers.items()},
             "coupled": self.coupled,
         }
+
+    @classmethod
+    def from_json(cls, obj: dict[str, Any]) -> LatencyTable:
+        layers = {n: {float(r): (float(v[0]), int(v[1])) for r, v in row.items()} for n, row in obj["layers"].items()}
+        return cls(
+            full_ms=float(obj["full_ms"]), full_params=int(obj["full_params"]), layers=layers, coupled=obj["coupled"]
+        )
 
 
 def _changed_layers(before: nn.Module, after: nn.Module) -> list[str]:
@@ -103,6 +117,38 @@ def build_table(
     for (name, ratio, params), fields in zip(variants, timed[1:], strict=True):
         table.layers.setdefault(name, {})[ratio] = (fields["latency_ms"]["p50"], params)
     return table
+
+
+def cached_table(
+    model: nn.Module,
+    example: Inputs,
+    candidates: list[str],
+    ratios: list[float],
+    prune_one: PruneOne,
+    data: DataSplits,
+    host: HostProfile,
+    spec: MeasureSpec,
+    variant_settings: dict[str, Any],
+) -> tuple[LatencyTable, str | None]:
+    """``build_table``, measured once per host for this structure and these settings.
+
+    ``variant_settings``: whatever else shapes the pruned variants (channel rounding, layers kept
+    whole). Returns the table and, when it came from the cache, when it was measured (else None)."""
+    key = {
+        "structure": host_cache.structure_fingerprint(model, example),
+        "candidates": candidates,
+        "ratios": ratios,
+        "variants": variant_settings,
+        "host": host.model_dump(mode="json"),
+        "measure": spec.model_dump(mode="json", exclude={"eval_batch_size"}),
+        "code": code_version(__name__),
+    }
+
+    def measure() -> dict[str, Any]:
+        return build_table(model, example, candidates, ratios, prune_one, data, host, spec).to_json()
+
+    value, measured_at = host_cache.cached("latency_table", key, measure)
+    return LatencyTable.from_json(value), measured_at
 
 
 def choose_ratios(table: LatencyTable, target_ms: float, grid: list[float]) -> tuple[dict[str, float], float]:

@@ -61,6 +61,7 @@ def test_measured_per_layer_ratios_beat_a_uniform_ratio_with_the_same_parameters
     assert early > late, latency["ratios"]  # the time is early, the weights late
     assert latency["measured_ms"] < latency["measured_full_ms"]
     assert any("predicted p50" in n and "measured" in n for n in record.notes)
+    assert latency["table_cached_from"] is None  # measured by this stage
     kept = details["params_kept"]
     uniform = run(
         {**base, "name": "uni", "stages": ["baseline", {"prune": {"target_params": round(kept, 4)}}]}, tmp_path
@@ -75,6 +76,13 @@ def test_measured_per_layer_ratios_beat_a_uniform_ratio_with_the_same_parameters
     ours, theirs = (np.median(t["latency_samples_ms"]) for t in timed)
     assert ours < 0.9 * theirs, (ours, theirs)
     assert Path(guided.run_dir).is_dir()
+    # another target on the same baseline (a search's next trial): the table is read, not timed again
+    looser = run({**base, "stages": ["baseline", {"prune": {"target_latency_ms": 0.8 * full_ms}}]}, tmp_path)
+    again = looser.stage("prune").details["latency_target"]
+    assert looser.stage("prune").status != "cached"  # a new stage run ...
+    assert again["table_cached_from"] and again["table"] == latency["table"]  # ... that reused the table
+    assert any("reused from this host's cache" in n for n in looser.stage("prune").notes)
+    assert sum(again["ratios"].values()) < sum(latency["ratios"].values())  # a looser target prunes less
 
 
 def test_round_to_auto_times_the_multiples_on_mobilenet_v3_and_prunes_to_the_chosen_one(tmp_path):
