@@ -67,7 +67,7 @@ from edgeslim.prune.graph import (
     sync_head_dims,
     unwrapped_parameters,
 )
-from edgeslim.prune.latency import cached_table, choose_ratios
+from edgeslim.prune.latency import build_table, choose_ratios
 from edgeslim.prune.layers import DROP_LAYERS, drop_blocks
 from edgeslim.prune.multiples import choose_multiple, describe, measure_multiples
 from edgeslim.prune.vocab import prune_vocabulary, token_embedding
@@ -504,7 +504,7 @@ class Prune(Stage[PruneConfig]):
             )
 
         ratios = sorted(cfg.latency_ratios)
-        table, measured_at = cached_table(
+        table = build_table(
             model,
             example,
             candidates,
@@ -513,7 +513,7 @@ class Prune(Stage[PruneConfig]):
             ctx.data,
             ctx.config.host,
             _table_measure(ctx.config.measure),
-            {"round_to": round_to, "ignored": sorted(ignored_names), "dead": sorted(dead)},
+            cache_key={"round_to": round_to, "ignored": sorted(ignored_names), "dead": sorted(dead)},
         )
         chosen, predicted = choose_ratios(table, cfg.target_latency_ms, ratios)  # type: ignore[arg-type]
         if predicted > cfg.target_latency_ms:  # type: ignore[operator]
@@ -526,7 +526,7 @@ class Prune(Stage[PruneConfig]):
             "target": ctx_note,
             "ratios": chosen,
             "table": table.to_json(),
-            "table_cached_from": measured_at,  # None: measured by this stage
+            "table_cached_from": table.cached_from,  # None: measured by this stage
         }
 
     @staticmethod

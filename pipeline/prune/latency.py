@@ -13,7 +13,7 @@ stand for the capacity lost, as in torch-pruning's targets), until the predicted
 minus the summed savings; savings are taken as additive) reaches the target. The prune stage
 prunes with those ratios and reports the predicted against the measured p50 of the result.
 
-``cached_table`` keeps a measured table on this host (``edgeslim.devices.host_cache``), keyed by the
+``build_table`` keeps a measured table on this host (``edgeslim.devices.host_cache``), keyed by the
 model's structure (not its weights), the variants' settings, the host profile, the ``measure:``
 budget and this module's code: the trials of a search that try different targets on the same
 baseline time it once.
@@ -50,6 +50,7 @@ class LatencyTable:
     # layer -> ratio -> (p50 ms of the model with only this layer's group pruned, its parameters)
     layers: dict[str, dict[float, tuple[float, int]]] = field(default_factory=dict)
     coupled: dict[str, list[str]] = field(default_factory=dict)  # layers pruned together with a layer
+    cached_from: str | None = None  # when a table read from this host's cache was measured
 
     def saving(self, layer: str, ratio: float) -> tuple[float, int]:
         """(milliseconds, parameters) removed by pruning ``layer`` at a grid ``ratio`` (0 at ratio 0)."""
@@ -91,64 +92,55 @@ def build_table(
     data: DataSplits,
     host: HostProfile,
     spec: MeasureSpec,
+    cache_key: dict[str, Any] | None = None,
 ) -> LatencyTable:
     """Measure the table (see the module docstring). Layers whose group another candidate already
-    covers (the same layers change) are measured once, under the first name."""
-    full_params, _ = count_params_and_macs(model, example)
-    variants: list[tuple[str, float, int]] = []
-    seen: dict[tuple[str, ...], str] = {}
-    coupled: dict[str, list[str]] = {}
-    with tempfile.TemporaryDirectory(prefix="edgeslim-latency-") as tmp:
-        files = [export_onnx(copy.deepcopy(model).eval(), example, Path(tmp) / "full.onnx")]
-        for name in candidates:
-            probe = prune_one(copy.deepcopy(model), name, ratios[0])
-            group = tuple(_changed_layers(model, probe))
-            if not group or group in seen:
-                continue
-            seen[group] = name
-            coupled[name] = list(group)
-            for ratio in ratios:
-                pruned = probe if ratio == ratios[0] else prune_one(copy.deepcopy(model), name, ratio)
-                params, _ = count_params_and_macs(pruned, example)
-                files.append(export_onnx(pruned.eval(), example, Path(tmp) / f"{len(files)}.onnx"))
-                variants.append((name, ratio, params))
-        timed = measure_side_by_side(files, host, spec, data)
-    table = LatencyTable(full_ms=timed[0]["latency_ms"]["p50"], full_params=full_params, coupled=coupled)
-    for (name, ratio, params), fields in zip(variants, timed[1:], strict=True):
-        table.layers.setdefault(name, {})[ratio] = (fields["latency_ms"]["p50"], params)
-    return table
+    covers (the same layers change) are measured once, under the first name.
 
+    ``cache_key``: whatever else shapes the pruned variants (channel rounding, layers kept whole);
+    given, the table is read from this host's cache when it was measured before for this structure
+    and these settings (``cached_from`` then says when), and stored there when not."""
 
-def cached_table(
-    model: nn.Module,
-    example: Inputs,
-    candidates: list[str],
-    ratios: list[float],
-    prune_one: PruneOne,
-    data: DataSplits,
-    host: HostProfile,
-    spec: MeasureSpec,
-    variant_settings: dict[str, Any],
-) -> tuple[LatencyTable, str | None]:
-    """``build_table``, measured once per host for this structure and these settings.
+    def measure() -> dict[str, Any]:
+        full_params, _ = count_params_and_macs(model, example)
+        variants: list[tuple[str, float, int]] = []
+        seen: dict[tuple[str, ...], str] = {}
+        coupled: dict[str, list[str]] = {}
+        with tempfile.TemporaryDirectory(prefix="edgeslim-latency-") as tmp:
+            files = [export_onnx(copy.deepcopy(model).eval(), example, Path(tmp) / "full.onnx")]
+            for name in candidates:
+                probe = prune_one(copy.deepcopy(model), name, ratios[0])
+                group = tuple(_changed_layers(model, probe))
+                if not group or group in seen:
+                    continue
+                seen[group] = name
+                coupled[name] = list(group)
+                for ratio in ratios:
+                    pruned = probe if ratio == ratios[0] else prune_one(copy.deepcopy(model), name, ratio)
+                    params, _ = count_params_and_macs(pruned, example)
+                    files.append(export_onnx(pruned.eval(), example, Path(tmp) / f"{len(files)}.onnx"))
+                    variants.append((name, ratio, params))
+            timed = measure_side_by_side(files, host, spec, data)
+        table = LatencyTable(full_ms=timed[0]["latency_ms"]["p50"], full_params=full_params, coupled=coupled)
+        for (name, ratio, params), fields in zip(variants, timed[1:], strict=True):
+            table.layers.setdefault(name, {})[ratio] = (fields["latency_ms"]["p50"], params)
+        return table.to_json()
 
-    ``variant_settings``: whatever else shapes the pruned variants (channel rounding, layers kept
-    whole). Returns the table and, when it came from the cache, when it was measured (else None)."""
+    if cache_key is None:
+        return LatencyTable.from_json(measure())
     key = {
         "structure": host_cache.structure_fingerprint(model, example),
         "candidates": candidates,
         "ratios": ratios,
-        "variants": variant_settings,
+        "variants": cache_key,
         "host": host.model_dump(mode="json"),
         "measure": spec.model_dump(mode="json", exclude={"eval_batch_size"}),
         "code": code_version(__name__),
     }
-
-    def measure() -> dict[str, Any]:
-        return build_table(model, example, candidates, ratios, prune_one, data, host, spec).to_json()
-
     value, measured_at = host_cache.cached("latency_table", key, measure)
-    return LatencyTable.from_json(value), measured_at
+    table = LatencyTable.from_json(value)
+    table.cached_from = measured_at
+    return table
 
 
 def choose_ratios(table: LatencyTable, target_ms: float, grid: list[float]) -> tuple[dict[str, float], float]:
