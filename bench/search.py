@@ -37,6 +37,7 @@ import argparse
 import copy
 import datetime
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -276,8 +277,6 @@ def _hand_over_default(source: Path, target: Path) -> None:
 
 
 def _command() -> str:
-    import os
-
     niceness = os.nice(0)
     prefix = [f"nice -n {niceness}"] if niceness else []
     return " ".join([*prefix, ".venv/bin/python bench/search.py", *sys.argv[1:]])

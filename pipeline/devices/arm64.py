@@ -33,6 +33,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from edgeslim.devices import cache_home
 from edgeslim.engine.children import run_child
 
 CORES = ("cortex-a53", "cortex-a72", "cortex-a76")
@@ -97,8 +98,7 @@ class Arm64Env:
 
 def default_cache_dir() -> Path:
     """``$EDGESLIM_CACHE/arm64``, else ``~/.cache/edgeslim/arm64``: outside the repo, shared by runs."""
-    base = os.environ.get("EDGESLIM_CACHE")
-    return (Path(base) if base else Path.home() / ".cache" / "edgeslim") / "arm64"
+    return cache_home() / "arm64"
 
 
 # --------------------------------------------------------------------------- checks

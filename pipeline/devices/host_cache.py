@@ -23,6 +23,7 @@ from torch import nn
 
 from edgeslim.config.schema import canonical_hash
 from edgeslim.data.batches import Inputs
+from edgeslim.devices import cache_home
 from edgeslim.devices.edgeslim_bench import device_facts
 from edgeslim.engine.store import read_json, write_json
 
@@ -33,8 +34,7 @@ def cache_root() -> Path:
     explicit = os.environ.get("EDGESLIM_HOST_CACHE")
     if explicit:
         return Path(explicit)
-    base = os.environ.get("EDGESLIM_CACHE")
-    return (Path(base) if base else Path.home() / ".cache" / "edgeslim") / "host"
+    return cache_home() / "host"
 
 
 def structure_fingerprint(model: nn.Module, example: Inputs) -> str:

@@ -101,7 +101,7 @@ def build_table(
     given, the table is read from this host's cache when it was measured before for this structure
     and these settings (``cached_from`` then says when), and stored there when not."""
 
-    def measure() -> dict[str, Any]:
+    def measure() -> LatencyTable:
         full_params, _ = count_params_and_macs(model, example)
         variants: list[tuple[str, float, int]] = []
         seen: dict[tuple[str, ...], str] = {}
@@ -124,10 +124,10 @@ def build_table(
         table = LatencyTable(full_ms=timed[0]["latency_ms"]["p50"], full_params=full_params, coupled=coupled)
         for (name, ratio, params), fields in zip(variants, timed[1:], strict=True):
             table.layers.setdefault(name, {})[ratio] = (fields["latency_ms"]["p50"], params)
-        return table.to_json()
+        return table
 
     if cache_key is None:
-        return LatencyTable.from_json(measure())
+        return measure()
     key = {
         "structure": host_cache.structure_fingerprint(model, example),
         "candidates": candidates,
@@ -137,7 +137,7 @@ def build_table(
         "measure": spec.model_dump(mode="json", exclude={"eval_batch_size"}),
         "code": code_version(__name__),
     }
-    value, measured_at = host_cache.cached("latency_table", key, measure)
+    value, measured_at = host_cache.cached("latency_table", key, lambda: measure().to_json())
     table = LatencyTable.from_json(value)
     table.cached_from = measured_at
     return table
