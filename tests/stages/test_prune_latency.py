@@ -82,7 +82,10 @@ def test_measured_per_layer_ratios_beat_a_uniform_ratio_with_the_same_parameters
     assert looser.stage("prune").status != "cached"  # a new stage run ...
     assert again["table_cached_from"] and again["table"] == latency["table"]  # ... that reused the table
     assert any("reused from this host's cache" in n for n in looser.stage("prune").notes)
-    assert sum(again["ratios"].values()) < sum(latency["ratios"].values())  # a looser target prunes less
+    # a looser target stops earlier on the same greedy path: no layer pruned more (the grid is coarse,
+    # so both targets may stop at the same step), and its own target is reached
+    assert all(r <= latency["ratios"].get(layer, 0) for layer, r in again["ratios"].items()), again["ratios"]
+    assert again["target"] == "reached" and again["predicted_ms"] <= 0.8 * full_ms
 
 
 def test_round_to_auto_times_the_multiples_on_mobilenet_v3_and_prunes_to_the_chosen_one(tmp_path):
