@@ -37,6 +37,7 @@ def _row(t: TrialSummary, front: set[int]) -> list[str]:
     state = t.state + (" ★" if t.number in front else "") + ("" if t.feasible is not False else " (infeasible)")
     state += " (default)" if t.default else ""
     state += " (initial)" if t.initial else ""
+    state += f" (repeat of {t.repeat_of})" if t.repeat_of is not None else ""
     note = t.error or (f"pruned at {t.pruned_at}" if t.pruned_at else "")
     return [str(t.number), state, params, accuracy, test, _fmt(t.latency_ms), size, t.run_dir or "", note]
 

@@ -41,6 +41,7 @@ class TrialSummary(BaseModel):
     default: bool = False  # runs the config's own settings
     initial: bool = False  # one of the space-filling first points (search.initial: lhs)
     pruned_at: str | None = None
+    repeat_of: int | None = None  # the earlier trial whose settings (and result) this one repeats
 
 
 class SearchSummary(BaseModel):
@@ -89,6 +90,7 @@ def trial_summary(t: FrozenTrial) -> TrialSummary:
         default=bool(a.get("default")),
         initial=bool(a.get("initial")),
         pruned_at=a.get("pruned_at"),
+        repeat_of=a.get("repeat_of"),
     )
 
 
@@ -101,7 +103,11 @@ def dominates(a: list[float], b: list[float], signs: list[float]) -> bool:
 
 def pareto_front(trials: list[TrialSummary], objectives: dict[str, str]) -> list[int]:
     signs = [1.0 if d == "max" else -1.0 for d in objectives.values()]
-    pool = [t for t in trials if t.state == "complete" and t.values is not None and t.feasible is not False]
+    pool = [
+        t
+        for t in trials
+        if t.state == "complete" and t.values is not None and t.feasible is not False and t.repeat_of is None
+    ]
     return [
         t.number
         for t in pool
@@ -142,6 +148,7 @@ def summarize(study: optuna.Study, cfg: SearchConfig, search_dir: Path) -> Searc
             t.number
             for t in trials
             if t.state == "complete"
+            and t.repeat_of is None
             and t.values is not None
             and t.feasible is not False
             and dominates(t.values, default.values, signs)

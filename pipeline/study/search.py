@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import optuna
 import yaml
-from optuna.trial import Trial, TrialState
+from optuna.trial import FrozenTrial, Trial, TrialState
 from rich.console import Console
 
 from edgeslim import api
@@ -63,6 +63,7 @@ CURVE_ATTR = "curve"  # the watched stage's validation accuracy per epoch
 CONSTRAINTS_ATTR = "constraints"
 DEFAULT_ATTR = "default"  # the trial that runs the config's own settings
 INITIAL_ATTR = "initial"  # a trial of the space-filling first generation (search.initial: lhs)
+MAX_REPEATS = 20  # consecutive trials repeating settings already run: the space is exhausted, the search stops
 
 
 @dataclass(frozen=True)
@@ -304,6 +305,7 @@ def _search(setup: SearchSetup, search_dir: Path, storage: str | None, worker: b
     cfg = setup.search
     study, url, rdb = open_study(setup, search_dir, storage, worker)
     deadline = None if cfg.timeout_s is None else time.monotonic() + cfg.timeout_s
+    repeats = 0
     console.print(
         f"[bold]search {setup.name}[/bold]: {cfg.sampler_name}, objectives {cfg.objectives}, study {st._shown(url)}"
     )
@@ -317,8 +319,14 @@ def _search(setup: SearchSetup, search_dir: Path, storage: str | None, worker: b
                 break
             trial = ask(study)
             trial.set_user_attr(st.WORKER_ATTR, st.worker_id())
-        _run_trial(setup, search_dir, study, trial, console)
+        repeats = repeats + 1 if _run_trial(setup, search_dir, study, trial, console) else 0
         write_search_reports(search_dir, summarize(study, cfg, search_dir))
+        if repeats >= MAX_REPEATS:
+            console.print(
+                f"[yellow]search {setup.name}: the last {repeats} trials repeated settings already run "
+                "(the space looks exhausted): stopping[/yellow]"
+            )
+            break
     summary = summarize(study, cfg, search_dir)
     write_search_reports(search_dir, summary)
     done = sum(t.state == "complete" for t in summary.trials)
@@ -326,11 +334,18 @@ def _search(setup: SearchSetup, search_dir: Path, storage: str | None, worker: b
     return SearchResult(search_dir, summary)
 
 
-def _run_trial(setup: SearchSetup, search_dir: Path, study: optuna.Study, trial: Trial, console: Console) -> None:
+def _run_trial(setup: SearchSetup, search_dir: Path, study: optuna.Study, trial: Trial, console: Console) -> bool:
+    """Run one trial's pipeline and tell the study its outcome; True when it only repeated an earlier
+    trial's settings (nothing ran)."""
     cfg, number = setup.search, trial.number
     name = trial_name(number)
     params = suggest(trial, cfg)
     shown = ", ".join(f"{k.rsplit('.', 1)[-1]}={_short(v)}" for k, v in params.items())
+    earlier = repeat_of(study, number, params)
+    if earlier is not None:
+        tell_repeat(study, trial, earlier)
+        console.print(f"[dim]{name}[/dim] {shown} → repeats trial {earlier.number} (its result, not counted)")
+        return True
     started = time.perf_counter()
     state, values, note = TrialState.FAIL, None, ""
     try:
@@ -387,6 +402,31 @@ def _run_trial(setup: SearchSetup, search_dir: Path, study: optuna.Study, trial:
     study.tell(trial, values if state == TrialState.COMPLETE else None, state=state)
     colour = {TrialState.COMPLETE: "green", TrialState.PRUNED: "yellow"}.get(state, "red")
     console.print(f"[{colour}]{name}[/{colour}] {shown} → {state.name.lower()}: {note}", highlight=False)
+    return False
+
+
+def repeat_of(study: optuna.Study, number: int, params: dict[str, Any]) -> FrozenTrial | None:
+    """The complete trial that already ran exactly these settings (an NSGA-II child equal to its
+    parent, a draw from a small choice space), if any: running it again would only read the stage
+    cache, and counting it would spend a slot of the budget on nothing new."""
+    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        if t.number != number and t.params == params and t.user_attrs.get(st.REPEAT_ATTR) is None:
+            return t
+    return None
+
+
+def tell_repeat(study: optuna.Study, trial: Trial, earlier: FrozenTrial) -> None:
+    """Record ``earlier``'s result as the trial's own (the samplers see the point it asked about) and mark
+    it a repeat: not counted in the budget, not drawn on the front, its curve not one the pruner compares."""
+    own = {st.WORKER_ATTR, DEFAULT_ATTR, INITIAL_ATTR, CURVE_ATTR, "duration_s"}
+    for key, value in earlier.user_attrs.items():
+        if key not in own:
+            trial.set_user_attr(key, value)
+    trial.set_user_attr(st.REPEAT_ATTR, earlier.number)
+    trial.set_user_attr("duration_s", 0.0)
+    for key, value in dict(earlier.user_attrs.get(CONSTRAINTS_ATTR) or {}).items():
+        trial.set_constraint(key, value)
+    study.tell(trial, list(earlier.values), state=TrialState.COMPLETE)
 
 
 def _short(value: Any) -> str:

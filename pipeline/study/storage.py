@@ -31,6 +31,7 @@ from edgeslim.errors import UserError
 
 WORKER_ATTR = "worker"  # "host:pid" of the process that runs the trial
 INTERRUPTED_ATTR = "interrupted"  # a trial whose process died or was stopped: redone, not counted
+REPEAT_ATTR = "repeat_of"  # a trial whose settings an earlier complete trial ran: its result, free, not counted
 STUDY_DB = "study.db"
 
 
@@ -115,7 +116,10 @@ def claim_lock(url: str, study_name: str, storage: optuna.storages.RDBStorage) -
 
 def counted(trial: FrozenTrial) -> bool:
     """Trials that use the budget: finished ones (complete, pruned, failed in the pipeline) and running
-    ones; not those interrupted (they are queued again) nor queued ones (they are not started)."""
+    ones; not those interrupted (they are queued again), repeats (nothing ran) nor queued ones (they
+    are not started)."""
+    if trial.user_attrs.get(REPEAT_ATTR) is not None:
+        return False
     if trial.state == TrialState.FAIL:
         return not trial.user_attrs.get(INTERRUPTED_ATTR)
     return trial.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)

@@ -17,7 +17,7 @@ import yaml
 
 from edgeslim.api import open_run
 from edgeslim.study.front import read_summary
-from edgeslim.study.search import export_best, search
+from edgeslim.study.search import MAX_REPEATS, export_best, search
 from tests.conftest import small_config, write_config
 
 STAGES = [
@@ -94,6 +94,23 @@ def test_failed_and_pruned_trials_are_recorded_and_the_search_goes_on(tmp_path):
     failed = next(t for t in result.trials if t.state == "failed")
     assert "guard" in failed.error and "\n" not in failed.error
     assert all(t.state in ("complete", "failed", "pruned") for t in result.trials)
+
+
+def test_a_trial_repeating_settings_already_run_is_free_and_an_exhausted_space_ends_the_search(tmp_path):
+    cfg = search_config(trials=4, sampler="random")
+    cfg["search"]["space"] = {"stages.prune.importance": ["l1", "taylor"]}  # two points: the budget cannot be met
+    result = search(cfg, tmp_path)
+    ran = [t for t in result.trials if t.repeat_of is None]
+    assert sorted(t.params["stages.prune.importance"] for t in ran) == ["l1", "taylor"]
+    assert all(t.repeat_of is not None for t in result.trials[-MAX_REPEATS:])  # then it stopped
+    for t in result.trials:
+        if t.repeat_of is not None:
+            first = result.summary.trial(t.repeat_of)
+            assert t.params == first.params and t.values == first.values and t.accuracy == first.accuracy
+            assert t.duration_s == 0.0 and t.state == "complete" and first.repeat_of is None
+            assert not (result.search_dir / "trials" / f"trial-{t.number:04d}").exists()  # nothing ran
+    assert result.summary.front and set(result.summary.front) <= {t.number for t in ran}
+    assert "(repeat of 0)" in (result.search_dir / "search.md").read_text()
 
 
 def _worker(config: Path, out: Path, *extra: str) -> subprocess.Popen:
