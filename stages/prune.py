@@ -19,8 +19,9 @@ BERT-style attention layer's heads whole (torch-pruning's ``prune_num_heads``); 
 go into the pruning history (``{"attention_heads": {name: count}}``), since the pruned shapes alone
 do not tell them, so a rebuilt model matches. torch-pruning cannot remove heads of
 ``nn.MultiheadAttention``: asking it to is a one-line error, as is a model with no attention.
-``drop_layers`` first removes whole transformer blocks, measured one by one
-(:mod:`edgeslim.prune.layers`).
+``drop_layers`` first removes whole transformer blocks, measured one by one; in a model without
+attention it replaces that many skippable blocks (residual blocks, squeeze-excitations) by the
+identity, chosen the same way (:mod:`edgeslim.prune.layers`).
 
 What torch-pruning cannot see is handled before it runs (:mod:`edgeslim.prune.graph`): bare
 parameters (a ViT's ``cls_token``/``pos_embed``) shrink with the embedding, or keep the layers
@@ -68,7 +69,7 @@ from edgeslim.prune.graph import (
     unwrapped_parameters,
 )
 from edgeslim.prune.latency import build_table, choose_ratios
-from edgeslim.prune.layers import DROP_LAYERS, drop_blocks
+from edgeslim.prune.layers import DROP_BLOCKS, DROP_LAYERS, drop_blocks, drop_skippable
 from edgeslim.prune.multiples import choose_multiple, describe, measure_multiples
 from edgeslim.prune.vocab import prune_vocabulary, token_embedding
 from edgeslim.train.loop import evaluate, recalibrate_batchnorm
@@ -129,10 +130,14 @@ def _vocabulary_note(v: dict[str, Any]) -> str:
 
 
 def _depth_note(d: dict[str, Any]) -> str:
+    which = (
+        f"dropped blocks {d['indices']} of {d['container']} (kept {d['kept']}"
+        if "container" in d
+        else f"replaced blocks {', '.join(d['blocks'])} by the identity ("
+    )
     return (
-        f"dropped blocks {d['indices']} of {d['container']} (kept {d['kept']}; each the one whose absence raised "
-        f"the calibration loss least): params {d['params_before']:,} → {d['params_after']:,}, val accuracy "
-        f"{d['val_accuracy_before']:.4f} → {d['val_accuracy_after']:.4f}"
+        f"{which}; each the one whose absence raised the calibration loss least): params {d['params_before']:,} → "
+        f"{d['params_after']:,}, val accuracy {d['val_accuracy_before']:.4f} → {d['val_accuracy_after']:.4f}"
     )
 
 
@@ -180,8 +185,9 @@ class PruneConfig(StrictModel):
     drop_layers: int = Field(
         0,
         ge=0,
-        description="transformers: remove this many whole blocks first, each time the one whose absence raises "
-        "the calibration loss least (measured by skipping it)",
+        description="remove this many whole blocks first (transformer blocks; in models without attention, "
+        "residual blocks or squeeze-excitations, replaced by the identity), each time the one whose absence "
+        "raises the calibration loss least (measured by skipping it)",
     )
     vocabulary: bool = Field(
         False,
@@ -269,15 +275,19 @@ class Prune(Stage[PruneConfig]):
         params_before, _ = count_params_and_macs(model, example)
         acc_before, _ = evaluate(model, ctx.data.val)
         try:
-            edit = drop_blocks(model, cfg.drop_layers, x, y, F.cross_entropy)
+            if head_counts(model):  # a transformer: remove blocks from its list (and its config's layer count)
+                edit = drop_blocks(model, cfg.drop_layers, x, y, F.cross_entropy)
+            else:
+                edit = drop_skippable(model, cfg.drop_layers, example, x, y, F.cross_entropy)
         except ValueError as exc:
             raise UserError(f"{where}: {exc}") from None
         _check_still_runs(model, example, where)
         params, _ = count_params_and_macs(model, example)
+        recorded = edit.get(DROP_LAYERS) or edit[DROP_BLOCKS]
         return {
             "edit": edit,
-            **{k: v for k, v in edit[DROP_LAYERS].items() if k != "scores"},
-            "skip_losses": edit[DROP_LAYERS]["scores"],
+            **{k: v for k, v in recorded.items() if k != "scores"},
+            "skip_losses": recorded["scores"],
             "params_before": params_before,
             "params_after": params,
             "val_accuracy_before": acc_before,

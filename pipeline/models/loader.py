@@ -268,11 +268,12 @@ def replace_head(model: nn.Module, spec: dict[str, Any]) -> None:
 def apply_edits(model: nn.Module, edits: list[Any], example: Inputs) -> None:
     """Replay architecture edits in order: runs of pruning-history entries, head swaps, and the attention
     head counts a prune that removed whole heads recorded (``{"attention_heads": {name: count}}``),
-    removed transformer blocks (``{"drop_layers": {...}}``) and vocabulary pruning (``{"vocabulary": {...}}``)."""
+    removed transformer blocks (``{"drop_layers": {...}}``), skipped blocks of other models
+    (``{"drop_blocks": {...}}``) and vocabulary pruning (``{"vocabulary": {...}}``)."""
     import torch_pruning as tp
 
     from edgeslim.prune.graph import HEAD_COUNTS, find_unused, graph_arguments, set_head_counts, sync_head_dims
-    from edgeslim.prune.layers import DROP_LAYERS, apply_drop
+    from edgeslim.prune.layers import DROP_BLOCKS, DROP_LAYERS, apply_drop, apply_drop_blocks
     from edgeslim.prune.vocab import VOCABULARY, apply_vocabulary
 
     pending: list[Any] = []
@@ -296,6 +297,9 @@ def apply_edits(model: nn.Module, edits: list[Any], example: Inputs) -> None:
         elif isinstance(edit, dict) and DROP_LAYERS in edit:
             flush()
             apply_drop(model, edit[DROP_LAYERS])
+        elif isinstance(edit, dict) and DROP_BLOCKS in edit:
+            flush()
+            apply_drop_blocks(model, edit[DROP_BLOCKS])
         elif isinstance(edit, dict) and VOCABULARY in edit:
             flush()
             apply_vocabulary(model, edit[VOCABULARY])

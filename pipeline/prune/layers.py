@@ -13,6 +13,14 @@ hand-written ViTs). The edit goes into the pruning history as
 ``{"drop_layers": {"container": name, "indices": [...], "kept": [...]}}`` and is replayed when the
 model is loaded; ``kept`` (the surviving blocks' original indices) lets layer distillation map each
 student block to the teacher block it came from.
+
+Models without attention (ResNets, MobileNets, EfficientNets) drop **skippable blocks** instead: any
+module held in an ``nn.Sequential``/``nn.ModuleList`` that has a convolution or linear layer and
+returns a tensor of its input's shape (a residual block, a squeeze-excitation) can be replaced by the
+identity. At the sizes edge models run, an INT8 convolution has a fixed cost of several microseconds
+however few its channels, so removing whole blocks is what lowers latency once channels are thin.
+The same greedy measurement picks them; the edit ``{"drop_blocks": {"blocks": [names], ...}}``
+replaces them by ``nn.Identity`` (module names stay stable for the pruning history after it).
 """
 
 from __future__ import annotations
@@ -27,6 +35,7 @@ from edgeslim.data.batches import Inputs, call
 from edgeslim.models.blocks import transformer_blocks
 
 DROP_LAYERS = "drop_layers"
+DROP_BLOCKS = "drop_blocks"
 
 
 class SkippedBlock(nn.Module):
@@ -120,6 +129,85 @@ def drop_blocks(
 def apply_drop(model: nn.Module, edit: dict[str, Any]) -> None:
     """Replay a recorded ``drop_layers`` edit on a freshly built model."""
     remove_blocks(model, edit["container"], list(edit["indices"]))
+
+
+def skippable_blocks(model: nn.Module, example: Inputs) -> list[str]:
+    """Names of the modules the identity can stand in for: children of an ``nn.Sequential`` or
+    ``nn.ModuleList`` that hold a convolution or linear layer, run once per forward and return one
+    tensor of their one input's shape and dtype (residual blocks, squeeze-excitations)."""
+    seen: dict[str, list[bool]] = {}
+    hooks = []
+
+    def record(name: str, _module: nn.Module, args: tuple[Any, ...], out: Any) -> None:
+        same = (
+            len(args) == 1
+            and isinstance(args[0], torch.Tensor)
+            and isinstance(out, torch.Tensor)
+            and out.shape == args[0].shape
+            and out.dtype == args[0].dtype
+        )
+        seen.setdefault(name, []).append(same)
+
+    for parent_name, parent in model.named_modules():
+        if not isinstance(parent, (nn.Sequential, nn.ModuleList)):
+            continue
+        for child_name, child in parent.named_children():
+            if any(isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)) for m in child.modules()):
+                name = f"{parent_name}.{child_name}" if parent_name else child_name
+                hooks.append(child.register_forward_hook(lambda m, a, o, name=name: record(name, m, a, o)))
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            call(model, example)
+    finally:
+        for hook in hooks:
+            hook.remove()
+        model.train(was_training)
+    return [name for name, calls in seen.items() if calls == [True]]
+
+
+@torch.no_grad()
+def drop_skippable(
+    model: nn.Module,
+    count: int,
+    example: Inputs,
+    x: Inputs,
+    y: torch.Tensor,
+    loss: Callable[[Any, torch.Tensor], Any],
+) -> dict[str, Any]:
+    """Replace ``count`` skippable blocks by the identity, greedily (the one whose absence raises the loss
+    on ``(x, y)`` least first, the rest scored again after each); returns the history edit."""
+    model.eval()
+    dropped: list[str] = []
+    scores = []
+    for _ in range(count):
+        names = skippable_blocks(model, example)
+        if not names:
+            found = f"only {len(dropped)}" if dropped else "none"
+            raise ValueError(
+                f"cannot drop {count} blocks: {found} can be skipped (a block held in a Sequential or ModuleList, "
+                "with a convolution or linear layer, returning its input's shape)"
+            )
+        losses = {}
+        for name in names:
+            block = model.get_submodule(name)
+            model.set_submodule(name, nn.Identity())
+            try:
+                losses[name] = float(loss(call(model, x), y))
+            finally:
+                model.set_submodule(name, block)
+        best = min(losses, key=losses.__getitem__)
+        scores.append({"block": best, "loss_without": losses[best], "losses": losses})
+        model.set_submodule(best, nn.Identity())
+        dropped.append(best)
+    return {DROP_BLOCKS: {"blocks": dropped, "scores": scores}}
+
+
+def apply_drop_blocks(model: nn.Module, edit: dict[str, Any]) -> None:
+    """Replay a recorded ``drop_blocks`` edit on a freshly built model."""
+    for name in edit["blocks"]:
+        model.set_submodule(name, nn.Identity())
 
 
 def kept_blocks(history: list[Any]) -> list[int] | None:

@@ -342,3 +342,27 @@ def test_attention_settings_find_timm_style_and_torch_attention():
     assert settings["num_heads"] == {block.attn.qkv: 3 for block in vit.blocks}
     mha = MhaNet()
     assert attention_settings(mha)["out_channel_groups"] == {mha.attn: 4}
+
+
+def test_a_resnet_drops_whole_residual_blocks_then_prunes_channels_and_exports(tmp_path, data):
+    """``drop_layers`` on a model without attention: residual blocks replaced by the identity (chosen by
+    the calibration loss), then channel pruning; later stages rebuild the shorter model from the history."""
+    spec = ModelSpec(name="resnet18", kwargs={"width_mult": 0.125})
+    loader = ModelLoader(spec, 1, data.num_classes, data.example_batch(2))
+    stages = [{"prune": {"importance": "l1", "pruning_ratio": 0.5, "drop_layers": 2}}, "export"]
+    source = Artifact(kind=TORCH, directory=None)
+    pruned = stage_for(stages).execute(make_context(tmp_path / "prune", data, loader, source, stages))
+    dropped = pruned.details["drop_layers"]
+    assert len(dropped["blocks"]) == 2 and set(dropped["blocks"]) <= {
+        "layer1.0",
+        "layer1.1",
+        "layer2.1",
+        "layer3.1",
+        "layer4.1",
+    }
+    assert any("by the identity" in note for note in pruned.notes)
+    model = loader.load(pruned.artifact)  # rebuilt from its history: the blocks gone, the channels pruned
+    assert all(isinstance(model.get_submodule(n), nn.Identity) for n in dropped["blocks"])
+    assert model.layer4[0].conv1.out_channels < 64
+    exported = stage_for(stages, 1).execute(make_context(tmp_path / "export", data, loader, pruned.artifact, stages, 1))
+    assert exported.details["parity"]["top1_agreement"] == 1.0

@@ -9,8 +9,18 @@ from torch import nn
 
 from edgeslim.data.batches import call
 from edgeslim.models import hf
+from edgeslim.models.architectures import MobileNetV3Small, ResNet18
 from edgeslim.models.blocks import transformer_blocks
-from edgeslim.prune.layers import apply_drop, block_container, drop_blocks, kept_blocks, skip_losses
+from edgeslim.prune.layers import (
+    apply_drop,
+    apply_drop_blocks,
+    block_container,
+    drop_blocks,
+    drop_skippable,
+    kept_blocks,
+    skip_losses,
+    skippable_blocks,
+)
 
 
 class _Residual(nn.Module):
@@ -72,3 +82,37 @@ def test_a_bert_loses_a_block_and_still_runs(tiny_bert: Path) -> None:
     assert edit["container"] == "hf.bert.encoder.layer" and len(edit["kept"]) == 1
     assert len(transformer_blocks(model)) == 1 and model.hf.config.num_hidden_layers == 1
     assert call(model, x).shape == (4, 2)
+
+
+def test_a_cnn_without_attention_skips_its_residual_blocks_by_measurement_and_replays_it() -> None:
+    torch.manual_seed(0)
+    model = ResNet18(in_channels=1, num_classes=4, width_mult=0.125).eval()
+    example = torch.randn(1, 1, 16, 16)
+    # the blocks whose output has their input's shape: not the downsampling first blocks of stages 2-4
+    assert skippable_blocks(model, example) == ["layer1.0", "layer1.1", "layer2.1", "layer3.1", "layer4.1"]
+    x = torch.randn(32, 1, 16, 16)
+    y = call(model, x).argmax(1)
+    edit = drop_skippable(model, 2, example, x, y, F.cross_entropy)["drop_blocks"]
+    assert len(edit["blocks"]) == 2 and len(set(edit["blocks"])) == 2
+    first = edit["scores"][0]
+    assert first["block"] == min(first["losses"], key=first["losses"].get)  # the cheapest absence went first
+    assert all(isinstance(model.get_submodule(n), nn.Identity) for n in edit["blocks"])
+    assert skippable_blocks(model, example) == [
+        n for n in ["layer1.0", "layer1.1", "layer2.1", "layer3.1", "layer4.1"] if n not in edit["blocks"]
+    ]
+    fresh = ResNet18(in_channels=1, num_classes=4, width_mult=0.125).eval()
+    apply_drop_blocks(fresh, edit)
+    fresh.load_state_dict(model.state_dict())  # the same parameters: nothing but the dropped blocks is missing
+    torch.testing.assert_close(call(fresh, x), call(model, x))
+    with pytest.raises(ValueError, match="cannot drop 9 blocks: only 3 can be skipped"):
+        drop_skippable(fresh, 9, example, x, y, F.cross_entropy)
+
+
+def test_a_mobilenet_offers_its_residual_blocks_and_squeeze_excitations() -> None:
+    model = MobileNetV3Small(in_channels=1, num_classes=4, width_mult=0.25).eval()
+    names = skippable_blocks(model, torch.randn(1, 1, 32, 32))
+    residual = [f"features.{i}" for i, b in enumerate(model.features) if getattr(b, "use_residual", False)]
+    assert residual and set(residual) <= set(names)
+    squeeze = [n for n, m in model.named_modules() if type(m).__name__ == "SqueezeExcitation"]
+    assert squeeze and set(squeeze) <= set(names)
+    assert "features.1" not in names  # stride 2: its output is not its input's shape
