@@ -18,7 +18,7 @@ normalized against the same reference point (the default's p50 x 2, the baseline
 With ``--seeds 0 1 2`` every search runs once per sampler seed (the default trial shared): the
 hypervolumes in the row are the means over the seeds (each seed's in ``seeds``), the best is taken
 over every seed's NSGA-II and TPE trials. ``--finetune-epochs 2 4`` adds the fine-tuning epochs to
-the space.
+the space, ``--drop-layers 1 2 3`` the number of whole blocks the prune stage removes first.
 
 Usage::
 
@@ -110,6 +110,14 @@ def main() -> int:
         default=None,
         help="also search stages.finetune.epochs over these values (the config's own must be one of them)",
     )
+    parser.add_argument(
+        "--drop-layers",
+        type=int,
+        nargs="+",
+        default=None,
+        help="also search stages.prune.drop_layers (whole blocks replaced by the identity) over these values "
+        "(0, the config's own, is added)",
+    )
     parser.add_argument("--out-dir", type=Path, default=ROOT / "artifacts" / "search_bench")
     parser.add_argument("--docs-dir", type=Path, default=ROOT / "docs")
     args = parser.parse_args()
@@ -129,9 +137,14 @@ def main() -> int:
     space = dict(SPACE)
     if args.finetune_epochs:
         space["stages.finetune.epochs"] = sorted(args.finetune_epochs)
+    if args.drop_layers:
+        space["stages.prune.drop_layers"] = sorted({0, *args.drop_layers})
     for model in args.models:
         started = time.perf_counter()
         base = base_config(model, args.max_samples)
+        if args.drop_layers:  # written out so the default is a point of the space
+            prune = next(s["prune"] for s in base["stages"] if isinstance(s, dict) and "prune" in s)
+            prune.setdefault("drop_layers", 0)
         runs: dict[int, dict[str, tuple[Any, float]]] = {}  # seed -> sampler -> (search result, wall s)
         first_dir = None  # seed 0's NSGA-II search: it runs the default trial, handed to every other search
         for seed in args.seeds:
