@@ -49,22 +49,24 @@ def storage_url(search_dir: Path, storage: str | None) -> str:
 
 def open_storage(url: str, attempts: int = 5) -> optuna.storages.RDBStorage:
     """Open (creating its tables on first use) the study storage. Workers starting together race to
-    create the tables; the losers see a duplicate-key error and simply open them a moment later."""
+    create the tables: on SQLite they take turns under a file lock beside the database; on a server
+    the losers see a duplicate-key error (SQLite's form of it: "table … already exists") and simply
+    open the tables a moment later."""
     from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 
     for attempt in range(attempts):
         try:
-            return optuna.storages.RDBStorage(url, engine_kwargs=_engine_kwargs(url))
+            with _sqlite_lock(url):
+                return optuna.storages.RDBStorage(url, engine_kwargs=_engine_kwargs(url))
         except ModuleNotFoundError as exc:
             raise UserError(
                 f"search --storage {_shown(url)}: its database driver is not installed ({exc.name})"
             ) from None
-        except (IntegrityError, ProgrammingError) as exc:  # another worker is creating the tables
-            if attempt == attempts - 1:
+        except (IntegrityError, ProgrammingError, OperationalError) as exc:
+            racing = not isinstance(exc, OperationalError) or "already exists" in str(exc)
+            if not racing or attempt == attempts - 1:  # unreachable server, bad credentials, not a database
                 raise _cannot_open(url, exc) from None
-            time.sleep(0.5 + attempt)
-        except OperationalError as exc:  # unreachable server, bad credentials, not a database
-            raise _cannot_open(url, exc) from None
+            time.sleep(0.5 + attempt)  # another worker is creating the tables
         except Exception as exc:
             raise _cannot_open(url, exc) from None
     raise AssertionError("unreachable")
@@ -91,16 +93,33 @@ def _shown(url: str) -> str:
 
 
 @contextlib.contextmanager
+def _sqlite_lock(url: str, required: bool = False) -> Iterator[None]:
+    """The file lock beside an SQLite study (nothing for a server; nothing where it cannot be made,
+    unless ``required``)."""
+    if not url.startswith("sqlite:///"):
+        yield
+        return
+    try:
+        handle = open(Path(url.split(":///", 1)[1] + ".claim.lock"), "a")  # noqa: SIM115 - held across the yield
+    except OSError:
+        if required:
+            raise
+        yield
+        return
+    with handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
 def claim_lock(url: str, study_name: str, storage: optuna.storages.RDBStorage) -> Iterator[None]:
     """Hold the study's claim lock (see the module docstring)."""
     if url.startswith("sqlite"):
-        path = Path(url.split(":///", 1)[1] + ".claim.lock")
-        with open(path, "a") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+        with _sqlite_lock(url, required=True):
+            yield
         return
     from sqlalchemy import text
 
