@@ -198,6 +198,7 @@ def main() -> int:
             and t.accuracy >= default.accuracy
             and t.latency_ms < default.latency_ms
             and not t.default
+            and t.repeat_of is None  # a repeat carries its earlier trial's result: name that trial
         ]
         best, best_in, best_seed = min(dominating, key=lambda c: c[0].latency_ms) if dominating else (None, None, None)
         best_dir = None if best is None else runs[best_seed][best_in][0].search_dir

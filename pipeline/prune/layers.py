@@ -138,7 +138,7 @@ def skippable_blocks(model: nn.Module, example: Inputs) -> list[str]:
     seen: dict[str, list[bool]] = {}
     hooks = []
 
-    def record(name: str, _module: nn.Module, args: tuple[Any, ...], out: Any) -> None:
+    def record(name: str, args: tuple[Any, ...], out: Any) -> None:
         same = (
             len(args) == 1
             and isinstance(args[0], torch.Tensor)
@@ -154,7 +154,7 @@ def skippable_blocks(model: nn.Module, example: Inputs) -> list[str]:
         for child_name, child in parent.named_children():
             if any(isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)) for m in child.modules()):
                 name = f"{parent_name}.{child_name}" if parent_name else child_name
-                hooks.append(child.register_forward_hook(lambda m, a, o, name=name: record(name, m, a, o)))
+                hooks.append(child.register_forward_hook(lambda _m, a, o, name=name: record(name, a, o)))
     was_training = model.training
     model.eval()
     try:
