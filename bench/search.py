@@ -267,6 +267,7 @@ def main() -> int:
             "population_size": args.population,
             "nsga2_operators": {k: SearchConfig.model_fields[k].default for k in ("crossover", "mutation")},
             "nsga2_initial": SearchConfig.model_fields["initial"].default,
+            "nsga2_duplicate_tolerance": SearchConfig.model_fields["duplicate_tolerance"].default,
             "command": _command(),
         }
         results = [r for r in results if r["model"] != model] + [row]
@@ -360,7 +361,8 @@ def _write(args: argparse.Namespace, results: list[dict[str, Any]], device: dict
             f"fronts {r['front_nsga2']} / {r['front_random']} / {r.get('front_tpe', '–')}; wall NSGA-II "
             f"{r['wall_s_nsga2']} s, random {r['wall_s_random']} s, TPE {r.get('wall_s_tpe', '–')} s; "
             f"NSGA-II population {r.get('population_size')}, operators "
-            f"{r.get('nsga2_operators')}, first generation {r.get('nsga2_initial', 'random (before lhs)')}."
+            f"{r.get('nsga2_operators')}, first generation {r.get('nsga2_initial', 'random (before lhs)')}, "
+            f"duplicate tolerance {r.get('nsga2_duplicate_tolerance', '0 (before it)')}."
             + "".join(
                 f" Seed {s['seed']}: HV NSGA-II {s['hypervolume_nsga2']:.4g}, random {s['hypervolume_random']:.4g}"
                 + (f", TPE {s['hypervolume_tpe']:.4g}" if "hypervolume_tpe" in s else "")

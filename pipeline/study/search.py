@@ -99,6 +99,65 @@ def read_setup(config: str | Path | Mapping[str, Any]) -> SearchSetup:
     return SearchSetup(raw, cfg, base_dir, base.name)
 
 
+class DistinctNSGAII(optuna.samplers.NSGAIISampler):
+    """Optuna's NSGA-II, drawing a child again while it nearly duplicates a trial already in the study
+    (``search.duplicate_tolerance``). Duplicate elimination is part of most genetic algorithms (pymoo's
+    ``eliminate_duplicates``); here a trial costs minutes, and SBX and polynomial mutation at their usual
+    distribution indices put most children within a fraction of a percent of a parent."""
+
+    DRAWS = 10
+
+    @classmethod
+    def _get_generation_key(cls) -> str:  # Optuna's own NSGA-II keys: a study stays readable by either sampler
+        return optuna.samplers.NSGAIISampler._get_generation_key()
+
+    @classmethod
+    def _get_parent_cache_key_prefix(cls) -> str:
+        return optuna.samplers.NSGAIISampler._get_parent_cache_key_prefix()
+
+    def __init__(self, *, tolerance: float, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.tolerance = tolerance
+        self._fill = optuna.samplers.RandomSampler(seed=kwargs.get("seed"))
+
+    def sample_relative(self, study: optuna.Study, trial: FrozenTrial, search_space: dict[str, Any]) -> dict[str, Any]:
+        if self.tolerance <= 0:
+            return super().sample_relative(study, trial, search_space)
+        others = [t.params for t in study.get_trials(deepcopy=False) if t.number != trial.number and t.params]
+        for _ in range(self.DRAWS):
+            params = super().sample_relative(study, trial, search_space)
+            if not params:  # the first generation: drawn independently
+                return params
+            # a value the child leaves out (a mutated choice) is drawn at random, as NSGA-II would draw it
+            # later: drawn here, the child is complete before it is compared
+            for name, dist in search_space.items():
+                if name not in params:
+                    params[name] = self._fill.sample_independent(study, trial, name, dist)
+            if not any(near(params, other, search_space, self.tolerance) for other in others):
+                break
+        return params
+
+
+def near(a: dict[str, Any], b: dict[str, Any], space: dict[str, Any], tolerance: float) -> bool:
+    """Whether settings ``a`` nearly duplicate ``b``: every choice equal and every number within
+    ``tolerance`` of its range (on the log scale where the range is log). A value ``a`` leaves to be
+    drawn later (absent) is no duplicate."""
+    for name, dist in space.items():
+        if name not in a or name not in b:
+            return False
+        x, y = a[name], b[name]
+        if isinstance(dist, optuna.distributions.CategoricalDistribution):
+            if x != y:
+                return False
+            continue
+        low, high = dist.low, dist.high
+        if dist.log:
+            x, y, low, high = (math.log(v) for v in (x, y, low, high))
+        if high > low and abs(x - y) > tolerance * (high - low):
+            return False
+    return True
+
+
 def make_sampler(cfg: SearchConfig, seed: int) -> optuna.samplers.BaseSampler:
     """Constraints reach the samplers through ``Trial.set_constraint`` (Optuna 5), set before ``tell``."""
     name = cfg.sampler_name
@@ -107,7 +166,8 @@ def make_sampler(cfg: SearchConfig, seed: int) -> optuna.samplers.BaseSampler:
 
         with warnings.catch_warnings():  # SBX and polynomial mutation are marked experimental in Optuna 5
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return optuna.samplers.NSGAIISampler(
+            return DistinctNSGAII(
+                tolerance=cfg.duplicate_tolerance,
                 population_size=cfg.population_size,
                 crossover=nsgaii.SBXCrossover() if cfg.crossover == "sbx" else nsgaii.UniformCrossover(),
                 mutation=nsgaii.PolynomialMutation() if cfg.mutation == "polynomial" else None,

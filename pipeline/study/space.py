@@ -102,6 +102,15 @@ class SearchConfig(StrictModel):
         "polynomial",
         description="nsga2: a mutated number moves near its value ('polynomial', Deb's) or is drawn anew ('random')",
     )
+    duplicate_tolerance: float = Field(
+        0.02,
+        ge=0,
+        lt=1,
+        description="nsga2: a child with every choice of a trial already in the study and every number within this "
+        "fraction of its range of that trial's is drawn again (up to 10 draws): a child 0.2% of a range from its "
+        "parent prunes to the same channel counts and spends a trial on a model already measured; 0: children as "
+        "Optuna draws them",
+    )
     startup_trials: int = Field(4, ge=1, description="tpe/cmaes: random trials before the model takes over")
     initial: Literal["lhs", "random"] = Field(
         "lhs",

@@ -159,6 +159,41 @@ def test_nsga2_children_get_new_numbers_with_sbx_and_only_parents_numbers_with_u
         parse_search({"space": {"stages.prune.importance": ["l1", "l2"]}, "trials": 2, "crossover": "x"})
 
 
+def test_nsga2_draws_a_child_again_while_it_nearly_duplicates_a_trial_already_in_the_study():
+    """Optuna's SBX and polynomial mutation put many children within a hair of a parent (a trial that
+    prunes to the same channel counts); ``duplicate_tolerance`` draws those again."""
+    import optuna
+
+    from edgeslim.study.search import make_sampler, near
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    space = {"stages.prune.pruning_ratio": {"low": 0.2, "high": 0.8}, "stages.prune.round_to": [1, 8]}
+    distributions = {
+        "r": optuna.distributions.FloatDistribution(0.2, 0.8),
+        "k": optuna.distributions.CategoricalDistribution([1, 8]),
+    }
+    assert near({"r": 0.5, "k": 1}, {"r": 0.505, "k": 1}, distributions, 0.02)  # 0.8% of the range
+    assert not near({"r": 0.5, "k": 1}, {"r": 0.52, "k": 1}, distributions, 0.02)
+    assert not near({"r": 0.5, "k": 1}, {"r": 0.5, "k": 8}, distributions, 0.02)
+    assert not near({"k": 1}, {"r": 0.5, "k": 1}, distributions, 0.02)  # r still to be drawn
+    lr = {"lr": optuna.distributions.FloatDistribution(1e-4, 1e-2, log=True)}
+    assert near({"lr": 1e-3}, {"lr": 1.05e-3}, lr, 0.02) and not near({"lr": 1e-4}, {"lr": 1.5e-4}, lr, 0.02)
+
+    duplicates = {}
+    for tolerance in (0.0, 0.02):
+        cfg = parse_search(
+            {"space": space, "trials": 12, "sampler": "nsga2", "population_size": 4, "duplicate_tolerance": tolerance}
+        )
+        study = optuna.create_study(directions=["maximize", "minimize"], sampler=make_sampler(cfg, 0))
+        study.optimize(lambda t: (t.suggest_float("r", 0.2, 0.8), t.suggest_categorical("k", [1, 8])), n_trials=12)
+        trials = study.trials
+        duplicates[tolerance] = sum(  # children (after the first generation of 4) near an earlier trial
+            any(near(t.params, earlier.params, distributions, 0.02) for earlier in trials[: t.number])
+            for t in trials[4:]
+        )
+    assert duplicates[0.0] > 0 and duplicates[0.02] == 0, duplicates
+
+
 def test_the_first_points_are_a_latin_hypercube_over_the_space():
     """One point in each equal stratum of every range, each choice equally often, on Optuna's own
     scale and grid (log, integer, step), the same for the same seed."""
