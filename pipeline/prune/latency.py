@@ -164,3 +164,40 @@ def choose_ratios(table: LatencyTable, target_ms: float, grid: list[float]) -> t
             break
         chosen[best[0]] = best[1]
     return {k: v for k, v in chosen.items() if v > 0}, table.predict(chosen)
+
+
+def block_savings(
+    model: nn.Module,
+    example: Inputs,
+    blocks: list[str],
+    data: DataSplits,
+    host: HostProfile,
+    spec: MeasureSpec,
+) -> tuple[dict[str, float], str | None]:
+    """Milliseconds each block's absence saves: the model with that one block replaced by the identity,
+    timed side by side with the whole model (exported as is, interleaved rounds). Depth pruning divides
+    a block's loss increase by it, so a cheap block that costs as much accuracy as a dear one is kept.
+
+    Cached on this host by the model's structure, the blocks, the host profile and the measure budget;
+    returns the savings and, when read from the cache, when they were measured (else None)."""
+
+    def measure() -> dict[str, Any]:
+        with tempfile.TemporaryDirectory(prefix="edgeslim-blocks-") as tmp:
+            files = [export_onnx(copy.deepcopy(model).eval(), example, Path(tmp) / "full.onnx")]
+            for i, name in enumerate(blocks):
+                variant = copy.deepcopy(model).eval()
+                variant.set_submodule(name, nn.Identity())
+                files.append(export_onnx(variant, example, Path(tmp) / f"{i}.onnx"))
+            timed = measure_side_by_side(files, host, spec, data)
+        full = timed[0]["latency_ms"]["p50"]
+        return {name: full - t["latency_ms"]["p50"] for name, t in zip(blocks, timed[1:], strict=True)}
+
+    key = {
+        "structure": host_cache.structure_fingerprint(model, example),
+        "blocks": blocks,
+        "host": host.model_dump(mode="json"),
+        "measure": spec.model_dump(mode="json", exclude={"eval_batch_size"}),
+        "code": code_version(__name__),
+    }
+    value, measured_at = host_cache.cached("block_savings", key, measure)
+    return {name: float(ms) for name, ms in value.items()}, measured_at

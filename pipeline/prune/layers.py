@@ -19,14 +19,16 @@ module held in an ``nn.Sequential``/``nn.ModuleList`` that has a convolution or 
 returns a tensor of its input's shape (a residual block, a squeeze-excitation) can be replaced by the
 identity. At the sizes edge models run, an INT8 convolution has a fixed cost of several microseconds
 however few its channels, so removing whole blocks is what lowers latency once channels are thin.
-The same greedy measurement picks them; the edit ``{"drop_blocks": {"blocks": [names], ...}}``
-replaces them by ``nn.Identity`` (module names stay stable for the pruning history after it).
+The same greedy measurement picks them (or, since such blocks differ in cost, the loss increase per
+millisecond each one's absence saves, timed by ``latency.block_savings``); the edit
+``{"drop_blocks": {"blocks": [names], ...}}`` replaces them by ``nn.Identity`` (module names stay stable
+for the pruning history after it).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from torch import nn
@@ -36,6 +38,8 @@ from edgeslim.models.blocks import transformer_blocks
 
 DROP_LAYERS = "drop_layers"
 DROP_BLOCKS = "drop_blocks"
+Key = TypeVar("Key")
+MIN_SAVING_MS = 1e-3  # a block's saving below one microsecond is timing noise
 
 
 class SkippedBlock(nn.Module):
@@ -73,21 +77,25 @@ def _returns_tuple(model: nn.Module, block: nn.Module, example: Inputs) -> bool:
 
 
 @torch.no_grad()
+def _loss_skipping(
+    model: nn.Module, container: nn.Module, i: int, as_tuple: bool, x: Inputs, y: torch.Tensor, loss: Callable
+) -> float:
+    """The loss on ``(x, y)`` with block ``i`` of ``container`` skipped (put back afterwards)."""
+    block = container[i]
+    container[i] = SkippedBlock(as_tuple)
+    try:
+        return float(loss(call(model, x), y))
+    finally:
+        container[i] = block
+
+
 def skip_losses(
     model: nn.Module, container: nn.Module, x: Inputs, y: torch.Tensor, loss: Callable[[Any, torch.Tensor], Any]
 ) -> list[float]:
     """The loss on ``(x, y)`` with each block skipped in turn (the model is left unchanged)."""
     model.eval()
     as_tuple = _returns_tuple(model, container[0], x)
-    out = []
-    for i in range(len(container)):
-        block = container[i]
-        container[i] = SkippedBlock(as_tuple)
-        try:
-            out.append(float(loss(call(model, x), y)))
-        finally:
-            container[i] = block
-    return out
+    return [_loss_skipping(model, container, i, as_tuple, x, y, loss) for i in range(len(container))]
 
 
 def remove_blocks(model: nn.Module, container_name: str, indices: list[int]) -> None:
@@ -108,6 +116,23 @@ def remove_blocks(model: nn.Module, container_name: str, indices: list[int]) -> 
                 sub.layer_idx = i
 
 
+def greedy_drop(
+    count: int,
+    candidates: Callable[[], list[Key]],
+    loss_without: Callable[[Key], float],
+    drop: Callable[[Key], None],
+) -> list[tuple[Key, dict[Key, float]]]:
+    """The depth-pruning loop both kinds of model share: ``count`` times, score every candidate's
+    absence, drop the cheapest, score the rest again. Returns each step's choice and all its scores."""
+    steps = []
+    for _ in range(count):
+        losses = {key: loss_without(key) for key in candidates()}
+        best = min(losses, key=losses.__getitem__)
+        steps.append((best, losses))
+        drop(best)
+    return steps
+
+
 def drop_blocks(
     model: nn.Module, count: int, x: Inputs, y: torch.Tensor, loss: Callable[[Any, torch.Tensor], Any]
 ) -> dict[str, Any]:
@@ -115,14 +140,25 @@ def drop_blocks(
     name, container = block_container(model)
     if count >= len(container):
         raise ValueError(f"cannot drop {count} of {len(container)} blocks: at least one must stay")
+    model.eval()
+    as_tuple = _returns_tuple(model, container[0], x)
     original = list(range(len(container)))
-    dropped, scores = [], []
-    for _ in range(count):
-        losses = skip_losses(model, container, x, y, loss)
-        best = min(range(len(losses)), key=losses.__getitem__)
-        scores.append({"block": original[best], "loss_without": losses[best], "losses": losses})
-        dropped.append(original.pop(best))
-        remove_blocks(model, name, [best])
+    dropped: list[int] = []
+
+    def remove(i: int) -> None:
+        dropped.append(original.pop(i))
+        remove_blocks(model, name, [i])
+
+    steps = greedy_drop(
+        count,
+        lambda: list(range(len(container))),
+        lambda i: _loss_skipping(model, container, i, as_tuple, x, y, loss),
+        remove,
+    )
+    scores = [
+        {"block": block, "loss_without": losses[best], "losses": list(losses.values())}
+        for block, (best, losses) in zip(dropped, steps, strict=True)
+    ]
     return {DROP_LAYERS: {"container": name, "indices": sorted(dropped), "kept": original, "scores": scores}}
 
 
@@ -175,13 +211,18 @@ def drop_skippable(
     x: Inputs,
     y: torch.Tensor,
     loss: Callable[[Any, torch.Tensor], Any],
+    savings_ms: dict[str, float] | None = None,
 ) -> dict[str, Any]:
     """Replace ``count`` skippable blocks by the identity, greedily (the one whose absence raises the loss
-    on ``(x, y)`` least first, the rest scored again after each); returns the history edit."""
+    on ``(x, y)`` least first, the rest scored again after each); returns the history edit.
+
+    ``savings_ms`` (block -> milliseconds its absence saves, ``latency.block_savings``): rank by the loss
+    increase per millisecond saved instead (an absence that lowers the loss: by the decrease times the
+    milliseconds); savings under ``MIN_SAVING_MS`` (timing noise) count as that."""
     model.eval()
     dropped: list[str] = []
-    scores = []
-    for _ in range(count):
+
+    def candidates() -> list[str]:
         names = skippable_blocks(model, example)
         if not names:
             found = f"only {len(dropped)}" if dropped else "none"
@@ -189,18 +230,39 @@ def drop_skippable(
                 f"cannot drop {count} blocks: {found} can be skipped (a block held in a Sequential or ModuleList, "
                 "with a convolution or linear layer, returning its input's shape)"
             )
-        losses = {}
-        for name in names:
-            block = model.get_submodule(name)
-            model.set_submodule(name, nn.Identity())
-            try:
-                losses[name] = float(loss(call(model, x), y))
-            finally:
-                model.set_submodule(name, block)
-        best = min(losses, key=losses.__getitem__)
-        scores.append({"block": best, "loss_without": losses[best], "losses": losses})
-        model.set_submodule(best, nn.Identity())
-        dropped.append(best)
+        return names
+
+    def loss_now() -> float:
+        return float(loss(call(model, x), y))
+
+    def loss_without(name: str) -> float:
+        block = model.get_submodule(name)
+        model.set_submodule(name, nn.Identity())
+        try:
+            return loss_now()
+        finally:
+            model.set_submodule(name, block)
+
+    def score(name: str) -> float:
+        """The loss without the block, or (by latency) its increase per millisecond the block costs."""
+        without = loss_without(name)
+        if savings_ms is None:
+            return without
+        increase, saved = without - base, max(savings_ms.get(name, 0.0), MIN_SAVING_MS)
+        # an absence that lowers the loss ranks before any that raises it, the more it saves the sooner
+        return increase / saved if increase > 0 else increase * saved
+
+    base = loss_now()  # the loss with every block dropped so far
+
+    def skip(name: str) -> None:
+        nonlocal base
+        model.set_submodule(name, nn.Identity())
+        dropped.append(name)
+        base = loss_now()
+
+    steps = greedy_drop(count, candidates, score, skip)
+    key = "loss_without" if savings_ms is None else "loss_increase_per_ms"
+    scores = [{"block": best, key: losses[best], "losses": losses} for best, losses in steps]
     return {DROP_BLOCKS: {"blocks": dropped, "scores": scores}}
 
 

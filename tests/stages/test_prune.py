@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from unittest.mock import patch
+
 import pytest
 import torch
 from torch import nn
@@ -366,3 +368,22 @@ def test_a_resnet_drops_whole_residual_blocks_then_prunes_channels_and_exports(t
     assert model.layer4[0].conv1.out_channels < 64
     exported = stage_for(stages, 1).execute(make_context(tmp_path / "export", data, loader, pruned.artifact, stages, 1))
     assert exported.details["parity"]["top1_agreement"] == 1.0
+
+
+def test_by_latency_a_resnet_times_each_skippable_block_once_and_drops_by_loss_per_millisecond(tmp_path, data):
+    """``drop_by: loss_per_ms``: every skippable block's absence timed side by side with the whole model
+    (host cache: a second prune of the same structure reads it), the drop ranked by loss increase per ms."""
+    spec = ModelSpec(name="resnet18", kwargs={"width_mult": 0.125})
+    loader = ModelLoader(spec, 1, data.num_classes, data.example_batch(2))
+    stages = [{"prune": {"importance": "l1", "pruning_ratio": 0.25, "drop_layers": 1, "drop_by": "loss_per_ms"}}]
+    source = Artifact(kind=TORCH, directory=None)
+    pruned = stage_for(stages).execute(make_context(tmp_path / "a", data, loader, source, stages))
+    dropped = pruned.details["drop_layers"]
+    blocks = ["layer1.0", "layer1.1", "layer2.1", "layer3.1", "layer4.1"]
+    assert sorted(dropped["savings_ms"]) == blocks
+    step = dropped["skip_losses"][0]
+    assert dropped["blocks"] == [step["block"]] == [min(step["losses"], key=step["losses"].get)]
+    assert step["loss_increase_per_ms"] == step["losses"][step["block"]]
+    with patch("edgeslim.prune.latency.measure_side_by_side", side_effect=AssertionError("timed again")):
+        again = stage_for(stages).execute(make_context(tmp_path / "b", data, loader, source, stages))
+    assert again.details["drop_layers"]["savings_ms"] == dropped["savings_ms"]

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,7 @@ from edgeslim.prune.layers import (
     block_container,
     drop_blocks,
     drop_skippable,
+    greedy_drop,
     kept_blocks,
     skip_losses,
     skippable_blocks,
@@ -47,6 +49,20 @@ class _Blocks(nn.Module):
         for block in self.blocks:
             x = block(x)
         return self.head(x)
+
+
+def test_greedy_drop_scores_the_rest_again_after_each_drop() -> None:
+    """Absences interact: "b" alone is cheap, but once "a" is gone "b" carries the signal and "c" goes."""
+    gone: list[str] = []
+    cost = {"a": 1.0, "b": 2.0, "c": 3.0}
+
+    def loss_without(key: str) -> float:
+        return 10.0 if key == "b" and "a" in gone else cost[key]
+
+    steps = greedy_drop(2, lambda: [k for k in cost if k not in gone], loss_without, gone.append)
+    assert gone == ["a", "c"]
+    assert steps[0] == ("a", {"a": 1.0, "b": 2.0, "c": 3.0})
+    assert steps[1] == ("c", {"b": 10.0, "c": 3.0})
 
 
 def test_the_block_whose_absence_costs_least_is_dropped_and_replayed() -> None:
@@ -106,6 +122,26 @@ def test_a_cnn_without_attention_skips_its_residual_blocks_by_measurement_and_re
     torch.testing.assert_close(call(fresh, x), call(model, x))
     with pytest.raises(ValueError, match="cannot drop 9 blocks: only 3 can be skipped"):
         drop_skippable(fresh, 9, example, x, y, F.cross_entropy)
+
+
+def test_by_latency_a_block_that_saves_more_goes_first_though_its_absence_costs_more_loss() -> None:
+    torch.manual_seed(0)
+    model = ResNet18(in_channels=1, num_classes=4, width_mult=0.125).eval()
+    example = torch.randn(1, 1, 16, 16)
+    x = torch.randn(32, 1, 16, 16)
+    y = call(model, x).detach()  # the distance to the whole model's outputs: every real absence raises it
+    by_loss = drop_skippable(copy.deepcopy(model), 1, example, x, y, F.mse_loss)["drop_blocks"]
+    losses = by_loss["scores"][0]["losses"]
+    cheapest, dearer = sorted(losses, key=losses.get)[:2]
+    assert by_loss["blocks"] == [cheapest] and losses[cheapest] > 0
+    # the dearer absence saves 1000x the time: per millisecond it is the cheaper drop
+    savings = dict.fromkeys(losses, 0.001) | {dearer: 1.0}
+    by_ms = drop_skippable(copy.deepcopy(model), 1, example, x, y, F.mse_loss, savings)["drop_blocks"]
+    assert by_ms["blocks"] == [dearer]
+    scores = by_ms["scores"][0]["losses"]
+    assert scores[dearer] == pytest.approx(losses[dearer] / 1.0, rel=1e-4)  # the base loss is 0
+    assert scores[cheapest] == pytest.approx(losses[cheapest] / 0.001, rel=1e-4)
+    assert set(by_ms["scores"][0]) == {"block", "loss_increase_per_ms", "losses"}
 
 
 def test_a_mobilenet_offers_its_residual_blocks_and_squeeze_excitations() -> None:
