@@ -48,7 +48,7 @@ def test_stage_settings_get_their_own_model_and_defaults():
         (
             {"stages": [{"prune": {"ratio": 0.5}}]},
             r"^stages\[0\]\.prune\.ratio: unknown key; "
-            r"allowed keys: importance, pruning_ratio, .*ignore, drop_layers, vocabulary$",
+            r"allowed keys: importance, pruning_ratio, .*ignore, drop_layers, drop_by, vocabulary$",
         ),
         (
             {"stages": [{"finetune": {"distill": {"temp": 2}}}]},
