@@ -77,16 +77,17 @@ def _returns_tuple(model: nn.Module, block: nn.Module, example: Inputs) -> bool:
 
 
 @torch.no_grad()
-def _loss_skipping(
-    model: nn.Module, container: nn.Module, i: int, as_tuple: bool, x: Inputs, y: torch.Tensor, loss: Callable
+def _loss_standing_in(
+    model: nn.Module, parent: nn.Module, name: str, stand_in: nn.Module, x: Inputs, y: torch.Tensor, loss: Callable
 ) -> float:
-    """The loss on ``(x, y)`` with block ``i`` of ``container`` skipped (put back afterwards)."""
-    block = container[i]
-    container[i] = SkippedBlock(as_tuple)
+    """The loss on ``(x, y)`` with ``parent``'s submodule ``name`` replaced by ``stand_in`` (put back
+    afterwards): a transformer block by ``SkippedBlock`` in its list, a CNN block by ``nn.Identity``."""
+    block = parent.get_submodule(name)
+    parent.set_submodule(name, stand_in)
     try:
         return float(loss(call(model, x), y))
     finally:
-        container[i] = block
+        parent.set_submodule(name, block)
 
 
 def skip_losses(
@@ -95,7 +96,9 @@ def skip_losses(
     """The loss on ``(x, y)`` with each block skipped in turn (the model is left unchanged)."""
     model.eval()
     as_tuple = _returns_tuple(model, container[0], x)
-    return [_loss_skipping(model, container, i, as_tuple, x, y, loss) for i in range(len(container))]
+    return [
+        _loss_standing_in(model, container, str(i), SkippedBlock(as_tuple), x, y, loss) for i in range(len(container))
+    ]
 
 
 def remove_blocks(model: nn.Module, container_name: str, indices: list[int]) -> None:
@@ -152,7 +155,7 @@ def drop_blocks(
     steps = greedy_drop(
         count,
         lambda: list(range(len(container))),
-        lambda i: _loss_skipping(model, container, i, as_tuple, x, y, loss),
+        lambda i: _loss_standing_in(model, container, str(i), SkippedBlock(as_tuple), x, y, loss),
         remove,
     )
     scores = [
@@ -232,27 +235,20 @@ def drop_skippable(
             )
         return names
 
-    def loss_now() -> float:
-        return float(loss(call(model, x), y))
-
-    def loss_without(name: str) -> float:
-        block = model.get_submodule(name)
-        model.set_submodule(name, nn.Identity())
-        try:
-            return loss_now()
-        finally:
-            model.set_submodule(name, block)
+    def loss_now() -> float | None:
+        """The loss with every block dropped so far: what ranking by latency measures increases from."""
+        return None if savings_ms is None else float(loss(call(model, x), y))
 
     def score(name: str) -> float:
         """The loss without the block, or (by latency) its increase per millisecond the block costs."""
-        without = loss_without(name)
-        if savings_ms is None:
+        without = _loss_standing_in(model, model, name, nn.Identity(), x, y, loss)
+        if base is None:  # ranking by loss alone
             return without
         increase, saved = without - base, max(savings_ms.get(name, 0.0), MIN_SAVING_MS)
         # an absence that lowers the loss ranks before any that raises it, the more it saves the sooner
         return increase / saved if increase > 0 else increase * saved
 
-    base = loss_now()  # the loss with every block dropped so far
+    base = loss_now()
 
     def skip(name: str) -> None:
         nonlocal base
